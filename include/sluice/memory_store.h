@@ -1,0 +1,55 @@
+// The in-process store (`memory://`), sluice's embedded default.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "sluice/clock.h"
+#include "sluice/store.h"
+
+namespace sluice {
+
+struct memory_store_options {
+  // Independent partitions, each with its own lock; rounded up to a power of two.
+  std::size_t shards = 64;
+  // Most keys held at once (0: no cap). At the cap, expired keys go first, then the
+  // sampled key closest to expiring.
+  std::size_t max_keys = 10'000'000;
+  // Longest key accepted, in bytes (at most 65535).
+  std::size_t max_key_length = 1024;
+  // The time source when a request has no explicit `now`; must outlive the store.
+  const clock* time_source = &system_clock();
+};
+
+struct memory_store_stats {
+  std::uint64_t keys = 0;     // keys held now
+  std::uint64_t expired = 0;  // keys dropped because they had expired
+  std::uint64_t evicted = 0;  // live keys dropped to stay under max_keys
+};
+
+// Sharded hash tables of per-key state. Thread-safe: two keys in different shards never
+// contend; one key's decisions are serialised by its shard's lock. Idle keys are dropped
+// as the store is used (a few slots are swept on every call) and before a table grows.
+class memory_store final : public store {
+ public:
+  explicit memory_store(memory_store_options options = {});
+  ~memory_store() override;
+  memory_store(const memory_store&) = delete;
+  memory_store& operator=(const memory_store&) = delete;
+
+  result<decision> acquire(const request& r) override;
+  result<decision> peek(const request& r) override;
+  result<void> reset(std::string_view key) override;
+  std::string describe() const override;
+
+  memory_store_stats stats() const;
+  // Drops every key expired at `now` at once. Returns how many were dropped.
+  std::size_t purge_expired(std::chrono::microseconds now);
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace sluice

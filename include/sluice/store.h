@@ -1,0 +1,61 @@
+// Where rate limit state lives: the interface every store implements, and `open_store`.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "sluice/clock.h"
+#include "sluice/decision.h"
+#include "sluice/error.h"
+#include "sluice/limit.h"
+
+namespace sluice {
+
+// One question for a store. The key is only borrowed: stores copy what they keep before
+// returning (also from the async calls).
+struct request {
+  std::string_view key;  // binary-safe, 1..max key length bytes
+  sluice::limit limit;
+  sluice::algorithm algorithm = sluice::algorithm::sliding_log;
+  std::int64_t cost = 1;
+  std::optional<std::chrono::microseconds> now;  // when empty, the store's own clock
+};
+
+// A place where decisions are made atomically, one key at a time. Every decision on one
+// key is one atomic step (invariant 1 of DESIGN.md). Implementations are thread-safe.
+//
+// The async forms call `done` exactly once: inline for stores that never wait (memory),
+// or later on the store's I/O thread. They exist so that callers written against them
+// keep working when the store is remote.
+class store {
+ public:
+  using completion = std::function<void(result<decision>)>;
+  using reset_completion = std::function<void(result<void>)>;
+
+  virtual ~store() = default;
+
+  // Returns the decision for `r`, recording it when allowed.
+  virtual result<decision> acquire(const request& r) = 0;
+  // Returns the decision `acquire` would give, spending nothing.
+  virtual result<decision> peek(const request& r) = 0;
+  // Forgets all state of `key`, for every algorithm.
+  virtual result<void> reset(std::string_view key) = 0;
+  // Returns the store's URI, without credentials.
+  virtual std::string describe() const = 0;
+
+  virtual void async_acquire(const request& r, completion done) { done(acquire(r)); }
+  virtual void async_peek(const request& r, completion done) { done(peek(r)); }
+  virtual void async_reset(std::string_view key, reset_completion done) { done(reset(key)); }
+};
+
+// Returns a store for `uri`: `memory://` (options as query parameters:
+// `memory://?shards=64&max_keys=1000000&max_key_length=1024`). Other schemes give
+// `errc::unsupported_store` until their store exists. `c` must outlive the store.
+result<std::shared_ptr<store>> open_store(std::string_view uri, const clock& c = system_clock());
+
+}  // namespace sluice

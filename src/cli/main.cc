@@ -1,0 +1,139 @@
+// The `sluice` command: check and eval now; serve arrives with the server.
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "cli/eval.h"
+#include "sluice/sluice.h"
+
+namespace {
+
+using sluice::cli::decision_json;
+using sluice::cli::print_json_line;
+
+// Parses --now; exits with a message on a bad value.
+std::optional<std::chrono::microseconds> parse_now(const std::string& text) {
+  if (text.empty()) return std::nullopt;
+  auto d = sluice::parse_duration(text, /*allow_long=*/true);
+  if (!d) throw CLI::ValidationError("--now", d.error().message());
+  return *d;
+}
+
+// Opens the store at `uri`, on `manual` when it is set. Exits with a message on failure.
+std::shared_ptr<sluice::store> open(const std::string& uri, const sluice::manual_clock* manual) {
+  auto s = manual != nullptr ? sluice::open_store(uri, *manual) : sluice::open_store(uri);
+  if (!s) throw CLI::ValidationError("--store", s.error().message());
+  return *s;
+}
+
+struct check_args {
+  std::string store = "memory://";
+  std::string limit;
+  std::string algorithm = "sliding_log";
+  std::int64_t cost = 1;
+  bool peek = false;
+  std::string now;
+  std::vector<std::string> keys;
+};
+
+// Prints one decision per key; returns 0 when all were allowed, 1 when any was denied and
+// 2 when any failed.
+int run_check(const check_args& a) {
+  auto lim = sluice::parse_limit(a.limit);
+  if (!lim) throw CLI::ValidationError("--limit", lim.error().message());
+  auto algo = sluice::parse_algorithm(a.algorithm);
+  if (!algo) throw CLI::ValidationError("--algorithm", algo.error().message());
+  const auto now = parse_now(a.now);
+  std::optional<sluice::manual_clock> manual;
+  if (now) manual.emplace(*now);
+  auto store = open(a.store, manual ? &*manual : nullptr);
+
+  int status = 0;
+  for (const std::string& key : a.keys) {
+    const sluice::request r{key, *lim, *algo, a.cost, {}};
+    auto d = a.peek ? store->peek(r) : store->acquire(r);
+    nlohmann::ordered_json j;
+    j["key"] = key;
+    if (!d) {
+      j["error"] = d.error().message();
+      status = 2;
+    } else {
+      j.update(decision_json(*d));
+      if (!d->allowed && status == 0) status = 1;
+    }
+    print_json_line(std::cout, j);
+  }
+  return status;
+}
+
+struct eval_args {
+  std::string store = "memory://";
+  std::string now;
+  bool echo = false;
+  std::string file;
+};
+
+int run_eval(const eval_args& a) {
+  sluice::cli::eval_options options;
+  options.start = parse_now(a.now);
+  options.echo = a.echo;
+  std::optional<sluice::manual_clock> manual;
+  if (options.start) manual.emplace(*options.start);
+  auto store = open(a.store, manual ? &*manual : nullptr);
+  if (a.file.empty() || a.file == "-") {
+    return sluice::cli::run_eval(std::cin, std::cout, *store, manual ? &*manual : nullptr, options);
+  }
+  std::ifstream in(a.file);
+  if (!in) throw CLI::ValidationError("FILE", "cannot open " + a.file);
+  return sluice::cli::run_eval(in, std::cout, *store, manual ? &*manual : nullptr, options);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::ios::sync_with_stdio(false);
+  CLI::App app{"sluice: sliding-window rate limiting"};
+  app.require_subcommand(1);
+
+  check_args check;
+  auto* check_cmd = app.add_subcommand(
+      "check",
+      "Decide for each KEY and print one JSON decision per line. Exit status: 0 all "
+      "allowed, 1 some denied, 2 some failed.");
+  check_cmd->add_option("--store", check.store, "Store URI (memory://)")->capture_default_str();
+  check_cmd->add_option("--limit", check.limit, "Limit, e.g. 30/hour, 5/10s, 10 per minute")
+      ->required();
+  check_cmd->add_option("--algorithm", check.algorithm, "sliding_log, sliding_counter or gcra")
+      ->capture_default_str();
+  check_cmd->add_option("--cost", check.cost, "Units one request spends")->capture_default_str();
+  check_cmd->add_flag("--peek", check.peek, "Decide without spending");
+  check_cmd->add_option("--now", check.now,
+                        "Fixed time since the Unix epoch (e.g. 0s, 1700000000s) instead of the "
+                        "clock");
+  check_cmd->add_option("KEY", check.keys, "Keys to decide for")->required();
+
+  eval_args eval;
+  auto* eval_cmd = app.add_subcommand(
+      "eval",
+      "Read requests, one per line: KEY LIMIT [ALGORITHM] [COST] [peek|reset]; '#' starts a "
+      "comment; with --now, '@advance DURATION' moves the clock. Prints one JSON line each.");
+  eval_cmd->add_option("--store", eval.store, "Store URI (memory://)")->capture_default_str();
+  eval_cmd->add_option("--now", eval.now,
+                       "Start a manual clock at this time since the Unix epoch (e.g. 0s)");
+  eval_cmd->add_flag("--echo", eval.echo, "Print each input line (\"> line\") before its result");
+  eval_cmd->add_option("FILE", eval.file, "Input file (default: standard input)");
+
+  try {
+    app.parse(argc, argv);
+    if (*check_cmd) return run_check(check);
+    if (*eval_cmd) return run_eval(eval);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  return 0;
+}

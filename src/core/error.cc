@@ -1,0 +1,54 @@
+#include "sluice/error.h"
+
+#include <string>
+
+namespace sluice {
+namespace {
+
+class category final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "sluice"; }
+
+  std::string message(int code) const override {
+    switch (static_cast<errc>(code)) {
+      case errc::invalid_limit:
+        return "invalid limit";
+      case errc::invalid_algorithm:
+        return "invalid algorithm";
+      case errc::invalid_duration:
+        return "invalid duration";
+      case errc::invalid_key:
+        return "invalid key";
+      case errc::invalid_cost:
+        return "invalid cost";
+      case errc::cost_exceeds_limit:
+        return "cost exceeds the limit and can never be admitted";
+      case errc::invalid_time:
+        return "time out of range";
+      case errc::invalid_policy:
+        return "invalid policy";
+      case errc::unknown_policy:
+        return "unknown policy";
+      case errc::invalid_store_uri:
+        return "invalid store URI";
+      case errc::unsupported_store:
+        return "unsupported store";
+      case errc::store_full:
+        return "store full";
+      case errc::store_unavailable:
+        return "store unavailable";
+      case errc::timeout:
+        return "store timed out";
+    }
+    return "unknown sluice error " + std::to_string(code);
+  }
+};
+
+}  // namespace
+
+const std::error_category& sluice_category() noexcept {
+  static const category instance;
+  return instance;
+}
+
+}  // namespace sluice
