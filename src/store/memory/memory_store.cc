@@ -26,13 +26,14 @@ struct node {
   algorithm algo;
 };
 struct counter_node : node {
+  std::int64_t window_start;
   std::int64_t previous;
   std::int64_t current;
 };
 struct log_node : node {
   sliding_log_state log;
 };
-static_assert(sizeof(node) == 16 && sizeof(counter_node) == 32);
+static_assert(sizeof(node) == 16 && sizeof(counter_node) == 40);
 
 constexpr std::size_t node_size(algorithm a) {
   switch (a) {
@@ -166,17 +167,38 @@ struct alignas(64) shard {
     if (slots.size() > 64 && size * 8 < slots.size()) resize(slots.size() / 2);
   }
 
-  // Checks `count` slots from the sweep cursor and drops the expired ones.
+  bool expired_at(std::size_t i, std::int64_t now) const {
+    return ctrl[i] != kEmpty && slots[i]->expires_at <= now;
+  }
+
+  // Checks `count` slots from the sweep cursor and drops the expired ones. An erase shifts
+  // the next key of the run into the slot, so the slot is checked again before moving on.
   std::size_t sweep(std::int64_t now, std::size_t count) {
     std::size_t dropped = 0;
-    for (std::size_t k = 0; k < count && !slots.empty(); ++k) {
-      cursor = (cursor + 1) & mask();
-      if (ctrl[cursor] != kEmpty && slots[cursor]->expires_at <= now) {
+    for (std::size_t k = 0; k < count && size > 0; ++k) {
+      if (expired_at(cursor, now)) {
         erase_at(cursor);
-        ++expired;
+        ++dropped;
+      } else {
+        cursor = (cursor + 1) & mask();
+      }
+    }
+    expired += dropped;
+    if (dropped > 0) maybe_shrink();
+    return dropped;
+  }
+
+  // Drops every expired key. Erasing only moves keys back into slots at or after the one
+  // being checked (or, where a run wraps, into slots already checked and found live).
+  std::size_t purge(std::int64_t now) {
+    std::size_t dropped = 0;
+    for (std::size_t i = 0; i < slots.size() && size > 0; ++i) {
+      while (expired_at(i, now)) {
+        erase_at(i);
         ++dropped;
       }
     }
+    expired += dropped;
     if (dropped > 0) maybe_shrink();
     return dropped;
   }
@@ -207,7 +229,7 @@ struct alignas(64) shard {
     if (size >= cap_keys) evict_one(now);
     if (!slots.empty() && (size + 1) * 8 <= slots.size() * 7) return true;
     if (!slots.empty()) {
-      sweep(now, slots.size());
+      purge(now);
       if ((size + 1) * 8 <= slots.size() * 7) return true;
     }
     try {
@@ -317,11 +339,10 @@ struct memory_store::impl {
       }
       case algorithm::sliding_counter: {
         auto& c = static_cast<counter_node&>(n);
-        // The node keeps window_start + 2 * window as its expiry, so the window start
-        // needs no field of its own.
-        counter_state st{microseconds{c.expires_at} - 2 * l.window, c.previous, c.current};
+        counter_state st{microseconds{c.window_start}, c.previous, c.current};
         const decision d = sliding_counter_decide(st, l, now, cost, m);
         c.expires_at = expiry(st, l).count();
+        c.window_start = st.window_start.count();
         c.previous = st.previous;
         c.current = st.current;
         return d;
@@ -378,7 +399,7 @@ std::size_t memory_store::purge_expired(std::chrono::microseconds now) {
   for (std::size_t i = 0; i <= impl_->shard_mask; ++i) {
     shard& s = impl_->shards[i];
     std::lock_guard lock(s.mu);
-    dropped += s.sweep(now.count(), s.slots.size());
+    dropped += s.purge(now.count());
   }
   return dropped;
 }
