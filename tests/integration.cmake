@@ -38,6 +38,7 @@ if(TARGET sluice_cli)
   # README.md's worked example must be exactly what `sluice eval --now 0s` prints.
   add_test(NAME cli.readme_example
     COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/cli/readme_example_test.sh
-            $<TARGET_FILE:sluice_cli> ${PROJECT_SOURCE_DIR}/README.md)
+            $<TARGET_FILE:sluice_cli> ${PROJECT_SOURCE_DIR}/README.md
+            ${PROJECT_SOURCE_DIR}/examples/demo.eval)
 
 endif()

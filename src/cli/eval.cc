@@ -101,7 +101,7 @@ void print_json_line(std::ostream& out, const nlohmann::ordered_json& j) {
 
 int run_eval(std::istream& in, std::ostream& out, store& s, manual_clock* clock,
              const eval_options& options) {
-  int status = 0;
+  int failed = 0;
   std::string line;
   for (std::int64_t number = 1; std::getline(in, line); ++number) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -114,7 +114,7 @@ int run_eval(std::istream& in, std::ostream& out, store& s, manual_clock* clock,
       j["line"] = number;
       j["error"] = message;
       print_json_line(out, j);
-      status = 1;
+      ++failed;
     };
 
     if (tokens[0].front() == '@') {
@@ -156,7 +156,7 @@ int run_eval(std::istream& in, std::ostream& out, store& s, manual_clock* clock,
     j.update(decision_json(*d));
     print_json_line(out, j);
   }
-  return status;
+  return failed;
 }
 
 }  // namespace sluice::cli

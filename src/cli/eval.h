@@ -32,7 +32,7 @@ struct eval_options {
 // Blank lines and lines starting with `#` are skipped. Prints one JSON object per request
 // to `out`; a bad line prints {"line": N, "error": "..."} and the stream goes on.
 // `clock` is the manual clock the store was opened with when `options.start` is set.
-// Returns 0 when every line succeeded, 1 otherwise.
+// Returns the number of lines that failed.
 int run_eval(std::istream& in, std::ostream& out, store& s, manual_clock* clock,
              const eval_options& options);
 

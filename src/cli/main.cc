@@ -75,6 +75,7 @@ struct eval_args {
   std::string store = "memory://";
   std::string now;
   bool echo = false;
+  bool strict = false;
   std::string file;
 };
 
@@ -85,12 +86,15 @@ int run_eval(const eval_args& a) {
   std::optional<sluice::manual_clock> manual;
   if (options.start) manual.emplace(*options.start);
   auto store = open(a.store, manual ? &*manual : nullptr);
-  if (a.file.empty() || a.file == "-") {
-    return sluice::cli::run_eval(std::cin, std::cout, *store, manual ? &*manual : nullptr, options);
+  std::ifstream file;
+  if (!a.file.empty() && a.file != "-") {
+    file.open(a.file);
+    if (!file) throw CLI::ValidationError("FILE", "cannot open " + a.file);
   }
-  std::ifstream in(a.file);
-  if (!in) throw CLI::ValidationError("FILE", "cannot open " + a.file);
-  return sluice::cli::run_eval(in, std::cout, *store, manual ? &*manual : nullptr, options);
+  std::istream& in = file.is_open() ? file : std::cin;
+  const int failed =
+      sluice::cli::run_eval(in, std::cout, *store, manual ? &*manual : nullptr, options);
+  return a.strict && failed > 0 ? 1 : 0;
 }
 
 }  // namespace
@@ -126,6 +130,7 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--now", eval.now,
                        "Start a manual clock at this time since the Unix epoch (e.g. 0s)");
   eval_cmd->add_flag("--echo", eval.echo, "Print each input line (\"> line\") before its result");
+  eval_cmd->add_flag("--strict", eval.strict, "Exit with status 1 when any line failed");
   eval_cmd->add_option("FILE", eval.file, "Input file (default: standard input)");
 
   try {

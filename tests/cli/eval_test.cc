@@ -36,7 +36,7 @@ eval_result eval(const std::string& input, bool with_clock = true) {
 TEST(Eval, PrintsOneDecisionPerLine) {
   const auto r = eval("a 2/1s\na 2/1s\na 2/1s\n");
   ASSERT_EQ(r.lines.size(), 3u);
-  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(r.status, 0);  // no line failed
   EXPECT_EQ(r.lines[0]["key"], "a");
   EXPECT_EQ(r.lines[0]["op"], "acquire");
   EXPECT_EQ(r.lines[0]["allowed"], true);
@@ -52,7 +52,7 @@ TEST(Eval, PrintsOneDecisionPerLine) {
 TEST(Eval, BadLineNamesItsNumberAndTheStreamGoesOn) {
   const auto r = eval("# comment\n\na 0/1s\na 2/1s fast\na 2/1s\n");
   ASSERT_EQ(r.lines.size(), 3u);
-  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.status, 2);  // two lines failed
   EXPECT_EQ(r.lines[0]["line"], 3);
   EXPECT_NE(r.lines[0]["error"].get<std::string>().find("count must be at least 1"),
             std::string::npos);

@@ -23,8 +23,7 @@ int main() {
       return 1;
     }
     if (d->allowed != expected[i]) {
-      std::fprintf(stderr, "acquire %d: allowed=%d, expected %d\n", i + 1, d->allowed,
-                   expected[i]);
+      std::fprintf(stderr, "acquire %d: allowed=%d, expected %d\n", i + 1, d->allowed, expected[i]);
       return 1;
     }
   }

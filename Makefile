@@ -1,0 +1,119 @@
+# The two user-facing commands are `make run` and `make test`; the rest are helpers.
+#   make run           install missing packages, build release, run the demo
+#   make test          install missing packages, then build and test release, asan and tsan
+#   make build         build the release preset
+#   make bench         build release and run the benchmarks (BENCH_ARGS=... passes flags)
+#   make fuzz          build the libFuzzer targets with clang, run each FUZZ_SECONDS (60)
+#   make format        clang-format every C++ file in place
+#   make format-check  fail if any C++ file is not clang-formatted
+#   make clean         remove build/
+# Builds use the presets in CMakePresets.json, in build/<preset>, at most 2 jobs.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := run
+
+PRESETS := release debug asan tsan
+TEST_PRESETS := release asan tsan
+FORMAT_DIRS := include src tests benchmarks fuzz
+FUZZ_SECONDS ?= 60
+
+export ASAN_OPTIONS := detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS := print_stacktrace=1:halt_on_error=1
+export TSAN_OPTIONS := halt_on_error=1:second_deadlock_stack=1
+
+.PHONY: run test build bench fuzz deps format format-check clean \
+	$(addprefix build-,$(PRESETS)) $(addprefix test-,$(PRESETS))
+
+# SLUICE_DEPS_DONE is set for the sub-makes of `test`, which checked the packages already.
+deps:
+	@[[ -n "$${SLUICE_DEPS_DONE:-}" ]] || bash scripts/install-deps.sh
+
+# Configure only when the build tree is missing or the presets changed; after that Ninja
+# re-runs CMake by itself when a CMakeLists.txt changes. ccache is used when it is installed
+# and its cache directory is writable (a user without a home directory builds without it).
+build/%/build.ninja: CMakePresets.json | deps
+	@launcher=$$(command -v ccache || true); \
+	if [[ -n $$launcher ]]; then \
+	  dir=$$(ccache -k cache_dir 2>/dev/null || true); \
+	  if ! { [[ -n $$dir ]] && mkdir -p "$$dir" 2>/dev/null && [[ -w $$dir ]]; }; then \
+	    echo "ccache: cache directory '$$dir' is not writable; building without ccache"; \
+	    launcher=; \
+	  fi; \
+	fi; \
+	cmake --preset $* $${launcher:+-DCMAKE_CXX_COMPILER_LAUNCHER=$$launcher}
+	@touch $@
+
+$(addprefix build-,$(PRESETS)): build-%: build/%/build.ninja
+	cmake --build --preset $*
+
+build: build-release
+
+run: build-release
+	./build/release/sluice eval --now 0s --echo examples/demo.eval
+
+bench: build-release
+	./build/release/benchmarks/sluice_benchmark $(BENCH_ARGS)
+
+# TSan needs the low-entropy address layout it was built for; `setarch -R` turns ASLR
+# off for the tests (harmless when the kernel's layout is already fine).
+NO_ASLR = $$(setarch $$(uname -m) -R true 2>/dev/null && echo setarch $$(uname -m) -R)
+
+$(addprefix test-,$(PRESETS)): test-%: build-%
+	@mkdir -p build/$*
+	@set +e; \
+	if [[ $* == tsan ]]; then wrap="$(NO_ASLR)"; else wrap=; fi; \
+	echo "$${wrap:+$$wrap }ctest --preset $*"; \
+	$$wrap ctest --preset $* 2>&1 | tee build/$*/ctest.log; \
+	exit $${PIPESTATUS[0]}
+
+# Runs every stage even when one fails, then prints one line per stage and the total
+# (a stage that did not get as far as ctest counts as one failed test).
+test: deps
+	@export SLUICE_DEPS_DONE=1; failed=0; summary=(); \
+	for p in $(TEST_PRESETS); do \
+	  rm -f build/$$p/ctest.log; start=$$(date +%s); \
+	  echo "=== make test: $$p"; \
+	  if $(MAKE) --no-print-directory test-$$p; then status=passed; \
+	  elif [[ -f build/$$p/ctest.log ]]; then status="FAILED (tests)"; failed=1; \
+	  else status="FAILED (configure or build)"; failed=1; fi; \
+	  summary+=("$$p: $$status in $$(( $$(date +%s) - start ))s"); \
+	done; \
+	echo "=== make test summary"; printf '  %s\n' "$${summary[@]}"; \
+	passed=0; fails=0; \
+	for p in $(TEST_PRESETS); do \
+	  line=$$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' \
+	          build/$$p/ctest.log 2>/dev/null | tail -n 1 || true); \
+	  if [[ $$line =~ ([0-9]+)\ tests?\ failed\ out\ of\ ([0-9]+) ]]; then \
+	    fails=$$(( fails + BASH_REMATCH[1] )); \
+	    passed=$$(( passed + BASH_REMATCH[2] - BASH_REMATCH[1] )); \
+	  else \
+	    fails=$$(( fails + 1 )); \
+	  fi; \
+	done; \
+	echo "total: $$passed passed, $$fails failed"; \
+	exit $$failed
+
+# libFuzzer needs clang; each target starts from a copy of its seed corpus in fuzz/corpus.
+fuzz: deps
+	@[[ -f build/fuzz/build.ninja ]] || CXX=clang++ cmake -S . -B build/fuzz -G Ninja \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_BUILD_FUZZERS=ON -DSLUICE_BUILD_TESTS=OFF \
+	  -DSLUICE_BUILD_BENCHMARKS=OFF
+	cmake --build build/fuzz -j2
+	@for t in limit algorithms eval; do \
+	  mkdir -p build/fuzz/corpus/$$t && cp -n fuzz/corpus/$$t/* build/fuzz/corpus/$$t/; \
+	  echo "=== fuzz_$$t for $(FUZZ_SECONDS)s"; \
+	  ./build/fuzz/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    build/fuzz/corpus/$$t 2>&1 | grep -E '^(stat::number_of_executed_units|Done|==)' ; \
+	done
+
+format:
+	find $(wildcard $(FORMAT_DIRS)) \( -name '*.h' -o -name '*.cc' \) -print0 \
+	  | xargs -0 -r clang-format -i
+
+format-check:
+	find $(wildcard $(FORMAT_DIRS)) \( -name '*.h' -o -name '*.cc' \) -print0 \
+	  | xargs -0 -r clang-format --dry-run --Werror
+
+clean:
+	rm -rf build
