@@ -45,7 +45,9 @@ decision gcra_decide(gcra_state& s, const limit& l, microseconds now, std::int64
 inline microseconds expiry(const gcra_state& s) noexcept { return s.tat; }
 
 // Sliding window counter over windows aligned to multiples of the window since the epoch.
-// The estimate is `current + ceil(previous * (window - elapsed) / window)`.
+// The estimate is `current + ceil(previous * (window - elapsed) / window)`, the product and
+// quotient in IEEE doubles (as the Redis scripts compute it; exact while the product stays
+// below 2^53, monotonic past it).
 struct counter_state {
   microseconds window_start{0};  // start of the window `current` counts
   std::int64_t previous = 0;     // admitted in the window before it

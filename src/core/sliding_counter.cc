@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "sluice/algorithms.h"
@@ -6,24 +7,30 @@
 namespace sluice {
 namespace {
 
-__extension__ using int128 =
-    __int128;  // a GCC/Clang extension; __extension__ keeps -Wpedantic quiet
-
-// ceil(a * b / c) and floor(a * b / c) for non-negative operands; the product needs 128 bits
-// (a count up to 2^52 times a window up to 2^52).
-std::int64_t mul_div_ceil(std::int64_t a, std::int64_t b, std::int64_t c) {
-  const int128 p = static_cast<int128>(a) * b;
-  return static_cast<std::int64_t>((p + c - 1) / c);
+// Returns the part of `previous` still counted when `rest` of its window overlaps the
+// sliding window: ceil(previous * rest / w), and all of it when rest = w. Computed in
+// IEEE doubles, in exactly this order, because the Redis scripts (Lua numbers are
+// doubles) compute the same expression and every store must decide alike. The rounding
+// only matters past 2^53 and is monotonic, so the estimate never grows as time passes.
+std::int64_t weighted(std::int64_t previous, std::int64_t rest, std::int64_t w) {
+  if (previous == 0 || rest <= 0) return 0;
+  if (rest >= w) return previous;
+  const double share =
+      static_cast<double>(previous) * static_cast<double>(rest) / static_cast<double>(w);
+  return static_cast<std::int64_t>(std::ceil(share));
 }
-std::int64_t mul_div_floor(std::int64_t a, std::int64_t b, std::int64_t c) {
-  return static_cast<std::int64_t>(static_cast<int128>(a) * b / c);
-}
 
-// Returns how far into a window `previous` must have decayed so that at most `room`
-// of it is left: the least e with ceil(previous * (w - e) / w) ≤ room.
+// Returns how far into a window `previous` must have decayed so that at most `room` of it
+// is left: the least e in [0, w] with weighted(previous, w - e, w) <= room. The closed
+// form gives a first guess; the two loops make it exact for `weighted` as computed.
 std::int64_t decay_point(std::int64_t previous, std::int64_t room, std::int64_t w) {
   if (previous <= room) return 0;
-  return w - mul_div_floor(room, w, previous);
+  const double kept = std::floor(static_cast<double>(room) * static_cast<double>(w) /
+                                 static_cast<double>(previous));
+  std::int64_t e = std::clamp<std::int64_t>(w - static_cast<std::int64_t>(kept), 1, w);
+  while (e > 0 && weighted(previous, w - (e - 1), w) <= room) --e;
+  while (weighted(previous, w - e, w) > room) ++e;
+  return e;
 }
 
 }  // namespace
@@ -47,7 +54,7 @@ decision sliding_counter_decide(counter_state& s, const limit& l, microseconds n
     next.window_start = microseconds{aligned};
   }
   const std::int64_t elapsed = std::max<std::int64_t>(0, now.count() - next.window_start.count());
-  const std::int64_t estimate = next.current + mul_div_ceil(next.previous, w - elapsed, w);
+  const std::int64_t estimate = next.current + weighted(next.previous, w - elapsed, w);
 
   decision d;
   d.limit = l.count;
