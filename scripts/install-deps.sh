@@ -17,6 +17,14 @@ packages=(
   nlohmann-json3-dev
   clang-format
   ccache
+  redis-server
+  redis-tools
+  libhiredis-dev
+  libboost-dev
+  libssl-dev
+  openssl
+  python3-redis
+  python3
 )
 
 missing=()

@@ -8,4 +8,6 @@
 #include "sluice/limit.h"
 #include "sluice/limiter.h"
 #include "sluice/memory_store.h"
+#include "sluice/open_store.h"
+#include "sluice/redis_store.h"
 #include "sluice/store.h"

@@ -53,9 +53,4 @@ class store {
   virtual void async_reset(std::string_view key, reset_completion done) { done(reset(key)); }
 };
 
-// Returns a store for `uri`: `memory://` (options as query parameters:
-// `memory://?shards=64&max_keys=1000000&max_key_length=1024`). Other schemes give
-// `errc::unsupported_store` until their store exists. `c` must outlive the store.
-result<std::shared_ptr<store>> open_store(std::string_view uri, const clock& c = system_clock());
-
 }  // namespace sluice

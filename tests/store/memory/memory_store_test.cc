@@ -1,6 +1,7 @@
 // Tests of the in-process store: conformance with the pure algorithms, key validation,
 // reset, expiry and the incremental sweep, the key cap, the clock, and concurrency.
 #include "sluice/memory_store.h"
+#include "sluice/open_store.h"
 
 #include <gtest/gtest.h>
 

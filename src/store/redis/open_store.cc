@@ -5,7 +5,8 @@
 #include <string_view>
 
 #include "sluice/memory_store.h"
-#include "sluice/store.h"
+#include "sluice/open_store.h"
+#include "sluice/redis_store.h"
 
 namespace sluice {
 namespace {
@@ -71,13 +72,17 @@ result<std::shared_ptr<store>> open_store(std::string_view uri, const clock& c) 
     return open_memory(uri, q == std::string_view::npos ? std::string_view{} : rest.substr(q + 1),
                        c);
   }
-  if (scheme == "redis" || scheme == "rediss" || scheme == "redis+cluster") {
-    return make_error(errc::unsupported_store,
-                      "store scheme \"" + std::string(scheme) +
-                          "\" is not available in this build yet; use memory://");
+  if (scheme == "redis" || scheme == "rediss" || scheme == "unix" || scheme == "redis+unix") {
+    auto options = parse_redis_uri(uri);
+    if (!options) return options.error();
+    return std::shared_ptr<store>(std::make_shared<redis_store>(std::move(*options)));
   }
-  return bad_uri(uri,
-                 "unknown scheme \"" + std::string(scheme.substr(0, 40)) + "\" (use memory://)");
+  if (scheme == "redis+cluster") {
+    return make_error(errc::unsupported_store,
+                      "redis+cluster:// is not available yet; use redis:// or memory://");
+  }
+  return bad_uri(uri, "unknown scheme \"" + std::string(scheme.substr(0, 40)) +
+                          "\" (use memory://, redis://, rediss:// or unix://)");
 }
 
 }  // namespace sluice

@@ -1,0 +1,78 @@
+#include "store/redis/pipeline.h"
+
+#include <charconv>
+#include <string>
+
+namespace sluice::redis {
+namespace {
+
+std::string_view decimal(char (&buf)[24], std::int64_t v) {
+  const auto end = std::to_chars(buf, buf + sizeof buf, v).ptr;
+  return {buf, static_cast<std::size_t>(end - buf)};
+}
+
+}  // namespace
+
+void append_script_call(std::string& out, const script_call& c, std::string_view sha,
+                        std::string_view source) {
+  char count[24], window[24], cost[24], now[24];
+  append_command(out, {source.empty() ? "EVALSHA" : "EVAL", source.empty() ? sha : source, "1",
+                       c.key, c.acquire ? "acquire" : "peek", decimal(count, c.count),
+                       decimal(window, c.window_us), decimal(cost, c.cost),
+                       c.now_us ? decimal(now, *c.now_us) : std::string_view{}, c.token});
+}
+
+result<void> pipeline::on_bytes(std::string_view bytes, std::vector<pending>& resend) {
+  reader_.feed(bytes);
+  for (;;) {
+    auto next = reader_.next();
+    if (!next) return next.error();
+    if (!next->has_value()) return {};
+    if (waiting_.empty()) {
+      return make_error(errc::store_error, "redis: a reply arrived that no call was waiting for");
+    }
+    pending p = std::move(waiting_.front());
+    waiting_.pop_front();
+    reply& r = **next;
+    if (r.is_error() && r.text.starts_with("NOSCRIPT") && p.script && p.done) {
+      resend.push_back(std::move(p));
+      continue;
+    }
+    if (p.done) p.done(std::move(r));
+  }
+}
+
+std::size_t pipeline::expire(steady::time_point now) {
+  std::size_t n = 0;
+  for (pending& p : waiting_) {
+    if (p.done && p.deadline <= now) {
+      auto done = std::move(p.done);
+      p.done = nullptr;
+      done(make_error(errc::timeout, "redis: no reply before the deadline"));
+      ++n;
+    }
+  }
+  return n;
+}
+
+void pipeline::fail_all(const error& e) {
+  std::deque<pending> gone;
+  gone.swap(waiting_);
+  for (pending& p : gone) {
+    if (p.done) p.done(e);
+  }
+}
+
+bool pipeline::stalled(steady::time_point now, steady::duration limit) const {
+  return !waiting_.empty() && waiting_.front().deadline + limit < now;
+}
+
+std::optional<steady::time_point> pipeline::next_deadline() const {
+  std::optional<steady::time_point> best;
+  for (const pending& p : waiting_) {
+    if (p.done && (!best || p.deadline < *best)) best = p.deadline;
+  }
+  return best;
+}
+
+}  // namespace sluice::redis

@@ -1,0 +1,79 @@
+// The request side of one Redis connection, without I/O: which reply belongs to which
+// call (replies come back in the order commands were written), deadlines, and what to do
+// with the replies of calls that already timed out. Tested by feeding it bytes.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sluice/error.h"
+#include "sluice/limit.h"
+#include "store/redis/resp.h"
+
+namespace sluice::redis {
+
+using steady = std::chrono::steady_clock;
+
+// A script call, kept so that it can be sent again as EVAL after a NOSCRIPT reply.
+struct script_call {
+  algorithm algo = algorithm::sliding_log;
+  std::string key;
+  bool acquire = true;
+  std::int64_t count = 0;
+  std::int64_t window_us = 0;
+  std::int64_t cost = 1;
+  std::optional<std::int64_t> now_us;
+  std::string token;
+};
+
+// Appends `EVALSHA sha 1 key ...` (or, with `source`, `EVAL source 1 key ...`).
+void append_script_call(std::string& out, const script_call& c, std::string_view sha,
+                        std::string_view source = {});
+
+// One command waiting for its reply.
+struct pending {
+  std::function<void(result<reply>)> done;  // empty once the caller has been answered
+  steady::time_point deadline;
+  std::optional<script_call> script;  // set for script calls: NOSCRIPT sends it again
+};
+
+// Not thread-safe: a connection drives it from its I/O thread.
+class pipeline {
+ public:
+  // Adds a command that has been (or is being) written, after all earlier ones.
+  void push(pending p) { waiting_.push_back(std::move(p)); }
+
+  // Feeds bytes read from the connection and answers every call whose reply is complete.
+  // Script calls answered NOSCRIPT are not answered: they are appended to `resend`.
+  // Returns an error when the bytes are not RESP, or a reply arrives with no call waiting
+  // for it; the connection must then be dropped (and `fail_all` called).
+  result<void> on_bytes(std::string_view bytes, std::vector<pending>& resend);
+
+  // Answers every call whose deadline is at or before `now` with `errc::timeout`. Their
+  // replies, when they come, are read and dropped. Returns how many timed out.
+  std::size_t expire(steady::time_point now);
+
+  // Answers every waiting call with `e` and forgets them (the connection is gone).
+  void fail_all(const error& e);
+
+  // True when the oldest call's deadline passed more than `limit` ago with no reply: the
+  // server is not answering.
+  bool stalled(steady::time_point now, steady::duration limit) const;
+
+  // The earliest deadline of a call not yet answered, if any.
+  std::optional<steady::time_point> next_deadline() const;
+
+  std::size_t size() const noexcept { return waiting_.size(); }
+
+ private:
+  reader reader_;
+  std::deque<pending> waiting_;
+};
+
+}  // namespace sluice::redis
