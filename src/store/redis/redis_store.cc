@@ -618,19 +618,36 @@ redis_store::~redis_store() {
   impl_->thread.join();
 }
 
+namespace {
+
+// A sync call made on the store's own I/O thread (from inside a completion) would wait for
+// itself; it gets an error instead.
+bool on_io_thread(const std::thread& t) { return std::this_thread::get_id() == t.get_id(); }
+
+error io_thread_error() {
+  return make_error(errc::store_error,
+                    "redis: a synchronous call from a completion would deadlock; use the async "
+                    "form there");
+}
+
+}  // namespace
+
 result<decision> redis_store::acquire(const request& r) {
+  if (on_io_thread(impl_->thread)) return io_thread_error();
   waiter<decision> w;
   impl_->decide(r, true, w.completion());
   return w.wait();
 }
 
 result<decision> redis_store::peek(const request& r) {
+  if (on_io_thread(impl_->thread)) return io_thread_error();
   waiter<decision> w;
   impl_->decide(r, false, w.completion());
   return w.wait();
 }
 
 result<void> redis_store::reset(std::string_view key) {
+  if (on_io_thread(impl_->thread)) return io_thread_error();
   waiter<void> w;
   impl_->reset(key, w.completion());
   return w.wait();

@@ -1,0 +1,395 @@
+// The Redis store against a real redis-server on a free loopback port (tests/support).
+#include "sluice/redis_store.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sluice/memory_store.h"
+#include "support/redis_server.h"
+
+namespace sluice {
+namespace {
+
+using namespace std::chrono_literals;
+using std::chrono::microseconds;
+using test::redis_server;
+
+constexpr algorithm kAlgorithms[] = {algorithm::sliding_log, algorithm::sliding_counter,
+                                     algorithm::gcra};
+
+redis_store_options options_for(const redis_server& server) {
+  auto o = parse_redis_uri(server.full_uri());
+  EXPECT_TRUE(o) << o.error().message();
+  o->timeout = 1000ms;  // generous: sanitizer builds on a busy machine are slow
+  o->reconnect_min = 5ms;
+  o->reconnect_max = 50ms;
+  return *o;
+}
+
+request req(std::string_view key, std::int64_t count, microseconds window, algorithm a,
+            std::int64_t cost = 1, std::optional<microseconds> now = {}) {
+  return request{key, limit{count, window}, a, cost, now};
+}
+
+// Polls `ready` for up to `limit` (bounded waiting for a reconnect, not timing).
+bool eventually(const std::function<bool()>& ready, std::chrono::milliseconds limit = 5s) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (ready()) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return ready();
+}
+
+// Verifies that random sequences with explicit times get exactly the memory store's
+// decisions from the Lua scripts, for every algorithm (the conformance suite).
+TEST(RedisStore, ConformsToTheMemoryStore) {
+  redis_server server;
+  redis_store redis(options_for(server));
+  memory_store memory;
+  std::mt19937_64 rng(2024);
+  int compared = 0;
+  for (int k = 0; k < 90; ++k) {
+    const algorithm a = kAlgorithms[k % 3];
+    const std::string key = "conf:" + std::to_string(k);
+    const std::int64_t count = std::vector<std::int64_t>{1, 3, 10, 100}[rng() % 4];
+    const microseconds window{std::vector<std::int64_t>{1000, 1000000, 3600000000}[rng() % 3]};
+    std::int64_t now = k % 2 == 0 ? 1'800'000'000'000'000 : 0;
+    for (int i = 0; i < 25; ++i) {
+      now += static_cast<std::int64_t>(rng() % (window.count() / 3 + 1));
+      const std::int64_t cost = 1 + static_cast<std::int64_t>(rng() % count);
+      const request r = req(key, count, window, a, cost, microseconds{now});
+      const bool peek = rng() % 3 == 0;
+      auto from_redis = peek ? redis.peek(r) : redis.acquire(r);
+      auto from_memory = peek ? memory.peek(r) : memory.acquire(r);
+      ASSERT_TRUE(from_redis) << from_redis.error().message();
+      ASSERT_TRUE(from_memory);
+      ASSERT_EQ(*from_redis, *from_memory)
+          << to_string(a) << " key " << key << " step " << i << " allowed " << from_redis->allowed
+          << "/" << from_memory->allowed << " remaining " << from_redis->remaining << "/"
+          << from_memory->remaining;
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, 90 * 25);
+}
+
+// Verifies the reference's layout for sliding_log: `<prefix>:<key>` is a sorted set with one
+// member per admitted unit, scored in Unix seconds, with a TTL of window + 60 s; denied
+// requests and peeks record nothing; reset deletes the key.
+TEST(RedisStore, SlidingLogUsesTheReferenceLayout) {
+  redis_server server;
+  auto o = options_for(server);
+  o.key_prefix = "chrysopedia:ratelimit";
+  redis_store redis(o);
+  const std::string key = "chat:user42";
+  const std::string full = "chrysopedia:ratelimit:" + key;
+  for (int i = 0; i < 3; ++i) {
+    auto d = redis.acquire(req(key, 5, 3600s, algorithm::sliding_log, i == 2 ? 2 : 1));
+    ASSERT_TRUE(d && d->allowed);
+  }
+  EXPECT_EQ(server.command({"TYPE", full}), "zset");
+  EXPECT_EQ(server.command({"ZCARD", full}), "4");
+  ASSERT_FALSE(redis.acquire(req(key, 5, 3600s, algorithm::sliding_log, 2))->allowed);
+  ASSERT_TRUE(redis.peek(req(key, 5, 3600s, algorithm::sliding_log))->allowed);
+  EXPECT_EQ(server.command({"ZCARD", full}), "4");
+  const double ttl = std::stod(server.command({"TTL", full}));
+  EXPECT_GT(ttl, 3600 + 50);
+  EXPECT_LE(ttl, 3600 + 60);
+  // Scores are the server's time in seconds; members are "<score>:<token>:<n>".
+  const std::string time = server.command({"TIME"});                                   // "[s, us]"
+  const std::string first = server.command({"ZRANGE", full, "0", "0", "WITHSCORES"});  // "[m, s]"
+  const std::string score = first.substr(first.find(", ") + 2, first.size() - first.find(", ") - 3);
+  EXPECT_NEAR(std::stod(score), std::stod(time.substr(1)), 5.0);
+  EXPECT_TRUE(first.substr(1).starts_with(score.substr(0, score.find('.')))) << first;
+  ASSERT_TRUE(redis.reset(key));
+  EXPECT_EQ(server.command({"EXISTS", full}), "0");
+}
+
+// Verifies that 1,000 acquires racing on one key from 8 threads over 4 connections admit
+// exactly the limit, for every algorithm.
+TEST(RedisStore, ExactUnderConcurrency) {
+  redis_server server;
+  auto o = options_for(server);
+  o.pool = 4;
+  redis_store redis(o);
+  for (const algorithm a : kAlgorithms) {
+    const std::string key = "race:" + std::string(to_string(a));
+    std::atomic<int> admitted{0}, failed{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t) {
+      threads.emplace_back([&] {
+        for (int i = 0; i < 125; ++i) {
+          auto d = redis.acquire(req(key, 100, 3600s, a));
+          if (!d) {
+            ++failed;
+          } else if (d->allowed) {
+            ++admitted;
+          }
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(failed.load(), 0) << to_string(a);
+    EXPECT_EQ(admitted.load(), 100) << to_string(a);
+  }
+}
+
+// Verifies that separate processes (`sluice eval`) racing on one key admit exactly the limit.
+TEST(RedisStore, ExactAcrossProcesses) {
+  redis_server server;
+  const std::filesystem::path input = server.dir() / "requests.eval";
+  {
+    std::ofstream out(input);
+    for (int i = 0; i < 100; ++i) out << "procs:shared 100/1h sliding_log\n";
+  }
+  std::vector<test::process_result> results(10);
+  std::vector<std::thread> processes;
+  for (std::size_t p = 0; p < results.size(); ++p) {
+    processes.emplace_back([&, p] {
+      results[p] = test::run_process(
+          {SLUICE_CLI_PATH, "eval", "--store", server.uri() + "?timeout=2s", input.string()});
+    });
+  }
+  for (auto& t : processes) t.join();
+  int admitted = 0, decided = 0;
+  for (const auto& r : results) {
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    for (std::size_t at = 0; (at = r.out.find("\"allowed\":", at)) != std::string::npos; ++at) {
+      ++decided;
+      if (r.out.compare(at, 15, "\"allowed\":true,") == 0) ++admitted;
+    }
+  }
+  EXPECT_EQ(decided, 1000);
+  EXPECT_EQ(admitted, 100);
+}
+
+// Verifies that with Redis stopped, calls fail at once with store_unavailable (well under
+// the deadline), and that the store reconnects on its own within a second of Redis coming
+// back (its handshake loads the scripts into the new, empty server).
+TEST(RedisStore, SurvivesARestart) {
+  redis_server server;
+  auto o = options_for(server);
+  o.timeout = 100ms;
+  redis_store redis(o);
+  ASSERT_TRUE(redis.acquire(req("restart", 10, 1h, algorithm::gcra)));
+  server.stop();
+  ASSERT_TRUE(eventually([&] { return !redis.ready(); }));
+  std::vector<std::chrono::microseconds> latencies;
+  for (int i = 0; i < 200; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    auto d = redis.acquire(req("restart", 10, 1h, algorithm::gcra));
+    latencies.push_back(std::chrono::duration_cast<std::chrono::microseconds>(
+        std::chrono::steady_clock::now() - start));
+    ASSERT_FALSE(d);
+    EXPECT_EQ(d.error().code, make_error_code(errc::store_unavailable)) << d.error().message();
+  }
+  std::sort(latencies.begin(), latencies.end());
+  EXPECT_LT(latencies[latencies.size() * 99 / 100], o.timeout);
+  server.start();
+  const auto back = std::chrono::steady_clock::now();
+  ASSERT_TRUE(eventually([&] { return redis.ready(); }, 5s));
+  EXPECT_LT(std::chrono::steady_clock::now() - back, 1s);
+  auto d = redis.acquire(req("restart", 10, 1h, algorithm::gcra));
+  ASSERT_TRUE(d) << d.error().message();
+  EXPECT_TRUE(d->allowed);
+  EXPECT_GE(redis.stats().reconnects, 1u);
+}
+
+// Verifies that SCRIPT FLUSH mid-run costs nothing but a resend: no call fails.
+TEST(RedisStore, ScriptFlushIsTransparent) {
+  redis_server server;
+  redis_store redis(options_for(server));
+  for (int round = 0; round < 3; ++round) {
+    for (const algorithm a : kAlgorithms) {
+      auto d = redis.acquire(req("flush:" + std::string(to_string(a)), 100, 1h, a));
+      ASSERT_TRUE(d) << d.error().message();
+      EXPECT_TRUE(d->allowed);
+    }
+    EXPECT_EQ(server.command({"SCRIPT", "FLUSH"}), "OK");
+  }
+  EXPECT_GE(redis.stats().script_loads, 6u);
+}
+
+// Verifies that a wrong password is a clear error, and that passwords and ACL users work.
+TEST(RedisStore, AuthenticatesWithPasswordOrAclUser) {
+  test::redis_server_options so;
+  so.password = "right horse";
+  so.acl_user = "app";
+  so.acl_password = "battery staple";
+  redis_server server(so);
+  auto o = options_for(server);
+  {
+    redis_store redis(o);  // the default user with its password
+    auto d = redis.acquire(req("auth", 1, 1s, algorithm::gcra));
+    ASSERT_TRUE(d) << d.error().message();
+  }
+  {
+    auto acl = o;
+    acl.username = "app";
+    acl.password = "battery staple";
+    redis_store redis(acl);
+    ASSERT_TRUE(redis.acquire(req("auth2", 1, 1s, algorithm::gcra)));
+  }
+  auto wrong = o;
+  wrong.password = "wrong";
+  redis_store redis(wrong);
+  EXPECT_FALSE(redis.ready());
+  auto d = redis.acquire(req("auth", 1, 1s, algorithm::gcra));
+  ASSERT_FALSE(d);
+  EXPECT_EQ(d.error().code, make_error_code(errc::store_unavailable));
+  EXPECT_NE(d.error().message().find("AUTH"), std::string::npos) << d.error().message();
+  EXPECT_NE(d.error().message().find("WRONGPASS"), std::string::npos) << d.error().message();
+  EXPECT_EQ(d.error().message().find("wrong\""), std::string::npos);  // no password echoed
+}
+
+// Verifies TLS: rediss:// with the server's CA works; with another CA the handshake is
+// refused with a clear error.
+TEST(RedisStore, TlsVerifiesTheServer) {
+  test::redis_server_options so;
+  so.tls = true;
+  redis_server server(so);
+  auto o = options_for(server);
+  ASSERT_TRUE(o.tls);
+  {
+    redis_store redis(o);
+    auto d = redis.acquire(req("tls", 2, 1s, algorithm::sliding_log));
+    ASSERT_TRUE(d) << d.error().message();
+    EXPECT_TRUE(d->allowed);
+  }
+  o.tls_ca_file = server.other_ca_file().string();
+  redis_store redis(o);
+  EXPECT_FALSE(redis.ready());
+  auto d = redis.acquire(req("tls", 2, 1s, algorithm::sliding_log));
+  ASSERT_FALSE(d);
+  EXPECT_NE(d.error().message().find("TLS"), std::string::npos) << d.error().message();
+}
+
+// Verifies that a Unix socket works like TCP, and that SELECT puts keys in the chosen db.
+TEST(RedisStore, UnixSocketAndDatabase) {
+  test::redis_server_options so;
+  so.unix_socket = true;
+  redis_server server(so);
+  auto o = parse_redis_uri("unix://" + server.unix_socket().string() + "?db=3&prefix=p");
+  ASSERT_TRUE(o) << o.error().message();
+  redis_store redis(*o);
+  ASSERT_TRUE(redis.acquire(req("u", 5, 1h, algorithm::sliding_counter)));
+  EXPECT_EQ(server.command({"EXISTS", "p:u"}), "0");
+  EXPECT_EQ(server.commands({{"SELECT", "3"}, {"EXISTS", "p:u"}})[1], "1");
+}
+
+// Verifies that servers answering garbage, hanging up, or never answering give clear errors
+// within the deadline, and never a crash.
+TEST(RedisStore, BadServersAreErrorsNotCrashes) {
+  for (const auto& [reply, behaviour] :
+       std::vector<std::pair<std::string, test::fake_resp_behaviour>>{
+           {"!garbage\r\n", test::fake_resp_behaviour::reply_to_each_read},
+           {"*2\r\n$-5\r\nxx\r\n", test::fake_resp_behaviour::reply_to_each_read},
+           {"+OK\r\n", test::fake_resp_behaviour::reply_to_each_read},
+           {":1\r\n", test::fake_resp_behaviour::reply_once_then_close},
+           {"", test::fake_resp_behaviour::close_on_accept},
+           {"", test::fake_resp_behaviour::reply_to_each_read},  // never answers
+       }) {
+    test::fake_resp_server fake(reply, behaviour);
+    auto o = parse_redis_uri(fake.uri());
+    ASSERT_TRUE(o);
+    o->timeout = 100ms;
+    o->connect_timeout = 200ms;
+    redis_store redis(*o);
+    EXPECT_FALSE(redis.ready());
+    auto d = redis.acquire(req("k", 1, 1s, algorithm::gcra));
+    ASSERT_FALSE(d) << "reply " << reply;
+    EXPECT_FALSE(d.error().message().empty());
+  }
+}
+
+// Verifies that a server that hangs (SIGSTOP) makes calls time out at their deadline, and
+// that the store recovers when it resumes.
+TEST(RedisStore, HungServerTimesOutThenRecovers) {
+  redis_server server;
+  auto o = options_for(server);
+  o.timeout = 100ms;
+  redis_store redis(o);
+  ASSERT_TRUE(redis.acquire(req("hang", 100, 1h, algorithm::gcra)));
+  server.pause();
+  const auto start = std::chrono::steady_clock::now();
+  auto d = redis.acquire(req("hang", 100, 1h, algorithm::gcra));
+  const auto took = std::chrono::steady_clock::now() - start;
+  ASSERT_FALSE(d);
+  EXPECT_EQ(d.error().code, make_error_code(errc::timeout));
+  EXPECT_GE(took, 90ms);
+  EXPECT_LT(took, 1s);
+  server.resume();
+  ASSERT_TRUE(
+      eventually([&] { return bool(redis.acquire(req("hang", 100, 1h, algorithm::gcra))); }));
+  EXPECT_GE(redis.stats().timeouts, 1u);
+}
+
+// Verifies bad input: empty keys, bad costs, times Lua cannot hold exactly.
+TEST(RedisStore, RejectsBadInputBeforeSendingIt) {
+  redis_server server;
+  redis_store redis(options_for(server));
+  EXPECT_EQ(redis.acquire(req("", 1, 1s, algorithm::gcra)).error().code,
+            make_error_code(errc::invalid_key));
+  EXPECT_EQ(redis.acquire(req("k", 2, 1s, algorithm::gcra, 3)).error().code,
+            make_error_code(errc::cost_exceeds_limit));
+  EXPECT_EQ(redis.acquire(req("k", 2, 1s, algorithm::gcra, 1, microseconds{std::int64_t{1} << 60}))
+                .error()
+                .code,
+            make_error_code(errc::invalid_time));
+  EXPECT_EQ(redis.stats().requests, 0u);
+}
+
+// Verifies that a key used with another algorithm starts fresh, as on the memory store,
+// instead of failing with WRONGTYPE.
+TEST(RedisStore, ChangingAlgorithmStartsFresh) {
+  redis_server server;
+  redis_store redis(options_for(server));
+  ASSERT_TRUE(redis.acquire(req("switch", 1, 1h, algorithm::sliding_log))->allowed);
+  auto g = redis.acquire(req("switch", 1, 1h, algorithm::gcra));
+  ASSERT_TRUE(g) << g.error().message();
+  EXPECT_TRUE(g->allowed);
+  auto c = redis.acquire(req("switch", 1, 1h, algorithm::sliding_counter));
+  ASSERT_TRUE(c) << c.error().message();
+  EXPECT_TRUE(c->allowed);
+  auto l = redis.acquire(req("switch", 1, 1h, algorithm::sliding_log));
+  ASSERT_TRUE(l) << l.error().message();
+  EXPECT_TRUE(l->allowed);
+}
+
+// Verifies that async calls complete exactly once each, on success and when Redis is gone.
+TEST(RedisStore, AsyncCallsCompleteExactlyOnce) {
+  redis_server server;
+  redis_store redis(options_for(server));
+  std::atomic<int> completions{0}, allowed{0};
+  for (int i = 0; i < 500; ++i) {
+    redis.async_acquire(req("async", 100, 1h, algorithm::sliding_log), [&](result<decision> d) {
+      if (d && d->allowed) ++allowed;
+      ++completions;
+    });
+  }
+  ASSERT_TRUE(eventually([&] { return completions.load() == 500; }));
+  EXPECT_EQ(allowed.load(), 100);
+  server.kill();
+  std::atomic<int> failures{0};
+  for (int i = 0; i < 50; ++i) {
+    redis.async_acquire(req("async", 100, 1h, algorithm::sliding_log), [&](result<decision> d) {
+      if (!d) ++failures;
+      ++completions;
+    });
+  }
+  ASSERT_TRUE(eventually([&] { return completions.load() == 550; }));
+  EXPECT_EQ(failures.load(), 50);
+}
+
+}  // namespace
+}  // namespace sluice

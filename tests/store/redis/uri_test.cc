@@ -1,0 +1,88 @@
+#include <gtest/gtest.h>
+
+#include "sluice/redis_store.h"
+
+namespace sluice {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Verifies the defaults and every part of a full redis:// URI.
+TEST(RedisUri, ParsesEveryPart) {
+  auto o = parse_redis_uri(
+      "redis://alice:p%40ss@cache.local:6380/3?timeout=20ms&connect_timeout=2s&pool=4&"
+      "prefix=chrysopedia:ratelimit&reconnect_min=5ms&reconnect_max=2s");
+  ASSERT_TRUE(o) << o.error().message();
+  EXPECT_EQ(o->host, "cache.local");
+  EXPECT_EQ(o->port, 6380);
+  EXPECT_EQ(o->username, "alice");
+  EXPECT_EQ(o->password, "p@ss");
+  EXPECT_EQ(o->db, 3);
+  EXPECT_EQ(o->timeout, 20ms);
+  EXPECT_EQ(o->connect_timeout, 2s);
+  EXPECT_EQ(o->pool, 4u);
+  EXPECT_EQ(o->key_prefix, "chrysopedia:ratelimit");
+  EXPECT_EQ(o->reconnect_min, 5ms);
+  EXPECT_EQ(o->reconnect_max, 2s);
+  EXPECT_FALSE(o->tls);
+
+  auto d = parse_redis_uri("redis://localhost");
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->port, 6379);
+  EXPECT_EQ(d->db, 0);
+  EXPECT_EQ(d->timeout, 50ms);
+  EXPECT_EQ(d->key_prefix, "sluice");
+}
+
+// Verifies password-only forms, TLS, IPv6 and Unix sockets.
+TEST(RedisUri, ParsesOtherForms) {
+  auto a = parse_redis_uri("redis://:secret@127.0.0.1:7000");
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->username, "");
+  EXPECT_EQ(a->password, "secret");
+  auto t =
+      parse_redis_uri("rediss://[::1]:6390?tls_ca=/tmp/ca.pem&tls_server_name=redis&tls_verify=1");
+  ASSERT_TRUE(t) << t.error().message();
+  EXPECT_TRUE(t->tls);
+  EXPECT_EQ(t->host, "::1");
+  EXPECT_EQ(t->port, 6390);
+  EXPECT_EQ(t->tls_ca_file, "/tmp/ca.pem");
+  EXPECT_EQ(t->tls_server_name, "redis");
+  auto u = parse_redis_uri("unix:///run/redis/redis.sock?db=2");
+  ASSERT_TRUE(u);
+  EXPECT_EQ(u->unix_socket, "/run/redis/redis.sock");
+  EXPECT_EQ(u->db, 2);
+}
+
+// Verifies that bad URIs are refused with a message naming the problem, and that the
+// message never shows the password.
+TEST(RedisUri, RejectsBadUrisWithoutLeakingPasswords) {
+  struct bad_case {
+    const char* uri;
+    const char* says;
+  };
+  for (const auto& c : std::vector<bad_case>{
+           {"redis://host:0", "port"},
+           {"redis://host:99999", "port"},
+           {"redis://host:abc", "port"},
+           {"redis://host/x", "database"},
+           {"redis://host?timeout=fast", "timeout"},
+           {"redis://host?pool=0", "pool"},
+           {"redis://host?color=blue", "unknown option"},
+           {"redis://host?timeout", "needs a value"},
+           {"redis://user:%zz@host", "escape"},
+           {"ftp://host", "scheme"},
+           {"unix://relative", "unix:///"},
+           {"redis://:hunter2@host?reconnect_min=2s&reconnect_max=1s", "reconnect"},
+       }) {
+    auto o = parse_redis_uri(c.uri);
+    ASSERT_FALSE(o) << c.uri;
+    EXPECT_EQ(o.error().code, make_error_code(errc::invalid_store_uri)) << c.uri;
+    EXPECT_NE(o.error().message().find(c.says), std::string::npos)
+        << c.uri << " -> " << o.error().message();
+    EXPECT_EQ(o.error().message().find("hunter2"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace sluice
