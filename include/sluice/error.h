@@ -29,6 +29,8 @@ enum class errc {
   store_full,          // the store is at its key cap and could not make room
   store_unavailable,   // the store cannot be reached
   timeout,             // the store did not answer before the deadline
+  store_error,         // the store answered something unusable (protocol error, bad reply,
+                       // authentication refused, script error)
 };
 
 // Returns the category of `errc` values; its name is "sluice".
@@ -49,6 +51,15 @@ struct error {
 
 inline error make_error(errc e, std::string detail = {}) {
   return {make_error_code(e), std::move(detail)};
+}
+
+// Returns true when `ec` says the store failed (`store_unavailable`, `timeout`,
+// `store_error`) rather than that the request was bad: the errors a policy's failure
+// mode applies to (invariant 3 of DESIGN.md).
+inline bool is_store_failure(const std::error_code& ec) noexcept {
+  if (ec.category() != sluice_category()) return false;
+  const auto e = static_cast<errc>(ec.value());
+  return e == errc::store_unavailable || e == errc::timeout || e == errc::store_error;
 }
 
 // Holds either a T or an `error`. A minimal stand-in for C++23's std::expected.

@@ -1,4 +1,5 @@
-// The front door: named policies bound to a store.
+// The front door: named policies bound to a store, with the failure policy that decides
+// while the store is down (invariant 3 of DESIGN.md).
 #pragma once
 
 #include <chrono>
@@ -10,12 +11,29 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "sluice/algorithms.h"
+#include "sluice/breaker.h"
+#include "sluice/clock.h"
 #include "sluice/decision.h"
 #include "sluice/error.h"
 #include "sluice/limit.h"
+#include "sluice/memory_store.h"
 #include "sluice/store.h"
 
 namespace sluice {
+
+// What a policy decides when its store fails (`store_unavailable`, `timeout`,
+// `store_error`) or the circuit breaker keeps the store out of the call.
+enum class failure_mode : std::uint8_t {
+  allow,  // fail open: admit, as the reference limiter does
+  deny,   // fail closed: refuse until the store is back
+  local,  // decide in-process, on a memory store with the same limit and algorithm
+};
+
+// Returns the failure mode named `allow`, `deny` or `local`, else `errc::invalid_policy`.
+result<failure_mode> parse_failure_mode(std::string_view name);
+// Returns the mode's name, as `parse_failure_mode` accepts it.
+std::string_view to_string(failure_mode m) noexcept;
 
 // A named limit and algorithm, e.g. `chat: 30/hour sliding_log`. The name scopes the keys:
 // key `user:42` under policy `chat` is stored as `chat:user:42`.
@@ -23,10 +41,49 @@ struct policy {
   std::string name;  // [A-Za-z0-9_.-]{1,64}; may be empty for an inline, unscoped policy
   sluice::limit limit;
   sluice::algorithm algorithm = sluice::algorithm::sliding_log;
+  failure_mode on_failure = failure_mode::allow;
+};
+
+struct limiter_options {
+  // Where decisions are made. Required.
+  std::shared_ptr<sluice::store> store;
+  // The clock of the breaker, the warnings and the local store; must outlive the limiter.
+  const clock* time_source = &system_clock();
+  // When to stop calling a failing store, and how to probe it.
+  breaker_options breaker;
+  // Receives warnings about store failures, at most one per `warn_interval`; may be empty.
+  // Called on the thread that saw the failure (the store's I/O thread for async calls), with
+  // no lock held; must be thread-safe and must not throw.
+  std::function<void(std::string_view)> warn;
+  // The shortest time between two warnings; the events in between are counted in the next.
+  std::chrono::milliseconds warn_interval{10000};
+  // The store of `failure_mode::local`, built with the limiter (its `time_source` is
+  // replaced by the one above). Keys it cannot hold get its error while the store fails.
+  memory_store_options local;
+};
+
+// Counters since the limiter was built, for metrics.
+struct limiter_stats {
+  std::uint64_t decisions = 0;        // decisions returned (acquire and peek), fallbacks too
+  std::uint64_t allowed = 0;          // of which allowed
+  std::uint64_t denied = 0;           // of which denied
+  std::uint64_t store_errors = 0;     // store calls that failed (resets too)
+  std::uint64_t fallbacks_allow = 0;  // decisions made by failure_mode::allow
+  std::uint64_t fallbacks_deny = 0;   // decisions made by failure_mode::deny
+  std::uint64_t fallbacks_local = 0;  // decisions made by failure_mode::local
+  std::uint64_t breaker_opened = 0;   // times the circuit breaker tripped open
+  breaker_state breaker = breaker_state::closed;  // now
 };
 
 // Binds a store and named policies. Policies are added before the limiter is shared;
 // after that every call is thread-safe.
+//
+// Every decision asks the circuit breaker first. When it refuses, or the store fails, the
+// policy's failure mode decides at once: allow → {allowed, limit, remaining = limit, 0, 0};
+// deny → {denied, limit, 0, retry_after = reset_after = time until the breaker probes the
+// store again (at least 1 ms; 1 s while it is not open)}; local → the local memory store's
+// decision. Bad input is an error in every case, and says nothing to the breaker. Each
+// fallback is counted in `stats()` and warned about (rate-limited).
 //
 //   limiter lim{std::make_shared<memory_store>()};
 //   lim.add_policy({"chat", *parse_limit("30/hour"), algorithm::sliding_log});
@@ -35,7 +92,13 @@ class limiter {
  public:
   using completion = sluice::store::completion;
 
+  // Precondition: `options.store` is not null.
+  explicit limiter(limiter_options options);
+  // The same with the default options.
   explicit limiter(std::shared_ptr<sluice::store> s);
+  ~limiter();
+  limiter(limiter&&) noexcept;
+  limiter& operator=(limiter&&) noexcept;
 
   // Adds `p`; fails with `errc::invalid_policy` on a bad or duplicate name.
   result<void> add_policy(policy p);
@@ -46,6 +109,9 @@ class limiter {
   result<decision> acquire(std::string_view policy_name, std::string_view key,
                            std::int64_t cost = 1);
   result<decision> peek(std::string_view policy_name, std::string_view key, std::int64_t cost = 1);
+  // Forgets the key in the store and in the local store. While the store fails (or the
+  // breaker is open: `errc::store_unavailable`) it returns the error: state kept there is
+  // not forgotten.
   result<void> reset(std::string_view policy_name, std::string_view key);
 
   // The same for a policy that need not be registered (inline limits). An explicit
@@ -56,15 +122,27 @@ class limiter {
                         std::optional<std::chrono::microseconds> now = {});
   result<void> reset(const policy& p, std::string_view key);
 
-  // Async forms: `done` runs exactly once, possibly before the call returns.
+  // Async forms: `done` runs exactly once, possibly before the call returns, possibly on the
+  // store's I/O thread, with the same decision or error as the sync form. The key is only
+  // borrowed for the call (a `local` policy keeps a copy for its fallback); the limiter must
+  // outlive every pending `done`.
   void async_acquire(std::string_view policy_name, std::string_view key, std::int64_t cost,
                      completion done);
   void async_peek(std::string_view policy_name, std::string_view key, std::int64_t cost,
                   completion done);
 
   sluice::store& store() noexcept { return *store_; }
+  const circuit_breaker& breaker() const noexcept;
+  limiter_stats stats() const noexcept;
 
  private:
+  struct failover;  // the breaker, the local store, counters and warnings
+
+  result<decision> decide(const policy& p, std::string_view key, std::int64_t cost,
+                          std::optional<std::chrono::microseconds> now, mode m);
+  void async_decide(const policy& p, std::string_view key, std::int64_t cost, mode m,
+                    completion done);
+
   // Lets find_policy look names up by string_view without building a std::string.
   struct name_hash {
     using is_transparent = void;
@@ -74,6 +152,7 @@ class limiter {
   };
 
   std::shared_ptr<sluice::store> store_;
+  std::unique_ptr<failover> failover_;  // on the heap: pending completions point at it
   std::unordered_map<std::string, policy, name_hash, std::equal_to<>> policies_;
 };
 

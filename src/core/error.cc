@@ -39,6 +39,8 @@ class category final : public std::error_category {
         return "store unavailable";
       case errc::timeout:
         return "store timed out";
+      case errc::store_error:
+        return "store error";
     }
     return "unknown sluice error " + std::to_string(code);
   }

@@ -1,12 +1,20 @@
 #include "sluice/limiter.h"
 
+#include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstring>
+#include <limits>
+#include <mutex>
 #include <string>
 #include <utility>
 
+#include "sluice/algorithms.h"
+
 namespace sluice {
 namespace {
+
+using std::chrono::microseconds;
 
 bool valid_policy_name(std::string_view name) {
   if (name.empty() || name.size() > 64) return false;
@@ -50,9 +58,235 @@ error unknown(std::string_view name) {
                     "no policy named \"" + std::string(name.substr(0, 64)) + "\"");
 }
 
+// Returns `text` quoted, at most 64 bytes, with control bytes escaped.
+std::string quote(std::string_view text) {
+  std::string out = "\"";
+  for (std::size_t i = 0; i < text.size() && i < 64; ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (text.size() > 64) out += "...";
+  return out + "\"";
+}
+
+std::string describe_error(const error& e) {
+  std::string out = e.code.message();
+  if (!e.detail.empty()) out += " (" + e.detail + ")";
+  return out;
+}
+
+std::string_view consequence(failure_mode m) {
+  switch (m) {
+    case failure_mode::allow:
+      return "failed open (on_failure: allow)";
+    case failure_mode::deny:
+      return "failed closed (on_failure: deny)";
+    case failure_mode::local:
+      return "decided in-process (on_failure: local)";
+  }
+  return "?";
+}
+
+constexpr std::int64_t kNever = std::numeric_limits<std::int64_t>::min();
+
 }  // namespace
 
-limiter::limiter(std::shared_ptr<sluice::store> s) : store_(std::move(s)) {}
+result<failure_mode> parse_failure_mode(std::string_view name) {
+  for (const auto m : {failure_mode::allow, failure_mode::deny, failure_mode::local}) {
+    if (name == to_string(m)) return m;
+  }
+  return make_error(errc::invalid_policy,
+                    "failure mode " + quote(name) + ": use allow, deny or local");
+}
+
+std::string_view to_string(failure_mode m) noexcept {
+  switch (m) {
+    case failure_mode::allow:
+      return "allow";
+    case failure_mode::deny:
+      return "deny";
+    case failure_mode::local:
+      return "local";
+  }
+  return "unknown";
+}
+
+// What the limiter needs when the store fails, on the heap so that it stays put while
+// async completions point at it. Thread-safe.
+struct limiter::failover {
+  failover(const limiter_options& o, sluice::store* s)
+      : time(o.time_source != nullptr ? o.time_source : &system_clock()),
+        remote(s),
+        breaker(o.breaker, *time),
+        local(local_options(o, *time)),
+        warn(o.warn),
+        warn_interval(std::chrono::duration_cast<microseconds>(o.warn_interval).count()) {}
+
+  static memory_store_options local_options(const limiter_options& o, const clock& c) {
+    memory_store_options l = o.local;
+    l.time_source = &c;
+    return l;
+  }
+
+  void count(const decision& d) noexcept {
+    (d.allowed ? allowed : denied).fetch_add(1, std::memory_order_relaxed);
+  }
+
+  // Records a failed store call: counts it, tells the breaker, keeps the message for the
+  // warnings that follow while the breaker is open.
+  void store_failed(const error& e) {
+    store_errors.fetch_add(1, std::memory_order_relaxed);
+    breaker.on_failure();
+    if (warn) {
+      std::string text = describe_error(e);
+      const std::lock_guard lock(last_error_mu);
+      last_error = std::move(text);
+    }
+  }
+
+  // Returns how long a denied caller should wait: until the breaker lets a probe through.
+  microseconds deny_wait() const noexcept {
+    if (breaker.state() != breaker_state::open) return std::chrono::seconds(1);
+    return std::max<microseconds>(breaker.next_probe_in(), std::chrono::milliseconds(1));
+  }
+
+  // Returns the failure mode's decision for `r`, or the error of bad input. `cause` is the
+  // store's error, or null when the breaker kept the store out of the call.
+  result<decision> fall_back(const policy& p, const request& r, mode m, const error* cause) {
+    const microseconds now = r.now ? *r.now : time->now();
+    if (auto ok = check_request(r.limit, r.cost, now); !ok) return ok.error();
+    decision d;
+    switch (p.on_failure) {
+      case failure_mode::allow:
+        d = {true, r.limit.count, r.limit.count, microseconds(0), microseconds(0)};
+        fallbacks_allow.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case failure_mode::deny: {
+        const microseconds wait = deny_wait();
+        d = {false, r.limit.count, 0, wait, wait};
+        fallbacks_deny.fetch_add(1, std::memory_order_relaxed);
+        break;
+      }
+      case failure_mode::local: {
+        result<decision> l = m == mode::acquire ? local.acquire(r) : local.peek(r);
+        if (!l) return l;
+        d = *l;
+        fallbacks_local.fetch_add(1, std::memory_order_relaxed);
+        break;
+      }
+    }
+    count(d);
+    warn_about(p, cause);
+    return d;
+  }
+
+  // Settles a store call's result: tells the breaker, and falls back on a store failure.
+  result<decision> settle(const policy& p, const request& r, mode m, result<decision> got) {
+    if (got) {
+      breaker.on_success();
+      count(*got);
+      return got;
+    }
+    if (!is_store_failure(got.error().code)) {
+      breaker.on_abandoned();
+      return got;
+    }
+    store_failed(got.error());
+    return fall_back(p, r, m, &got.error());
+  }
+
+  // Calls `warn` when the last warning is `warn_interval` old, else counts the event.
+  void warn_about(const policy& p, const error* cause) {
+    if (!warn) return;
+    const std::int64_t now = time->now().count();
+    std::int64_t last = last_warn_at.load(std::memory_order_relaxed);
+    for (;;) {
+      // A clock that stepped back before the last warning must not silence them.
+      const bool due = last == kNever || now < last || now - last >= warn_interval;
+      if (!due) {
+        suppressed.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+      if (last_warn_at.compare_exchange_weak(last, now, std::memory_order_relaxed)) break;
+    }
+    const std::uint64_t quiet = suppressed.exchange(0, std::memory_order_relaxed);
+
+    std::string text = "sluice: store " + remote->describe();
+    if (cause != nullptr) {
+      text += " failed: " + describe_error(*cause);
+    } else {
+      text += " not called: circuit breaker ";
+      text += to_string(breaker.state());
+      const std::lock_guard lock(last_error_mu);
+      if (!last_error.empty()) text += " after: " + last_error;
+    }
+    text += "; policy ";
+    text += p.name.empty() ? std::string("(inline)") : quote(p.name);
+    text += ' ';
+    text += consequence(p.on_failure);
+    text += "; " + std::to_string(quiet) + " more failures since the last warning";
+    warn(text);
+  }
+
+  const clock* time;
+  sluice::store* remote;
+  circuit_breaker breaker;
+  memory_store local;
+  const std::function<void(std::string_view)> warn;
+  const std::int64_t warn_interval;  // µs
+
+  // Bumped on every decision: a cache line of their own.
+  alignas(64) std::atomic<std::uint64_t> allowed{0};
+  std::atomic<std::uint64_t> denied{0};
+  alignas(64) std::atomic<std::uint64_t> store_errors{0};
+  std::atomic<std::uint64_t> fallbacks_allow{0};
+  std::atomic<std::uint64_t> fallbacks_deny{0};
+  std::atomic<std::uint64_t> fallbacks_local{0};
+
+  std::atomic<std::int64_t> last_warn_at{kNever};  // µs
+  std::atomic<std::uint64_t> suppressed{0};        // events not warned about since then
+  std::mutex last_error_mu;
+  std::string last_error;  // the last store failure, for warnings while the breaker is open
+};
+
+limiter::limiter(limiter_options options)
+    : store_(std::move(options.store)),
+      failover_(std::make_unique<failover>(options, store_.get())) {}
+
+limiter::limiter(std::shared_ptr<sluice::store> s)
+    : limiter([&] {
+        limiter_options o;
+        o.store = std::move(s);
+        return o;
+      }()) {}
+
+limiter::~limiter() = default;
+limiter::limiter(limiter&&) noexcept = default;
+limiter& limiter::operator=(limiter&&) noexcept = default;
+
+const circuit_breaker& limiter::breaker() const noexcept { return failover_->breaker; }
+
+limiter_stats limiter::stats() const noexcept {
+  const failover& f = *failover_;
+  limiter_stats s;
+  s.allowed = f.allowed.load(std::memory_order_relaxed);
+  s.denied = f.denied.load(std::memory_order_relaxed);
+  s.decisions = s.allowed + s.denied;
+  s.store_errors = f.store_errors.load(std::memory_order_relaxed);
+  s.fallbacks_allow = f.fallbacks_allow.load(std::memory_order_relaxed);
+  s.fallbacks_deny = f.fallbacks_deny.load(std::memory_order_relaxed);
+  s.fallbacks_local = f.fallbacks_local.load(std::memory_order_relaxed);
+  s.breaker_opened = f.breaker.stats().opened;
+  s.breaker = f.breaker.state();
+  return s;
+}
 
 result<void> limiter::add_policy(policy p) {
   if (!valid_policy_name(p.name)) {
@@ -95,42 +329,81 @@ result<void> limiter::reset(std::string_view policy_name, std::string_view key) 
   return reset(*p, key);
 }
 
-result<decision> limiter::acquire(const policy& p, std::string_view key, std::int64_t cost,
-                                  std::optional<std::chrono::microseconds> now) {
+result<decision> limiter::decide(const policy& p, std::string_view key, std::int64_t cost,
+                                 std::optional<std::chrono::microseconds> now, mode m) {
   if (key.empty()) return make_error(errc::invalid_key, "key is empty");
   const scoped_key k(p.name, key);
-  return store_->acquire(request{k.view(), p.limit, p.algorithm, cost, now});
+  const request r{k.view(), p.limit, p.algorithm, cost, now};
+  failover& f = *failover_;
+  if (!f.breaker.allow()) return f.fall_back(p, r, m, nullptr);
+  return f.settle(p, r, m, m == mode::acquire ? store_->acquire(r) : store_->peek(r));
+}
+
+void limiter::async_decide(const policy& p, std::string_view key, std::int64_t cost, mode m,
+                           completion done) {
+  if (key.empty()) return done(make_error(errc::invalid_key, "key is empty"));
+  const scoped_key k(p.name, key);
+  const request r{k.view(), p.limit, p.algorithm, cost, {}};
+  failover* f = failover_.get();
+  if (!f->breaker.allow()) return done(f->fall_back(p, r, m, nullptr));
+  // The store may complete after this frame is gone. Only the local fallback needs the key
+  // then; allow and deny decide from the limit alone.
+  std::string owned = p.on_failure == failure_mode::local ? std::string(k.view()) : std::string();
+  completion settle = [f, pp = &p, cost, m, owned = std::move(owned),
+                       done = std::move(done)](result<decision> got) {
+    const request later{owned, pp->limit, pp->algorithm, cost, {}};
+    done(f->settle(*pp, later, m, std::move(got)));
+  };
+  if (m == mode::acquire) {
+    store_->async_acquire(r, std::move(settle));
+  } else {
+    store_->async_peek(r, std::move(settle));
+  }
+}
+
+result<decision> limiter::acquire(const policy& p, std::string_view key, std::int64_t cost,
+                                  std::optional<std::chrono::microseconds> now) {
+  return decide(p, key, cost, now, mode::acquire);
 }
 
 result<decision> limiter::peek(const policy& p, std::string_view key, std::int64_t cost,
                                std::optional<std::chrono::microseconds> now) {
-  if (key.empty()) return make_error(errc::invalid_key, "key is empty");
-  const scoped_key k(p.name, key);
-  return store_->peek(request{k.view(), p.limit, p.algorithm, cost, now});
+  return decide(p, key, cost, now, mode::peek);
 }
 
 result<void> limiter::reset(const policy& p, std::string_view key) {
   if (key.empty()) return make_error(errc::invalid_key, "key is empty");
   const scoped_key k(p.name, key);
-  return store_->reset(k.view());
+  failover& f = *failover_;
+  // State the local store kept through an outage goes too (a key too long for it has none).
+  (void)f.local.reset(k.view());
+  if (!f.breaker.allow()) {
+    return make_error(errc::store_unavailable,
+                      "store " + store_->describe() + " not called: circuit breaker open");
+  }
+  result<void> r = store_->reset(k.view());
+  if (r) {
+    f.breaker.on_success();
+  } else if (is_store_failure(r.error().code)) {
+    f.store_failed(r.error());
+  } else {
+    f.breaker.on_abandoned();
+  }
+  return r;
 }
 
 void limiter::async_acquire(std::string_view policy_name, std::string_view key, std::int64_t cost,
                             completion done) {
   const policy* p = find_policy(policy_name);
   if (p == nullptr) return done(unknown(policy_name));
-  if (key.empty()) return done(make_error(errc::invalid_key, "key is empty"));
-  const scoped_key k(p->name, key);
-  store_->async_acquire(request{k.view(), p->limit, p->algorithm, cost, {}}, std::move(done));
+  async_decide(*p, key, cost, mode::acquire, std::move(done));
 }
 
 void limiter::async_peek(std::string_view policy_name, std::string_view key, std::int64_t cost,
                          completion done) {
   const policy* p = find_policy(policy_name);
   if (p == nullptr) return done(unknown(policy_name));
-  if (key.empty()) return done(make_error(errc::invalid_key, "key is empty"));
-  const scoped_key k(p->name, key);
-  store_->async_peek(request{k.view(), p->limit, p->algorithm, cost, {}}, std::move(done));
+  async_decide(*p, key, cost, mode::peek, std::move(done));
 }
 
 }  // namespace sluice

@@ -1,5 +1,6 @@
 // Tests of the limiter: policy registration and validation, key scoping by policy name,
-// inline policies, and the async forms.
+// inline policies, the async forms, and the counters over a store that never fails. The
+// failure policy has its own tests in failure_test.cc.
 #include "sluice/limiter.h"
 
 #include <gtest/gtest.h>
@@ -290,5 +291,56 @@ TEST_F(LimiterTest, AsyncErrorsCompleteOnce) {
 
 // Verifies that the limiter exposes the store it was built with.
 TEST_F(LimiterTest, ExposesItsStore) { EXPECT_EQ(&lim_.store(), store_.get()); }
+
+// Verifies that a policy fails open unless it says otherwise, and that the failure mode is
+// kept with the policy.
+TEST_F(LimiterTest, PolicyFailureModeDefaultsToAllow) {
+  const sluice::policy plain{"plain", make(3, hours(1))};
+  EXPECT_EQ(plain.on_failure, sluice::failure_mode::allow);
+  ASSERT_TRUE(lim_.add_policy(plain));
+  ASSERT_TRUE(
+      lim_.add_policy({"strict", make(3, hours(1)), algorithm::gcra, sluice::failure_mode::deny}));
+  EXPECT_EQ(lim_.find_policy("plain")->on_failure, sluice::failure_mode::allow);
+  EXPECT_EQ(lim_.find_policy("strict")->on_failure, sluice::failure_mode::deny);
+}
+
+// Verifies the counters over a store that never fails: every decision (acquire and peek,
+// sync and async) is counted as allowed or denied, errors are not, nothing falls back.
+TEST_F(LimiterTest, StatsCountDecisions) {
+  ASSERT_TRUE(lim_.add_policy({"chat", make(2, hours(1))}));
+  EXPECT_EQ(lim_.stats().decisions, 0u);
+  EXPECT_TRUE(must(lim_.acquire("chat", "u")).allowed);
+  EXPECT_TRUE(must(lim_.peek("chat", "u")).allowed);
+  lim_.async_acquire("chat", "u", 1, [](result<decision> r) { EXPECT_TRUE(must(r).allowed); });
+  lim_.async_peek("chat", "u", 1, [](result<decision> r) { EXPECT_FALSE(must(r).allowed); });
+  EXPECT_FALSE(must(lim_.acquire("chat", "u")).allowed);
+  EXPECT_FALSE(lim_.acquire("chat", "u", 0));
+  EXPECT_FALSE(lim_.acquire("nope", "u"));
+  const sluice::limiter_stats s = lim_.stats();
+  EXPECT_EQ(s.decisions, 5u);
+  EXPECT_EQ(s.allowed, 3u);
+  EXPECT_EQ(s.denied, 2u);
+  EXPECT_EQ(s.store_errors, 0u);
+  EXPECT_EQ(s.fallbacks_allow + s.fallbacks_deny + s.fallbacks_local, 0u);
+  EXPECT_EQ(s.breaker_opened, 0u);
+  EXPECT_EQ(s.breaker, sluice::breaker_state::closed);
+}
+
+// Verifies that a limiter built from options decides like one built from the store alone,
+// and can be moved.
+TEST_F(LimiterTest, BuiltFromOptions) {
+  sluice::limiter_options o;
+  o.store = store_;
+  o.time_source = &clock_;
+  o.breaker.failures_to_open = 2;
+  sluice::limiter built{std::move(o)};
+  EXPECT_EQ(&built.store(), store_.get());
+  EXPECT_EQ(built.breaker().options().failures_to_open, 2u);
+  ASSERT_TRUE(built.add_policy({"chat", make(1, hours(1))}));
+  sluice::limiter moved = std::move(built);
+  EXPECT_TRUE(must(moved.acquire("chat", "u")).allowed);
+  EXPECT_FALSE(must(moved.acquire("chat", "u")).allowed);
+  EXPECT_EQ(moved.stats().decisions, 2u);
+}
 
 }  // namespace

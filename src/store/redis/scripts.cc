@@ -3,7 +3,9 @@
 namespace sluice::redis {
 namespace {
 
-// Shared by all three scripts: argument parsing and the clock.
+// Shared by all three scripts: argument parsing, the clock, and TTLs. A TTL runs on the
+// server's real clock, so with an explicit `now` (tests, replays, which move time at their
+// own pace) keys are kept 60 s longer than their state needs.
 #define SLUICE_LUA_PROLOGUE                                   \
   "local key = KEYS[1]\n"                                     \
   "local acquire = ARGV[1] == 'acquire'\n"                    \
@@ -18,7 +20,9 @@ namespace {
   "  now = tonumber(ARGV[5])\n"                               \
   "end\n"                                                     \
   "local function int(x) return string.format('%d', x) end\n" \
-  "local function ms_ceil(us) return int(math.max(1, math.ceil(us / 1000))) end\n"
+  "local slack = 0\n"                                         \
+  "if ARGV[5] ~= '' then slack = 60000000 end\n"              \
+  "local function ms_ceil(us) return int(math.max(1, math.ceil((us + slack) / 1000))) end\n"
 
 // gcra: the key holds the theoretical arrival time as a decimal string.
 constexpr std::string_view kGcra = SLUICE_LUA_PROLOGUE R"lua(

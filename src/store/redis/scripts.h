@@ -6,7 +6,9 @@
 // and returns {allowed (0|1), remaining, retry_after (µs), reset_after (µs)}. The maths is
 // the core's (src/core/*.cc), written again in Lua; the conformance tests hold them equal.
 // Lua numbers are doubles: every integer stays below 2^53, and numbers go to Redis as
-// strings formatted with %d, never through Lua's 14-digit tostring.
+// strings formatted with %d, never through Lua's 14-digit tostring. Keys expire (PX) when
+// their state would be fresh again; with an explicit `now`, 60 s later than that, since
+// TTLs follow the server's real clock.
 #pragma once
 
 #include <string_view>
