@@ -1,0 +1,141 @@
+// The limiter's failure policies and circuit breaker over a real Redis that goes away and
+// comes back (tests/support starts, stops and restarts redis-server).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sluice/limiter.h"
+#include "sluice/redis_store.h"
+#include "support/redis_server.h"
+
+namespace sluice {
+namespace {
+
+using namespace std::chrono_literals;
+using test::redis_server;
+
+struct harness {
+  explicit harness(redis_server& server, std::chrono::milliseconds timeout = 200ms) {
+    auto o = parse_redis_uri(server.full_uri());
+    EXPECT_TRUE(o);
+    o->timeout = timeout;
+    o->reconnect_min = 5ms;
+    o->reconnect_max = 20ms;
+    store = std::make_shared<redis_store>(*o);
+    limiter_options lo;
+    lo.store = store;
+    lo.breaker.failures_to_open = 3;
+    lo.breaker.open_for = 50ms;
+    lo.breaker.max_open_for = 100ms;
+    lo.warn = [this](std::string_view w) {
+      std::lock_guard lock(mu);
+      warnings.emplace_back(w);
+    };
+    lo.warn_interval = 1h;
+    lim = std::make_unique<limiter>(std::move(lo));
+    const limit l = *parse_limit("3/1h");
+    EXPECT_TRUE(lim->add_policy({"open", l, algorithm::sliding_log, failure_mode::allow}));
+    EXPECT_TRUE(lim->add_policy({"closed", l, algorithm::gcra, failure_mode::deny}));
+    EXPECT_TRUE(lim->add_policy({"local", l, algorithm::sliding_counter, failure_mode::local}));
+  }
+  std::shared_ptr<redis_store> store;
+  std::unique_ptr<limiter> lim;
+  std::mutex mu;
+  std::vector<std::string> warnings;
+};
+
+bool eventually(const std::function<bool()>& ready, std::chrono::milliseconds limit = 5s) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (ready()) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return ready();
+}
+
+// Verifies each failure mode with Redis stopped mid-run: allow admits everything, deny
+// refuses everything with a retry_after, local keeps enforcing the limit in-process; once
+// Redis is back the store decides again (this test's Redis keeps nothing across a restart,
+// so the key starts over there).
+TEST(RedisFailure, EachModeDoesWhatItSays) {
+  redis_server server;
+  harness h(server);
+  for (int i = 0; i < 2; ++i) {
+    for (const char* p : {"open", "closed", "local"}) ASSERT_TRUE(h.lim->acquire(p, "u")->allowed);
+  }
+  server.stop();
+  for (int i = 0; i < 10; ++i) {
+    auto open = h.lim->acquire("open", "u");
+    ASSERT_TRUE(open);
+    EXPECT_TRUE(open->allowed);
+    EXPECT_EQ(open->remaining, 3);
+    auto closed = h.lim->acquire("closed", "u");
+    ASSERT_TRUE(closed);
+    EXPECT_FALSE(closed->allowed);
+    EXPECT_GT(closed->retry_after.count(), 0);
+  }
+  // The local store starts empty: 3 admitted, then denied, as the limit says.
+  int local_admitted = 0;
+  for (int i = 0; i < 10; ++i) local_admitted += h.lim->acquire("local", "u")->allowed ? 1 : 0;
+  EXPECT_EQ(local_admitted, 3);
+  const limiter_stats during = h.lim->stats();
+  EXPECT_EQ(during.fallbacks_allow, 10u);
+  EXPECT_EQ(during.fallbacks_deny, 10u);
+  EXPECT_EQ(during.fallbacks_local, 10u);
+  EXPECT_GE(during.breaker_opened, 1u);
+  {
+    std::lock_guard lock(h.mu);
+    ASSERT_EQ(h.warnings.size(), 1u);  // one warning for the whole outage (interval 1 h)
+    EXPECT_NE(h.warnings[0].find("redis"), std::string::npos) << h.warnings[0];
+  }
+
+  server.start();
+  // The breaker probes, the store reconnects, and Redis decides again.
+  ASSERT_TRUE(eventually([&] {
+    auto d = h.lim->peek("closed", "u");
+    return d && d->allowed && h.lim->stats().breaker == breaker_state::closed;
+  }));
+  const std::uint64_t fallbacks = h.lim->stats().fallbacks_deny;
+  for (int i = 0; i < 3; ++i) {
+    auto d = h.lim->acquire("closed", "u");
+    ASSERT_TRUE(d);
+    EXPECT_TRUE(d->allowed);
+    EXPECT_EQ(d->remaining, 2 - i);
+  }
+  EXPECT_FALSE(h.lim->acquire("closed", "u")->allowed);
+  EXPECT_EQ(h.lim->stats().fallbacks_deny, fallbacks);  // decided by Redis, not the fallback
+  EXPECT_EQ(server.command({"EXISTS", "sluice:closed:u"}), "1");
+}
+
+// Verifies that while the breaker is open, decisions skip the store and take microseconds,
+// even when Redis hangs instead of refusing connections; p99 stays under the deadline.
+TEST(RedisFailure, OpenBreakerAnswersWithoutWaiting) {
+  redis_server server;
+  harness h(server, 100ms);
+  ASSERT_TRUE(h.lim->acquire("open", "k")->allowed);
+  server.pause();  // connected, but silent: every store call would wait for its deadline
+  std::vector<std::chrono::microseconds> latencies;
+  for (int i = 0; i < 1000; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    auto d = h.lim->acquire("open", "k");
+    latencies.push_back(std::chrono::duration_cast<std::chrono::microseconds>(
+        std::chrono::steady_clock::now() - start));
+    ASSERT_TRUE(d);
+    EXPECT_TRUE(d->allowed);
+  }
+  server.resume();
+  std::sort(latencies.begin(), latencies.end());
+  // At most the few calls that tripped the breaker (and a probe or two) waited a deadline.
+  EXPECT_LT(latencies[latencies.size() * 99 / 100], 100ms);
+  EXPECT_LT(latencies[latencies.size() / 2], 1ms);
+  EXPECT_GE(h.lim->stats().breaker_opened, 1u);
+  EXPECT_LT(h.store->stats().requests, 50u);
+}
+
+}  // namespace
+}  // namespace sluice
