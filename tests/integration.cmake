@@ -53,3 +53,6 @@ if(TARGET sluice_cli)
 endif()
 sluice_gtest(redis_failure_test ${CMAKE_CURRENT_SOURCE_DIR}/store/redis/redis_failure_test.cc)
 target_link_libraries(redis_failure_test PRIVATE sluice_test_support)
+sluice_gtest(reference_compat_test ${CMAKE_CURRENT_SOURCE_DIR}/store/redis/reference_compat_test.cc)
+target_link_libraries(reference_compat_test PRIVATE sluice_test_support
+  nlohmann_json::nlohmann_json)
