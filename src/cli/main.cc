@@ -1,4 +1,4 @@
-// The `sluice` command: check and eval now; serve arrives with the server.
+// The `sluice` command: check, eval and bench now; serve arrives with the server.
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -8,8 +8,10 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli/bench.h"
 #include "cli/eval.h"
 #include "sluice/sluice.h"
+#include "store/redis/scripts.h"
 
 namespace {
 
@@ -97,6 +99,61 @@ int run_eval(const eval_args& a) {
   return a.strict && failed > 0 ? 1 : 0;
 }
 
+struct bench_args {
+  std::string store = "memory://";
+  std::string algorithm = "sliding_log";
+  std::string limit = "1000000/1s";
+  std::size_t keys = 10000;
+  double seconds = 5;
+  std::size_t inflight = 256;
+  std::size_t refill = 0;
+  std::string prefix = "bench";
+  std::string print_script;
+};
+
+// Prints one JSON line of figures; returns 0 when every call got a decision, 1 when some
+// failed, 2 when the store does not answer at all. With --print-script, prints the Lua
+// source the Redis store runs for that algorithm, byte for byte, and nothing else.
+int run_bench(const bench_args& a) {
+  if (!a.print_script.empty()) {
+    auto algo = sluice::parse_algorithm(a.print_script);
+    if (!algo) throw CLI::ValidationError("--print-script", algo.error().message());
+    std::cout << sluice::redis::script_source(*algo) << std::flush;
+    return 0;
+  }
+  sluice::cli::bench_options options;
+  auto lim = sluice::parse_limit(a.limit);
+  if (!lim) throw CLI::ValidationError("--limit", lim.error().message());
+  options.limit = *lim;
+  auto algo = sluice::parse_algorithm(a.algorithm);
+  if (!algo) throw CLI::ValidationError("--algorithm", algo.error().message());
+  options.algorithm = *algo;
+  options.keys = a.keys;
+  options.seconds = std::chrono::duration<double>(a.seconds);
+  options.inflight = a.inflight;
+  options.refill = a.refill;
+  options.prefix = a.prefix;
+  auto store = open(a.store, nullptr);
+
+  // One call first, spending nothing: a store that is down fails here, not 5 s of errors.
+  const std::string first = a.prefix + ":0";
+  if (auto d = store->peek({first, options.limit, options.algorithm, 1, {}}); !d) {
+    nlohmann::ordered_json j;
+    j["error"] = d.error().message();
+    print_json_line(std::cout, j);
+    return 2;
+  }
+  const auto report = sluice::cli::run_bench(*store, options);
+  auto j = sluice::cli::bench_json(report);
+  j["store"] = store->describe();
+  j["algorithm"] = std::string(sluice::to_string(options.algorithm));
+  j["limit"] = sluice::to_string(options.limit);
+  j["keys"] = options.keys;
+  j["inflight"] = options.inflight;
+  print_json_line(std::cout, j);
+  return report.errors + report.timeouts > 0 ? 1 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -133,10 +190,37 @@ int main(int argc, char** argv) {
   eval_cmd->add_flag("--strict", eval.strict, "Exit with status 1 when any line failed");
   eval_cmd->add_option("FILE", eval.file, "Input file (default: standard input)");
 
+  bench_args bench;
+  auto* bench_cmd = app.add_subcommand(
+      "bench",
+      "Keep --inflight acquires in flight over --keys keys (<prefix>:<i>, round robin) "
+      "for --seconds, through the store's async API, and print one JSON line: decisions, "
+      "seconds, per_second, allowed, denied, errors, timeouts, p50_us, p99_us, p999_us.");
+  bench_cmd->add_option("--store", bench.store, "Store URI (memory://)")->capture_default_str();
+  bench_cmd->add_option("--algorithm", bench.algorithm, "sliding_log, sliding_counter or gcra")
+      ->capture_default_str();
+  bench_cmd->add_option("--limit", bench.limit, "Limit of every key")->capture_default_str();
+  bench_cmd->add_option("--keys", bench.keys, "Distinct keys")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{10'000'000}))
+      ->capture_default_str();
+  bench_cmd->add_option("--seconds", bench.seconds, "How long to run")
+      ->check(CLI::Range(0.001, 3600.0))
+      ->capture_default_str();
+  bench_cmd->add_option("--inflight", bench.inflight, "Calls in flight at once")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{65536}))
+      ->capture_default_str();
+  bench_cmd->add_option("--prefix", bench.prefix, "Prefix of the keys")->capture_default_str();
+  bench_cmd->add_option("--refill", bench.refill, "Calls per top-up (0: inflight/16)")->group("");
+  bench_cmd
+      ->add_option("--print-script", bench.print_script,
+                   "Print the Redis store's Lua script for ALGORITHM and exit")
+      ->group("");
+
   try {
     app.parse(argc, argv);
     if (*check_cmd) return run_check(check);
     if (*eval_cmd) return run_eval(eval);
+    if (*bench_cmd) return run_bench(bench);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }

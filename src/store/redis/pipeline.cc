@@ -68,11 +68,13 @@ bool pipeline::stalled(steady::time_point now, steady::duration limit) const {
 }
 
 std::optional<steady::time_point> pipeline::next_deadline() const {
-  std::optional<steady::time_point> best;
+  // Calls are pushed in deadline order (one timeout per store), so the first call still
+  // waiting has the earliest. A call sent again after NOSCRIPT goes to the back with its
+  // old deadline; it may be answered late by at most one timeout.
   for (const pending& p : waiting_) {
-    if (p.done && (!best || p.deadline < *best)) best = p.deadline;
+    if (p.done) return p.deadline;
   }
-  return best;
+  return std::nullopt;
 }
 
 }  // namespace sluice::redis

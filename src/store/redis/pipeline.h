@@ -66,7 +66,7 @@ class pipeline {
   // server is not answering.
   bool stalled(steady::time_point now, steady::duration limit) const;
 
-  // The earliest deadline of a call not yet answered, if any.
+  // The deadline of the oldest call not yet answered, if any.
   std::optional<steady::time_point> next_deadline() const;
 
   std::size_t size() const noexcept { return waiting_.size(); }

@@ -91,7 +91,8 @@ class connection : public std::enable_shared_from_this<connection> {
       if (ready_ && !closed_) {
         incoming_bytes_ += command;
         incoming_.push_back(std::move(p));
-        if (!flush_posted_) {
+        // A write in progress flushes again when it completes: no need to wake the thread.
+        if (!flush_posted_ && !writing_) {
           flush_posted_ = true;
           asio::post(io_, [self = shared_from_this()] { self->flush(); });
         }
