@@ -46,7 +46,7 @@ endif()
 # The Redis store against real redis-server processes (tests/support starts and stops them).
 if(TARGET sluice_cli)
   sluice_gtest(redis_store_test ${CMAKE_CURRENT_SOURCE_DIR}/store/redis/redis_store_test.cc)
-  target_link_libraries(redis_store_test PRIVATE sluice_test_support)
+  target_link_libraries(redis_store_test PRIVATE sluice_test_support sluice_cli_lib)
   target_compile_definitions(redis_store_test PRIVATE
     SLUICE_CLI_PATH="$<TARGET_FILE:sluice_cli>")
   add_dependencies(redis_store_test sluice_cli)

@@ -9,7 +9,8 @@ sluice_gtest(limiter_test
   ${CMAKE_CURRENT_SOURCE_DIR}/limiter/failure_test.cc)
 sluice_gtest(breaker_test ${CMAKE_CURRENT_SOURCE_DIR}/limiter/breaker_test.cc)
 if(TARGET sluice_cli_lib)
-  sluice_gtest(cli_test ${CMAKE_CURRENT_SOURCE_DIR}/cli/eval_test.cc)
+  sluice_gtest(cli_test ${CMAKE_CURRENT_SOURCE_DIR}/cli/eval_test.cc
+    ${CMAKE_CURRENT_SOURCE_DIR}/cli/bench_test.cc)
   target_link_libraries(cli_test PRIVATE sluice_cli_lib)
 endif()
 sluice_gtest(redis_unit_test

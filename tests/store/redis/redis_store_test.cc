@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "cli/bench.h"
 #include "sluice/memory_store.h"
 #include "support/redis_server.h"
 
@@ -389,6 +390,23 @@ TEST(RedisStore, AsyncCallsCompleteExactlyOnce) {
   }
   ASSERT_TRUE(eventually([&] { return completions.load() == 550; }));
   EXPECT_EQ(failures.load(), 50);
+}
+
+// Verifies `sluice bench` against Redis: many calls in flight over the async API, each
+// answered once, and the limit exact per key (4 keys x 5 = 20 admitted).
+TEST(RedisStore, BenchDrivesTheAsyncApi) {
+  redis_server server;
+  redis_store redis(options_for(server));
+  cli::bench_options o;
+  o.limit = limit{5, std::chrono::hours(1)};
+  o.keys = 4;
+  o.seconds = std::chrono::duration<double>(0.3);
+  o.inflight = 64;
+  const cli::bench_report r = cli::run_bench(redis, o);
+  EXPECT_EQ(r.errors + r.timeouts, 0u);
+  EXPECT_EQ(r.allowed, 20u);
+  EXPECT_EQ(r.allowed + r.denied, r.decisions);
+  EXPECT_GT(r.decisions, 100u);
 }
 
 }  // namespace

@@ -1,0 +1,32 @@
+#include "cli/bench.h"
+
+#include <gtest/gtest.h>
+
+#include "sluice/memory_store.h"
+
+namespace sluice::cli {
+namespace {
+
+// Verifies that the load generator counts every decision once: over 3 keys with a limit of
+// 5 per hour, exactly 15 are admitted however many calls the run makes.
+TEST(Bench, CountsEveryDecisionOnce) {
+  memory_store store;
+  bench_options o;
+  o.limit = limit{5, std::chrono::hours(1)};
+  o.algorithm = algorithm::gcra;
+  o.keys = 3;
+  o.seconds = std::chrono::duration<double>(0.2);
+  o.inflight = 8;
+  const bench_report r = run_bench(store, o);
+  EXPECT_EQ(r.allowed, 15u);
+  EXPECT_GT(r.decisions, 15u);
+  EXPECT_EQ(r.allowed + r.denied, r.decisions);
+  EXPECT_EQ(r.errors + r.timeouts, 0u);
+  EXPECT_GT(r.per_second, 0.0);
+  EXPECT_LE(r.p50_us, r.p99_us);
+  const auto j = bench_json(r);
+  EXPECT_EQ(j["decisions"].get<std::uint64_t>(), r.decisions);
+}
+
+}  // namespace
+}  // namespace sluice::cli
