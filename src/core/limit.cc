@@ -6,10 +6,13 @@
 #include <string>
 #include <string_view>
 
+#include "core/text.h"
 #include "sluice/algorithms.h"
 
 namespace sluice {
 namespace {
+
+using internal::quote;
 
 struct unit {
   std::string_view name;
@@ -74,25 +77,6 @@ bool iequals(std::string_view a, std::string_view b) {
     if (lower(a[i]) != lower(b[i])) return false;
   }
   return true;
-}
-
-// Quotes user text for an error message, cut short and with control bytes escaped.
-std::string quote(std::string_view text) {
-  std::string out = "\"";
-  for (std::size_t i = 0; i < text.size() && i < 64; ++i) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  if (text.size() > 64) out += "...";
-  out += '"';
-  return out;
 }
 
 // Parses the leading decimal digits of `s`; false when there are none or they overflow.

@@ -9,11 +9,13 @@
 #include <string>
 #include <utility>
 
+#include "core/text.h"
 #include "sluice/algorithms.h"
 
 namespace sluice {
 namespace {
 
+using internal::quote;
 using std::chrono::microseconds;
 
 bool valid_policy_name(std::string_view name) {
@@ -56,24 +58,6 @@ class scoped_key {
 error unknown(std::string_view name) {
   return make_error(errc::unknown_policy,
                     "no policy named \"" + std::string(name.substr(0, 64)) + "\"");
-}
-
-// Returns `text` quoted, at most 64 bytes, with control bytes escaped.
-std::string quote(std::string_view text) {
-  std::string out = "\"";
-  for (std::size_t i = 0; i < text.size() && i < 64; ++i) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  if (text.size() > 64) out += "...";
-  return out + "\"";
 }
 
 std::string describe_error(const error& e) {

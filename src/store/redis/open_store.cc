@@ -1,4 +1,3 @@
-#include <charconv>
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -7,6 +6,7 @@
 #include "sluice/memory_store.h"
 #include "sluice/open_store.h"
 #include "sluice/redis_store.h"
+#include "store/redis/query.h"
 
 namespace sluice {
 namespace {
@@ -16,29 +16,15 @@ error bad_uri(std::string_view uri, const std::string& problem) {
                     "store \"" + std::string(uri.substr(0, 200)) + "\": " + problem);
 }
 
-bool parse_size(std::string_view text, std::size_t& out) {
-  const char* end = text.data() + text.size();
-  const auto [ptr, ec] = std::from_chars(text.data(), end, out);
-  return ec == std::errc() && ptr == end && !text.empty();
-}
-
 result<std::shared_ptr<store>> open_memory(std::string_view uri, std::string_view query,
                                            const clock& c) {
   memory_store_options options;
   options.time_source = &c;
-  while (!query.empty()) {
-    const std::size_t amp = query.find('&');
-    const std::string_view pair = query.substr(0, amp);
-    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
-    if (pair.empty()) continue;
-    const std::size_t eq = pair.find('=');
-    if (eq == std::string_view::npos) {
-      return bad_uri(uri, "parameter \"" + std::string(pair) + "\" needs a value");
-    }
-    const std::string_view name = pair.substr(0, eq);
-    const std::string_view value = pair.substr(eq + 1);
+  auto params = internal::split_query(query);
+  if (!params) return bad_uri(uri, params.error().detail);
+  for (const auto& [name, value] : *params) {
     std::size_t n = 0;
-    if (!parse_size(value, n)) {
+    if (!internal::parse_number(value, n)) {
       return bad_uri(uri, "parameter \"" + std::string(name) + "\" must be a whole number");
     }
     if (name == "shards") {

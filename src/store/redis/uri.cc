@@ -1,12 +1,14 @@
-#include <charconv>
 #include <string>
 #include <string_view>
 
 #include "sluice/limit.h"
 #include "sluice/redis_store.h"
+#include "store/redis/query.h"
 
 namespace sluice {
 namespace {
+
+using internal::parse_number;
 
 error bad(std::string_view uri, const std::string& problem) {
   // Never echo the password back: print the URI up to the credentials.
@@ -35,12 +37,6 @@ bool percent_decode(std::string_view in, std::string& out) {
     i += 2;
   }
   return true;
-}
-
-template <class T>
-bool parse_number(std::string_view s, T& out) {
-  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
-  return ec == std::errc() && p == s.data() + s.size() && !s.empty();
 }
 
 result<std::chrono::milliseconds> parse_ms(std::string_view value) {
@@ -115,16 +111,11 @@ result<redis_store_options> parse_redis_uri(std::string_view uri) {
     return bad(uri, "unknown scheme (use redis://, rediss:// or unix://)");
   }
 
-  while (!query.empty()) {
-    const std::size_t amp = query.find('&');
-    const std::string_view pair = query.substr(0, amp);
-    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
-    if (pair.empty()) continue;
-    const std::size_t eq = pair.find('=');
-    if (eq == std::string_view::npos) return bad(uri, "option needs a value: " + std::string(pair));
-    const std::string_view name = pair.substr(0, eq);
+  auto params = internal::split_query(query);
+  if (!params) return bad(uri, params.error().detail);
+  for (const auto& [name, raw] : *params) {
     std::string value;
-    if (!percent_decode(pair.substr(eq + 1), value)) return bad(uri, "broken %-escape");
+    if (!percent_decode(raw, value)) return bad(uri, "broken %-escape");
     const std::string n(name);
     auto duration = [&](std::chrono::milliseconds& field) -> result<void> {
       auto d = parse_ms(value);
