@@ -19,16 +19,7 @@
 #include "sluice/decision.h"
 #include "sluice/limit.h"
 
-namespace sluice {
-
-// Makes gtest print decisions readably on failure.
-void PrintTo(const decision& d, std::ostream* os) {
-  *os << "{allowed=" << d.allowed << ", limit=" << d.limit << ", remaining=" << d.remaining
-      << ", retry_after=" << d.retry_after.count() << "us, reset_after=" << d.reset_after.count()
-      << "us}";
-}
-
-}  // namespace sluice
+#include "support/test_util.h"
 
 namespace {
 

@@ -31,10 +31,7 @@
 #include "sluice/limiter.h"
 #include "sluice/memory_store.h"
 
-namespace sluice {
-// Makes gtest print decisions readably; defined in limiter_test.cc, in the same binary.
-void PrintTo(const decision& d, std::ostream* os);
-}  // namespace sluice
+#include "support/test_util.h"
 
 namespace {
 
@@ -49,8 +46,7 @@ using std::chrono::microseconds;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-constexpr algorithm all_algorithms[] = {algorithm::sliding_log, algorithm::sliding_counter,
-                                        algorithm::gcra};
+using sluice::test::all_algorithms;
 constexpr errc store_failures[] = {errc::store_unavailable, errc::timeout, errc::store_error};
 
 // A store that fails on demand: it wraps a real memory store and, while `failing` is set,
@@ -140,11 +136,7 @@ class flaky_store final : public sluice::store {
   std::vector<std::function<void()>> pending_;
 };
 
-sluice::limit make(std::int64_t count, microseconds window) {
-  const result<sluice::limit> l = sluice::make_limit(count, window);
-  EXPECT_TRUE(l) << l.error().message();
-  return l ? *l : sluice::limit{1, microseconds(1)};
-}
+using sluice::test::make;
 
 decision must(const result<decision>& r) {
   EXPECT_TRUE(r) << r.error().message();

@@ -17,16 +17,7 @@
 #include "sluice/limit.h"
 #include "sluice/memory_store.h"
 
-namespace sluice {
-
-// Makes gtest print decisions readably on failure.
-void PrintTo(const decision& d, std::ostream* os) {
-  *os << "{allowed=" << d.allowed << ", limit=" << d.limit << ", remaining=" << d.remaining
-      << ", retry_after=" << d.retry_after.count() << "us, reset_after=" << d.reset_after.count()
-      << "us}";
-}
-
-}  // namespace sluice
+#include "support/test_util.h"
 
 namespace {
 
@@ -37,14 +28,9 @@ using std::chrono::hours;
 using std::chrono::microseconds;
 using std::chrono::seconds;
 
-constexpr algorithm all_algorithms[] = {algorithm::sliding_log, algorithm::sliding_counter,
-                                        algorithm::gcra};
+using sluice::test::all_algorithms;
 
-sluice::limit make(std::int64_t count, microseconds window) {
-  const result<sluice::limit> l = sluice::make_limit(count, window);
-  EXPECT_TRUE(l) << l.error().message();
-  return l ? *l : sluice::limit{1, microseconds(1)};
-}
+using sluice::test::make;
 
 decision must(const result<decision>& r) {
   EXPECT_TRUE(r) << r.error().message();

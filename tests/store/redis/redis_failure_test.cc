@@ -13,6 +13,8 @@
 #include "sluice/redis_store.h"
 #include "support/redis_server.h"
 
+#include "support/test_util.h"
+
 namespace sluice {
 namespace {
 
@@ -49,14 +51,7 @@ struct harness {
   std::vector<std::string> warnings;
 };
 
-bool eventually(const std::function<bool()>& ready, std::chrono::milliseconds limit = 5s) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (ready()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return ready();
-}
+using test::eventually;
 
 // Verifies each failure mode with Redis stopped mid-run: allow admits everything, deny
 // refuses everything with a retry_after, local keeps enforcing the limit in-process; once

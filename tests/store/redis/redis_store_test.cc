@@ -17,6 +17,8 @@
 #include "sluice/memory_store.h"
 #include "support/redis_server.h"
 
+#include "support/test_util.h"
+
 namespace sluice {
 namespace {
 
@@ -42,14 +44,7 @@ request req(std::string_view key, std::int64_t count, microseconds window, algor
 }
 
 // Polls `ready` for up to `limit` (bounded waiting for a reconnect, not timing).
-bool eventually(const std::function<bool()>& ready, std::chrono::milliseconds limit = 5s) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (ready()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return ready();
-}
+using test::eventually;
 
 // Verifies that random sequences with explicit times get exactly the memory store's
 // decisions from the Lua scripts, for every algorithm (the conformance suite).

@@ -1,0 +1,50 @@
+// Small helpers shared by sluice's tests.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <ostream>
+#include <thread>
+
+#include "sluice/decision.h"
+#include "sluice/error.h"
+#include "sluice/limit.h"
+
+namespace sluice {
+
+// Makes gtest print decisions readably on failure.
+inline void PrintTo(const decision& d, std::ostream* os) {
+  *os << "{allowed=" << d.allowed << ", limit=" << d.limit << ", remaining=" << d.remaining
+      << ", retry_after=" << d.retry_after.count() << "us, reset_after=" << d.reset_after.count()
+      << "us}";
+}
+
+namespace test {
+
+inline constexpr algorithm all_algorithms[] = {algorithm::sliding_log, algorithm::sliding_counter,
+                                               algorithm::gcra};
+
+// Returns the limit `count` per `window`, failing the test if it is not a valid one.
+inline limit make(std::int64_t count, std::chrono::microseconds window) {
+  const result<limit> l = make_limit(count, window);
+  EXPECT_TRUE(l) << l.error().message();
+  return l ? *l : limit{1, std::chrono::microseconds(1)};
+}
+
+// Polls `ready` every 5 ms for up to `limit`: bounded waiting for something another process
+// or thread does (a reconnect), never a measurement of time.
+inline bool eventually(const std::function<bool()>& ready,
+                       std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (ready()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return ready();
+}
+
+}  // namespace test
+}  // namespace sluice
