@@ -15,6 +15,8 @@ packages=(
   libbenchmark-dev
   libcli11-dev
   nlohmann-json3-dev
+  libspdlog-dev
+  libyaml-cpp-dev
   clang-format
   ccache
   redis-server
@@ -25,6 +27,9 @@ packages=(
   openssl
   python3-redis
   python3
+  nginx-light
+  wrk
+  curl
 )
 
 missing=()

@@ -130,6 +130,10 @@ class limiter {
                      completion done);
   void async_peek(std::string_view policy_name, std::string_view key, std::int64_t cost,
                   completion done);
+  // The same for a policy that need not be registered (inline limits). `p` is read until
+  // `done` runs, so it must stay valid that long (a copy owned by `done` is fine).
+  void async_acquire(const policy& p, std::string_view key, std::int64_t cost, completion done);
+  void async_peek(const policy& p, std::string_view key, std::int64_t cost, completion done);
 
   sluice::store& store() noexcept { return *store_; }
   const circuit_breaker& breaker() const noexcept;

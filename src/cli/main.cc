@@ -1,4 +1,4 @@
-// The `sluice` command: check, eval and bench now; serve arrives with the server.
+// The `sluice` command: check, eval, bench and serve.
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -10,6 +10,8 @@
 
 #include "cli/bench.h"
 #include "cli/eval.h"
+#include "server/config.h"
+#include "server/serve.h"
 #include "sluice/sluice.h"
 #include "store/redis/scripts.h"
 
@@ -154,6 +156,31 @@ int run_bench(const bench_args& a) {
   return report.errors + report.timeouts > 0 ? 1 : 0;
 }
 
+struct serve_args {
+  std::string config;
+  std::string listen;
+  std::string store;
+  std::size_t io_threads = 0;
+};
+
+// Runs the server until SIGTERM/SIGINT; returns 0 after the drain, 2 on a bad config.
+int run_serve(const serve_args& a, const CLI::App& cmd) {
+  sluice::server::server_config config;
+  if (!a.config.empty()) {
+    auto loaded = sluice::server::load_config(a.config);
+    if (!loaded) {
+      std::cerr << "sluice serve: " << loaded.error().message() << "\n";
+      return 2;
+    }
+    config = std::move(*loaded);
+  }
+  // Flags override the file.
+  if (cmd.count("--listen") > 0) config.listen = a.listen;
+  if (cmd.count("--store") > 0) config.store = a.store;
+  if (cmd.count("--io-threads") > 0) config.io_threads = a.io_threads;
+  return sluice::server::serve(config, std::cout);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -216,11 +243,24 @@ int main(int argc, char** argv) {
                    "Print the Redis store's Lua script for ALGORITHM and exit")
       ->group("");
 
+  serve_args serve;
+  auto* serve_cmd = app.add_subcommand(
+      "serve",
+      "Run the HTTP decision server. Prints 'sluice listening on HOST:PORT' as the first line "
+      "of stdout; logs go to stderr. SIGTERM or SIGINT drains requests in flight and exits 0.");
+  serve_cmd->add_option("--config", serve.config, "YAML configuration (see examples/sluice.yaml)");
+  serve_cmd->add_option("--listen", serve.listen,
+                        "host:port to listen on, port 0 for a free one (default 127.0.0.1:8080)");
+  serve_cmd->add_option("--store", serve.store, "Store URI (default memory://)");
+  serve_cmd->add_option("--io-threads", serve.io_threads, "I/O threads (0: one per core)")
+      ->check(CLI::Range(std::size_t{0}, std::size_t{1024}));
+
   try {
     app.parse(argc, argv);
     if (*check_cmd) return run_check(check);
     if (*eval_cmd) return run_eval(eval);
     if (*bench_cmd) return run_bench(bench);
+    if (*serve_cmd) return run_serve(serve, *serve_cmd);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }

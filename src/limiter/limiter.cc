@@ -390,4 +390,14 @@ void limiter::async_peek(std::string_view policy_name, std::string_view key, std
   async_decide(*p, key, cost, mode::peek, std::move(done));
 }
 
+void limiter::async_acquire(const policy& p, std::string_view key, std::int64_t cost,
+                            completion done) {
+  async_decide(p, key, cost, mode::acquire, std::move(done));
+}
+
+void limiter::async_peek(const policy& p, std::string_view key, std::int64_t cost,
+                         completion done) {
+  async_decide(p, key, cost, mode::peek, std::move(done));
+}
+
 }  // namespace sluice

@@ -1,0 +1,532 @@
+#include "server/handlers.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include <chrono>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+#include "core/text.h"
+#include "server/headers.h"
+
+namespace sluice::server {
+namespace {
+
+using internal::quote;
+using json = nlohmann::json;
+using digest = std::array<unsigned char, 32>;
+
+constexpr std::string_view kJson = "application/json";
+
+digest sha256(std::string_view text) {
+  digest out{};
+  unsigned int n = 0;
+  EVP_Digest(text.data(), text.size(), out.data(), &n, EVP_sha256(), nullptr);
+  return out;
+}
+
+bool iequals(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
+    if (lower(a[i]) != lower(b[i])) return false;
+  }
+  return true;
+}
+
+std::string_view trim(std::string_view s) noexcept {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+int hex_value(char c) noexcept {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Returns `s` with %XX sequences decoded (and `+` as a space in a query), or nothing when a
+// `%` is not followed by two hex digits.
+std::optional<std::string> percent_decode(std::string_view s, bool query) {
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%') {
+      if (i + 2 >= s.size()) return std::nullopt;
+      const int hi = hex_value(s[i + 1]);
+      const int lo = hex_value(s[i + 2]);
+      if (hi < 0 || lo < 0) return std::nullopt;
+      out += static_cast<char>(hi * 16 + lo);
+      i += 2;
+    } else if (query && s[i] == '+') {
+      out += ' ';
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+// Returns the %-decoded value of the first parameter `name` in `query`, if there is one.
+std::optional<std::string> query_parameter(std::string_view query, std::string_view name) {
+  while (!query.empty()) {
+    const std::size_t amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    const std::size_t eq = pair.find('=');
+    const auto key = percent_decode(pair.substr(0, eq), true);
+    if (!key || *key != name) continue;
+    if (eq == std::string_view::npos) return std::string();
+    return percent_decode(pair.substr(eq + 1), true);
+  }
+  return std::nullopt;
+}
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+http_response json_response(http::status status, std::string body) {
+  http_response res{status, 11};
+  res.set(http::field::content_type, kJson);
+  res.body() = std::move(body);
+  return res;
+}
+
+http_response method_not_allowed(std::string_view allow) {
+  http_response res = error_response(http::status::method_not_allowed,
+                                     "method not allowed; use " + std::string(allow));
+  res.set(http::field::allow, allow);
+  return res;
+}
+
+http_response unauthorized() {
+  http_response res =
+      error_response(http::status::unauthorized, "missing or wrong bearer token", "Authorization");
+  res.set(http::field::www_authenticate, "Bearer realm=\"sluice\"");
+  return res;
+}
+
+// Returns the response for a failed decision or reset; `key_field` names where the key came
+// from (the JSON field, a header or a query parameter).
+http_response from_error(const error& e, std::string_view key_field) {
+  if (e.code.category() == sluice_category()) {
+    switch (static_cast<errc>(e.code.value())) {
+      case errc::invalid_key:
+        return error_response(http::status::bad_request, e.message(), key_field);
+      case errc::invalid_cost:
+      case errc::cost_exceeds_limit:
+        return error_response(http::status::bad_request, e.message(), "cost");
+      case errc::invalid_limit:
+        return error_response(http::status::bad_request, e.message(), "limit");
+      case errc::invalid_algorithm:
+        return error_response(http::status::bad_request, e.message(), "algorithm");
+      case errc::unknown_policy:
+        return error_response(http::status::not_found, e.message(), "policy");
+      case errc::store_full:
+      case errc::store_unavailable:
+      case errc::timeout:
+      case errc::store_error:
+        return error_response(http::status::service_unavailable, e.message());
+      default:
+        break;
+    }
+  }
+  return error_response(http::status::internal_server_error, e.message());
+}
+
+// Returns `{"allowed", "limit", "remaining", "retry_after_ms", "reset_after_ms", "policy"}`,
+// with `"shadow_denied": true` when a shadow policy denied and the answer says allowed.
+std::string decision_body(const decision& d, std::string_view json_name, bool shadow_denied) {
+  std::string out;
+  out.reserve(128);
+  out += "{\"allowed\":";
+  out += d.allowed ? "true" : "false";
+  out += ",\"limit\":" + std::to_string(d.limit);
+  out += ",\"remaining\":" + std::to_string(d.remaining);
+  out += ",\"retry_after_ms\":" + std::to_string(ceil_ms(d.retry_after));
+  out += ",\"reset_after_ms\":" + std::to_string(ceil_ms(d.reset_after));
+  out += ",\"policy\":";
+  out += json_name;
+  if (shadow_denied) out += ",\"shadow_denied\":true";
+  out += '}';
+  return out;
+}
+
+}  // namespace
+
+http_response error_response(http::status status, std::string_view message,
+                             std::string_view field) {
+  nlohmann::ordered_json j;
+  j["error"] = message;
+  if (!field.empty()) j["field"] = field;
+  return json_response(status, dump(j));
+}
+
+// A configured policy, with what its responses repeat.
+struct request_handler::served {
+  const policy* p = nullptr;  // registered in the limiter: stays put
+  bool shadow = false;
+  key_source gate_key;
+  std::size_t slot = 0;      // in the metrics
+  std::string json_name;     // the name as a JSON string
+  std::string policy_field;  // RateLimit-Policy
+};
+
+// An inline limit: a policy of its own for one request, kept until the decision is made.
+struct inline_policy {
+  policy p;
+  std::string name;  // the limit's canonical form, naming it in the header fields
+  std::string json_name;
+  std::string policy_field;
+};
+
+struct request_handler::decision_call {
+  const served* named = nullptr;            // either a configured policy
+  std::shared_ptr<const inline_policy> in;  // or an inline limit
+  std::string_view key;                     // borrowed for the call
+  std::int64_t cost = 1;
+  std::string_view key_field = "key";  // where the key came from, for errors
+};
+
+class request_handler::reply {
+ public:
+  reply(metrics& m, route r, respond done)
+      : metrics_(&m), route_(r), start_(std::chrono::steady_clock::now()), done_(std::move(done)) {}
+
+  void operator()(http_response res) {
+    metrics_->count_request(route_, res.result_int(), std::chrono::steady_clock::now() - start_);
+    done_(std::move(res));
+  }
+
+ private:
+  metrics* metrics_;
+  route route_;
+  std::chrono::steady_clock::time_point start_;
+  respond done_;
+};
+
+request_handler::request_handler(const server_config& config, limiter& lim, metrics& m,
+                                 handler_hooks hooks)
+    : limiter_(lim), metrics_(m), hooks_(std::move(hooks)), max_key_bytes_(config.max_key_bytes) {
+  for (const auto& t : config.api_tokens) api_digests_.push_back(sha256(t));
+  for (const auto& t : config.admin_tokens) admin_digests_.push_back(sha256(t));
+  for (const served_policy& sp : config.policies) {
+    auto s = std::make_unique<served>();
+    s->p = lim.find_policy(sp.policy.name);
+    if (s->p == nullptr) {
+      throw std::invalid_argument("policy " + quote(sp.policy.name) +
+                                  " is not registered in the limiter");
+    }
+    s->shadow = sp.shadow;
+    s->gate_key = sp.gate_key;
+    s->slot = m.slot(sp.policy.name);
+    s->json_name = dump(json(sp.policy.name));
+    s->policy_field = ratelimit_policy_field(sp.policy.name, s->p->limit);
+    policies_.emplace(sp.policy.name, std::move(s));
+  }
+}
+
+request_handler::~request_handler() = default;
+
+const request_handler::served* request_handler::find(std::string_view name) const noexcept {
+  const auto it = policies_.find(name);
+  return it == policies_.end() ? nullptr : it->second.get();
+}
+
+bool request_handler::authorized(const http_request& req, bool admin) const {
+  const auto& allowed = admin ? admin_digests_ : api_digests_;
+  if (allowed.empty()) return true;
+  const auto it = req.find(http::field::authorization);
+  if (it == req.end()) return false;
+  const std::string_view value = trim(it->value());
+  const std::size_t space = value.find(' ');
+  if (space == std::string_view::npos || !iequals(value.substr(0, space), "bearer")) return false;
+  const digest presented = sha256(trim(value.substr(space + 1)));
+  // Every configured token is compared, each in constant time: neither the time nor the
+  // number of comparisons depends on which one matches or how much of it.
+  bool match = false;
+  for (const digest& d : allowed) match |= CRYPTO_memcmp(d.data(), presented.data(), d.size()) == 0;
+  if (!admin) {
+    for (const digest& d : admin_digests_) {
+      match |= CRYPTO_memcmp(d.data(), presented.data(), d.size()) == 0;
+    }
+  }
+  return match;
+}
+
+void request_handler::handle(http_request req, respond done) const {
+  const std::string_view target = req.target();
+  const std::string_view path = target.substr(0, target.find('?'));
+  const http::verb method = req.method();
+
+  if (path == "/v1/acquire" || path == "/v1/peek") {
+    const bool acquire = path == "/v1/acquire";
+    reply r(metrics_, acquire ? route::acquire : route::peek, std::move(done));
+    if (method != http::verb::post) return r(method_not_allowed("POST"));
+    if (!authorized(req, false)) return r(unauthorized());
+    return decide(req, acquire, std::move(r));
+  }
+  constexpr std::string_view kGate = "/v1/gate/";
+  if (path.starts_with(kGate)) {
+    // Any method: nginx auth_request and Envoy ext_authz pass on the client's.
+    reply r(metrics_, route::gate, std::move(done));
+    if (!authorized(req, false)) return r(unauthorized());
+    return gate(req, path.substr(kGate.size()), std::move(r));
+  }
+  constexpr std::string_view kKeys = "/v1/keys/";
+  if (path.starts_with(kKeys)) {
+    reply r(metrics_, route::reset, std::move(done));
+    if (method != http::verb::delete_) return r(method_not_allowed("DELETE"));
+    if (!authorized(req, true)) return r(unauthorized());
+    return reset(path.substr(kKeys.size()), std::move(r));
+  }
+  if (path == "/metrics") {
+    reply r(metrics_, route::metrics, std::move(done));
+    if (method != http::verb::get) return r(method_not_allowed("GET"));
+    http_response res{http::status::ok, 11};
+    res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+    res.body() = metrics_.render(limiter_.stats());
+    return r(std::move(res));
+  }
+  if (path == "/healthz") {
+    reply r(metrics_, route::healthz, std::move(done));
+    if (method != http::verb::get) return r(method_not_allowed("GET"));
+    return r(json_response(http::status::ok, R"({"status":"ok"})"));
+  }
+  if (path == "/readyz") {
+    reply r(metrics_, route::readyz, std::move(done));
+    if (method != http::verb::get) return r(method_not_allowed("GET"));
+    const bool ready = !hooks_.ready || hooks_.ready();
+    nlohmann::ordered_json j;
+    j["status"] = ready ? "ready" : "store unreachable";
+    j["store"] = limiter_.store().describe();
+    return r(json_response(ready ? http::status::ok : http::status::service_unavailable, dump(j)));
+  }
+  reply r(metrics_, route::other, std::move(done));
+  r(error_response(http::status::not_found, "no such route: " + quote(path)));
+}
+
+void request_handler::decide(const http_request& req, bool acquire, reply r) const {
+  const json body = json::parse(req.body(), nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) {
+    return r(error_response(http::status::bad_request, "body is not valid JSON", "body"));
+  }
+  if (!body.is_object()) {
+    return r(error_response(http::status::bad_request, "body must be a JSON object", "body"));
+  }
+  const json* key = nullptr;
+  const json* policy_name = nullptr;
+  const json* limit_text = nullptr;
+  const json* algorithm_name = nullptr;
+  const json* cost = nullptr;
+  for (const auto& [name, value] : body.items()) {
+    if (name == "key") {
+      key = &value;
+    } else if (name == "policy") {
+      policy_name = &value;
+    } else if (name == "limit") {
+      limit_text = &value;
+    } else if (name == "algorithm") {
+      algorithm_name = &value;
+    } else if (name == "cost") {
+      cost = &value;
+    } else {
+      return r(error_response(
+          http::status::bad_request,
+          "unknown field " + quote(name) + "; use key, policy or limit (+ algorithm), cost", name));
+    }
+  }
+  const auto bad = [&](std::string message, std::string_view field) {
+    r(error_response(http::status::bad_request, message, field));
+  };
+
+  decision_call call;
+  if (key == nullptr) return bad("key is required", "key");
+  if (!key->is_string()) return bad("key must be a string", "key");
+  call.key = key->get_ref<const std::string&>();
+  if (call.key.empty()) return bad("key must not be empty", "key");
+  if (call.key.size() > max_key_bytes_) {
+    return bad("key is " + std::to_string(call.key.size()) + " bytes; at most " +
+                   std::to_string(max_key_bytes_) + " are allowed",
+               "key");
+  }
+
+  if (cost != nullptr) {
+    if (!cost->is_number_integer()) return bad("cost must be an integer", "cost");
+    if (cost->is_number_unsigned() &&
+        cost->get<std::uint64_t>() >
+            static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+      return bad("cost is too large", "cost");
+    }
+    call.cost = cost->get<std::int64_t>();
+    if (call.cost < 1) return bad("cost must be at least 1", "cost");
+  }
+
+  if (policy_name != nullptr && limit_text != nullptr) {
+    return bad("give either a policy or an inline limit, not both", "limit");
+  }
+  if (policy_name != nullptr) {
+    if (!policy_name->is_string()) return bad("policy must be a string", "policy");
+    const auto& name = policy_name->get_ref<const std::string&>();
+    call.named = find(name);
+    if (call.named == nullptr) {
+      return r(error_response(http::status::not_found, "no policy named " + quote(name), "policy"));
+    }
+    if (algorithm_name != nullptr) {
+      return bad("algorithm goes with an inline limit; policy " + quote(name) + " has its own",
+                 "algorithm");
+    }
+  } else if (limit_text != nullptr) {
+    if (!limit_text->is_string()) return bad("limit must be a string such as \"30/hour\"", "limit");
+    const auto l = parse_limit(limit_text->get_ref<const std::string&>());
+    if (!l) return bad(l.error().message(), "limit");
+    auto in = std::make_shared<inline_policy>();
+    in->p.limit = *l;
+    if (algorithm_name != nullptr) {
+      if (!algorithm_name->is_string()) return bad("algorithm must be a string", "algorithm");
+      const auto a = parse_algorithm(algorithm_name->get_ref<const std::string&>());
+      if (!a) return bad(a.error().message(), "algorithm");
+      in->p.algorithm = *a;
+    }
+    in->name = to_string(*l);
+    in->json_name = '"' + in->name + '"';  // a canonical limit needs no escaping
+    in->policy_field = ratelimit_policy_field(in->name, *l);
+    call.in = std::move(in);
+  } else {
+    return bad("policy (or an inline limit) is required", "policy");
+  }
+  run_decision(call, acquire, /*gate=*/false, std::move(r));
+}
+
+void request_handler::gate(const http_request& req, std::string_view rest, reply r) const {
+  const auto name = percent_decode(rest, false);
+  const served* s = name ? find(*name) : nullptr;
+  if (s == nullptr) {
+    return r(error_response(http::status::not_found,
+                            "no policy named " + quote(name ? *name : std::string(rest)),
+                            "policy"));
+  }
+  const key_source& from = s->gate_key;
+  std::string_view key;
+  std::string_view key_field;
+  std::optional<std::string> decoded;  // a query parameter's value, which `key` points into
+  if (!from.header.empty()) {
+    if (const auto it = req.find(from.header); it != req.end()) {
+      key = it->value();
+      if (iequals(from.header, "X-Forwarded-For")) key = key.substr(0, key.find(','));
+      key = trim(key);
+      key_field = from.header;
+    }
+  }
+  if (key.empty() && !from.query.empty()) {
+    const std::string_view target = req.target();
+    const std::size_t q = target.find('?');
+    if (q != std::string_view::npos) {
+      decoded = query_parameter(target.substr(q + 1), from.query);
+      if (decoded) key = *decoded;
+    }
+    key_field = from.query;
+  }
+  if (key.empty()) {
+    std::string where;
+    if (!from.header.empty()) where = "header " + from.header;
+    if (!from.query.empty())
+      where += (where.empty() ? "" : " or ") + ("query parameter " + from.query);
+    return r(error_response(http::status::bad_request,
+                            "no key: the request has no " + (where.empty() ? "key" : where),
+                            from.header.empty() ? from.query : from.header));
+  }
+  if (key.size() > max_key_bytes_) {
+    return r(error_response(http::status::bad_request,
+                            "key is " + std::to_string(key.size()) + " bytes; at most " +
+                                std::to_string(max_key_bytes_) + " are allowed",
+                            key_field));
+  }
+  decision_call call;
+  call.named = s;
+  call.key = key;
+  call.key_field = key_field;
+  run_decision(call, /*acquire=*/true, /*gate=*/true, std::move(r));
+}
+
+void request_handler::run_decision(const decision_call& call, bool acquire, bool gate,
+                                   reply r) const {
+  auto complete = [this, named = call.named, in = call.in, gate,
+                   key_field = call.key_field,  // "key", or a name in the configuration
+                   r = std::move(r)](result<decision> got) mutable {
+    if (!got) return r(from_error(got.error(), key_field));
+    const std::string_view name = named != nullptr ? std::string_view(named->p->name) : in->name;
+    const bool shadow = named != nullptr && named->shadow;
+    decision shown = *got;
+    outcome o = outcome::allowed;
+    if (!shown.allowed) {
+      o = shadow ? outcome::shadow_denied : outcome::denied;
+      if (shadow) {
+        shown.allowed = true;
+        shown.retry_after = std::chrono::microseconds(0);
+      }
+    }
+    metrics_.count_decision(named != nullptr ? named->slot : metrics_.inline_slot(), o);
+
+    http::status status = http::status::ok;
+    if (gate) status = shown.allowed ? http::status::no_content : http::status::too_many_requests;
+    http_response res{status, 11};
+    res.set("RateLimit-Policy", named != nullptr ? named->policy_field : in->policy_field);
+    res.set("RateLimit", ratelimit_field(name, shown));
+    if (!shown.allowed) res.set(http::field::retry_after, std::to_string(retry_after_field(shown)));
+    if (status != http::status::no_content) {
+      res.set(http::field::content_type, kJson);
+      res.body() = decision_body(shown, named != nullptr ? named->json_name : in->json_name,
+                                 o == outcome::shadow_denied);
+    }
+    r(std::move(res));
+  };
+  const policy& p = call.named != nullptr ? *call.named->p : call.in->p;
+  if (acquire) {
+    limiter_.async_acquire(p, call.key, call.cost, std::move(complete));
+  } else {
+    limiter_.async_peek(p, call.key, call.cost, std::move(complete));
+  }
+}
+
+void request_handler::reset(std::string_view rest, reply r) const {
+  const std::size_t slash = rest.find('/');
+  const auto name = percent_decode(rest.substr(0, slash), false);
+  const served* s = name ? find(*name) : nullptr;
+  if (s == nullptr) {
+    return r(error_response(http::status::not_found,
+                            "no policy named " + quote(name ? *name : std::string(rest)),
+                            "policy"));
+  }
+  if (slash == std::string_view::npos) {
+    return r(error_response(http::status::bad_request,
+                            "key is missing: use /v1/keys/{policy}/{key}", "key"));
+  }
+  auto key = percent_decode(rest.substr(slash + 1), false);
+  if (!key) return r(error_response(http::status::bad_request, "key has a bad %-escape", "key"));
+  if (key->empty())
+    return r(error_response(http::status::bad_request, "key must not be empty", "key"));
+  if (key->size() > max_key_bytes_) {
+    return r(error_response(http::status::bad_request,
+                            "key is " + std::to_string(key->size()) + " bytes; at most " +
+                                std::to_string(max_key_bytes_) + " are allowed",
+                            "key"));
+  }
+  auto job = [this, p = s->p, key = std::move(*key), r = std::move(r)]() mutable {
+    const result<void> done = limiter_.reset(*p, key);
+    r(done ? http_response{http::status::no_content, 11} : from_error(done.error(), "key"));
+  };
+  if (hooks_.run_blocking) {
+    hooks_.run_blocking(std::move(job));
+  } else {
+    job();
+  }
+}
+
+}  // namespace sluice::server

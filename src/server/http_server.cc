@@ -1,0 +1,669 @@
+#include "server/http_server.h"
+
+#include <signal.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/basic_stream.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+
+#include "core/text.h"
+#include "server/handlers.h"
+#include "server/metrics.h"
+
+namespace sluice::server {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+using tcp = asio::ip::tcp;
+using executor = asio::io_context::executor_type;
+using socket_type = asio::basic_stream_socket<tcp, executor>;
+using acceptor_type = asio::basic_socket_acceptor<tcp, executor>;
+using stream_type = beast::basic_stream<tcp, executor>;
+using timer_type =
+    asio::basic_waitable_timer<std::chrono::steady_clock,
+                               asio::wait_traits<std::chrono::steady_clock>, executor>;
+using signal_set_type = asio::basic_signal_set<executor>;
+using error_code = boost::system::error_code;
+
+// What one read asks for; the buffer never holds more than a header and a bit.
+constexpr std::size_t kReadSize = 8192;
+// How long a closing connection reads (and drops) what the client still sends, so that the
+// client sees the last response rather than a reset.
+constexpr std::chrono::milliseconds kLingerMax{2000};
+
+class session;
+
+// One I/O thread and its io_context, with the sessions that live there.
+struct worker {
+  // Declared before the io_context: sessions destroyed with its queued handlers unlink
+  // themselves from this list.
+  std::mutex mu;
+  session* sessions = nullptr;  // intrusive list, guarded by mu
+
+  asio::io_context ioc{1};
+  std::optional<asio::executor_work_guard<executor>> work;  // until the drain is over
+  std::thread thread;
+};
+
+bool iequals(std::string_view a, std::string_view b) noexcept {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           const auto lower = [](char c) {
+             return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c;
+           };
+           return lower(x) == lower(y);
+         });
+}
+
+// Returns true when `ec` is the parser refusing the bytes (answered 400), rather than the
+// connection ending or timing out (closed without an answer).
+bool is_parse_error(const error_code& ec) {
+  static const auto& category = make_error_code(beast::http::error::bad_target).category();
+  return ec.category() == category && ec != beast::http::error::end_of_stream &&
+         ec != beast::http::error::partial_message;
+}
+
+std::string endpoint_text(const tcp::endpoint& e) {
+  const std::string host = e.address().to_string();
+  return (e.address().is_v6() ? "[" + host + "]" : host) + ":" + std::to_string(e.port());
+}
+
+// Splits "host:port" / "[v6]:port"; an empty host means every IPv4 address.
+std::pair<std::string, std::string> split_listen(const std::string& listen) {
+  std::string host;
+  std::string port;
+  if (!listen.empty() && listen.front() == '[') {
+    const std::size_t close = listen.find(']');
+    if (close == std::string::npos || close + 1 >= listen.size() || listen[close + 1] != ':') {
+      throw std::runtime_error("listen " + internal::quote(listen) + ": use [address]:port");
+    }
+    host = listen.substr(1, close - 1);
+    port = listen.substr(close + 2);
+  } else {
+    const std::size_t colon = listen.rfind(':');
+    if (colon == std::string::npos) {
+      throw std::runtime_error("listen " + internal::quote(listen) + ": use host:port");
+    }
+    host = listen.substr(0, colon);
+    port = listen.substr(colon + 1);
+  }
+  if (host.empty()) host = "0.0.0.0";
+  if (port.empty()) throw std::runtime_error("listen " + internal::quote(listen) + ": no port");
+  return {host, port};
+}
+
+}  // namespace
+
+struct http_server::impl {
+  impl(http_server_options o, const request_handler& h, metrics& m);
+  ~impl();
+
+  void accept();
+  void on_accept(const error_code& ec, socket_type socket, worker& w);
+  void begin_drain();
+  void force();
+  void finish();
+  void session_closed() noexcept;
+  void wait_signal();
+  static void for_each_session(worker& w, const std::function<void(session&)>& fn);
+
+  const http_server_options options;
+  const request_handler& handler;
+  metrics& counters;
+  std::vector<std::unique_ptr<worker>> workers;  // before what runs on them; [0] accepts
+  std::optional<acceptor_type> acceptor;
+  std::optional<timer_type> drain_timer;
+  std::optional<timer_type> accept_retry;
+  std::optional<signal_set_type> signals;
+
+  std::atomic<std::size_t> open{0};  // connections accepted and not yet closed
+  std::atomic<bool> draining{false};
+  std::atomic<bool> stopped{false};  // the I/O threads have been joined
+  // Used on workers[0]'s thread only (and before start).
+  std::size_t next_worker = 0;
+  bool started = false;
+  bool finished = false;
+  std::chrono::steady_clock::time_point last_accept_warning{};
+
+  std::string address;
+  std::uint16_t port = 0;
+};
+
+namespace {
+
+// One connection: reads a request, hands it to the handler, writes the response, and again
+// while the client keeps the connection alive. Not thread-safe: everything runs on its
+// worker's thread, except the handler's completion, which dispatches back there first.
+class session : public std::enable_shared_from_this<session> {
+ public:
+  session(http_server::impl& srv, worker& w, socket_type socket)
+      : srv_(srv),
+        w_(w),
+        stream_(std::move(socket)),
+        buffer_(srv.options.max_header_bytes + 2 * kReadSize) {
+    const std::lock_guard lock(w_.mu);
+    next_ = w_.sessions;
+    if (next_ != nullptr) next_->prev_ = this;
+    w_.sessions = this;
+  }
+
+  // May run on any thread (the last owner can be a store's completion).
+  ~session() {
+    {
+      const std::lock_guard lock(w_.mu);
+      (prev_ != nullptr ? prev_->next_ : w_.sessions) = next_;
+      if (next_ != nullptr) next_->prev_ = prev_;
+    }
+    // Room for a new connection before the gauge says so.
+    srv_.session_closed();
+    srv_.counters.connection_closed();
+  }
+
+  session* next() const noexcept { return next_; }
+
+  void start() {
+    error_code ec;
+    stream_.socket().set_option(tcp::no_delay(true), ec);
+    if (srv_.options.access_log) {
+      const auto peer = stream_.socket().remote_endpoint(ec);
+      peer_ = ec ? "-" : endpoint_text(peer);
+    }
+    wait_for_request();
+  }
+
+  // Shutting down: an idle connection closes now, a busy one after its response.
+  void drain() {
+    must_close_ = true;
+    if (phase_ == phase::idle) stream_.cancel();
+  }
+
+  void close_now() {
+    must_close_ = true;
+    stream_.close();
+  }
+
+ private:
+  enum class phase : std::uint8_t { idle, reading, handling, writing, closing };
+
+  void wait_for_request() {
+    if (must_close_ || srv_.draining.load()) return finish();
+    if (buffer_.size() > 0) return read_header();  // pipelined: the next request is here
+    phase_ = phase::idle;
+    // A new connection must send its header within header_timeout; a kept-alive one may
+    // wait idle_timeout for its next request to begin.
+    header_timer_running_ = first_;
+    stream_.expires_after(first_ ? srv_.options.header_timeout : srv_.options.idle_timeout);
+    stream_.async_read_some(buffer_.prepare(kReadSize),
+                            [self = shared_from_this()](const error_code& ec, std::size_t n) {
+                              if (ec) return self->finish();
+                              self->buffer_.commit(n);
+                              self->read_header();
+                            });
+  }
+
+  void read_header() {
+    phase_ = phase::reading;
+    parser_.emplace();
+    parser_->header_limit(
+        static_cast<std::uint32_t>(std::min<std::size_t>(srv_.options.max_header_bytes, 1u << 30)));
+    parser_->body_limit(srv_.options.max_body_bytes);
+    if (!header_timer_running_) stream_.expires_after(srv_.options.header_timeout);
+    header_timer_running_ = false;
+    http::async_read_header(
+        stream_, buffer_, *parser_,
+        [self = shared_from_this()](const error_code& ec, std::size_t) { self->on_header(ec); });
+  }
+
+  void on_header(const error_code& ec) {
+    began_ = std::chrono::steady_clock::now();
+    if (ec == http::error::header_limit) {
+      return reply_error(http::status::request_header_fields_too_large,
+                         "request header is larger than " +
+                             std::to_string(srv_.options.max_header_bytes) + " bytes");
+    }
+    // The parser refuses a declared Content-Length over the limit before reading the body.
+    if (ec == http::error::body_limit) {
+      return reply_error(
+          http::status::payload_too_large,
+          "body is larger than " + std::to_string(srv_.options.max_body_bytes) + " bytes", "body");
+    }
+    if (is_parse_error(ec)) {
+      return reply_error(http::status::bad_request, "bad HTTP request: " + ec.message());
+    }
+    if (ec) return finish();
+    if (parser_->is_done()) return handle();
+    const auto& req = parser_->get();
+    if (const auto it = req.find(http::field::expect);
+        it != req.end() && iequals(it->value(), "100-continue")) {
+      static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+      stream_.expires_after(srv_.options.body_timeout);
+      asio::async_write(stream_, asio::buffer(kContinue.data(), kContinue.size()),
+                        [self = shared_from_this()](const error_code& e, std::size_t) {
+                          if (e) return self->finish();
+                          self->read_body();
+                        });
+      return;
+    }
+    read_body();
+  }
+
+  void read_body() {
+    stream_.expires_after(srv_.options.body_timeout);
+    http::async_read(
+        stream_, buffer_, *parser_, [self = shared_from_this()](const error_code& ec, std::size_t) {
+          if (ec == http::error::body_limit) {
+            return self->reply_error(http::status::payload_too_large,
+                                     "body is larger than " +
+                                         std::to_string(self->srv_.options.max_body_bytes) +
+                                         " bytes",
+                                     "body");
+          }
+          if (is_parse_error(ec)) {
+            return self->reply_error(http::status::bad_request,
+                                     "bad HTTP request body: " + ec.message());
+          }
+          if (ec) return self->finish();
+          self->handle();
+        });
+  }
+
+  void handle() {
+    http_request req = parser_->release();
+    parser_.reset();
+    keep_alive_ = req.keep_alive();
+    version_ = req.version();
+    head_ = req.method() == http::verb::head;
+    if (srv_.options.access_log) {
+      method_ = std::string(req.method_string());
+      target_ = std::string(req.target());
+    }
+    phase_ = phase::handling;
+    stream_.expires_never();
+    // The completion may run here and now, or on the store's I/O thread: either way the
+    // write starts on this session's thread.
+    srv_.handler.handle(std::move(req), [self = shared_from_this()](http_response res) mutable {
+      const executor ex = self->stream_.get_executor();
+      asio::dispatch(ex, [self = std::move(self), res = std::move(res)]() mutable {
+        self->write(std::move(res));
+      });
+    });
+  }
+
+  // Answers a request the handler never saw (malformed, too large) and closes.
+  void reply_error(http::status status, const std::string& message, std::string_view field = {}) {
+    must_close_ = true;
+    if (parser_ && parser_->is_header_done()) version_ = parser_->get().version();
+    if (srv_.options.access_log) {
+      method_ = "-";
+      target_ = "-";
+    }
+    parser_.reset();
+    srv_.counters.count_request(route::other, static_cast<unsigned>(status),
+                                std::chrono::steady_clock::now() - began_);
+    write(error_response(status, message, field));
+  }
+
+  void write(http_response res) {
+    phase_ = phase::writing;
+    res_ = std::move(res);
+    const bool close = must_close_ || !keep_alive_ || srv_.draining.load();
+    res_.version(version_);
+    res_.keep_alive(!close);
+    res_.set(http::field::server, "sluice");
+    res_.prepare_payload();
+    // Serialized here rather than by Beast's serializer: one string for the header, one
+    // gathered write with the body, a measurable share of a small request's cost.
+    head_text_.clear();
+    head_text_ += "HTTP/1.";
+    head_text_ += version_ == 10 ? '0' : '1';
+    head_text_ += ' ';
+    head_text_ += std::to_string(res_.result_int());
+    head_text_ += ' ';
+    head_text_ += http::obsolete_reason(res_.result());
+    head_text_ += "\r\n";
+    for (const auto& f : res_) {
+      head_text_ += f.name_string();
+      head_text_ += ": ";
+      head_text_ += f.value();
+      head_text_ += "\r\n";
+    }
+    head_text_ += "\r\n";
+    // A response to HEAD has the header only; it still says how long the body would be.
+    const std::size_t body_size = head_ ? 0 : res_.body().size();
+    const std::array<asio::const_buffer, 2> buffers = {asio::buffer(head_text_),
+                                                       asio::buffer(res_.body().data(), body_size)};
+    stream_.expires_after(srv_.options.body_timeout);
+    asio::async_write(stream_, buffers,
+                      [self = shared_from_this(), close](const error_code& ec, std::size_t) {
+                        self->on_write(ec, close);
+                      });
+  }
+
+  void on_write(const error_code& ec, bool close) {
+    if (srv_.options.access_log) {
+      const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                          std::chrono::steady_clock::now() - began_)
+                          .count();
+      spdlog::info("{} \"{} {}\" {} {} {}us", peer_, method_, target_, res_.result_int(),
+                   res_.body().size(), us);
+    }
+    if (ec) return finish();
+    res_ = {};
+    head_ = false;
+    if (close) return linger();
+    first_ = false;
+    wait_for_request();
+  }
+
+  // Closes after the last response: stops sending, then reads and drops what the client
+  // still sends (a body that was refused, a pipelined request) until it closes too or a
+  // short while passes, so its kernel does not see a reset before it has read the response.
+  void linger() {
+    phase_ = phase::closing;
+    error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    if (ec) return finish();
+    buffer_.clear();
+    stream_.expires_after(
+        std::min<std::chrono::milliseconds>(srv_.options.body_timeout, kLingerMax));
+    drop_input();
+  }
+
+  void drop_input() {
+    stream_.async_read_some(buffer_.prepare(kReadSize),
+                            [self = shared_from_this()](const error_code& ec, std::size_t) {
+                              if (ec) return self->finish();
+                              self->drop_input();
+                            });
+  }
+
+  void finish() {
+    phase_ = phase::closing;
+    stream_.close();
+  }
+
+  http_server::impl& srv_;
+  worker& w_;
+  session* prev_ = nullptr;  // in w_.sessions
+  session* next_ = nullptr;
+
+  stream_type stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  http_response res_;
+  std::string head_text_;  // res_'s status line and fields, as written
+  phase phase_ = phase::idle;
+  bool first_ = true;                  // no request yet on this connection
+  bool header_timer_running_ = false;  // header_timeout has counted since the connection opened
+  bool must_close_ = false;            // draining, or the request could not be read
+  bool keep_alive_ = true;
+  bool head_ = false;
+  unsigned version_ = 11;
+  std::chrono::steady_clock::time_point began_{};
+  std::string peer_;  // access log only
+  std::string method_;
+  std::string target_;
+};
+
+void run_io(asio::io_context& ioc) {
+  for (;;) {
+    try {
+      ioc.run();
+      return;
+    } catch (const std::exception& e) {
+      spdlog::error("sluice serve: unexpected exception on an I/O thread: {}", e.what());
+    }
+  }
+}
+
+// The canned answer to a connection over max_connections.
+const std::string& busy_response() {
+  static const std::string text = [] {
+    const std::string body = R"({"error":"too many connections"})";
+    return "HTTP/1.1 503 Service Unavailable\r\nServer: sluice\r\nContent-Type: "
+           "application/json\r\nConnection: close\r\nContent-Length: " +
+           std::to_string(body.size()) + "\r\n\r\n" + body;
+  }();
+  return text;
+}
+
+}  // namespace
+
+http_server_options server_options(const server_config& config) {
+  http_server_options o;
+  o.listen = config.listen;
+  o.io_threads = config.io_threads;
+  o.max_connections = config.max_connections;
+  o.max_body_bytes = config.max_body_bytes;
+  o.header_timeout = config.header_timeout;
+  o.body_timeout = config.body_timeout;
+  o.idle_timeout = config.idle_timeout;
+  o.drain_timeout = config.drain_timeout;
+  o.access_log = config.access_log;
+  return o;
+}
+
+http_server::impl::impl(http_server_options o, const request_handler& h, metrics& m)
+    : options(std::move(o)), handler(h), counters(m) {
+  std::size_t n = options.io_threads;
+  if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
+  for (std::size_t i = 0; i < n; ++i) workers.push_back(std::make_unique<worker>());
+  asio::io_context& ioc = workers.front()->ioc;
+  acceptor.emplace(ioc.get_executor());
+  drain_timer.emplace(ioc.get_executor());
+  accept_retry.emplace(ioc.get_executor());
+
+  const auto [host, service] = split_listen(options.listen);
+  asio::ip::basic_resolver<tcp, executor> resolver(ioc.get_executor());
+  error_code ec;
+  const auto endpoints =
+      resolver.resolve(host, service, tcp::resolver::passive | tcp::resolver::numeric_service, ec);
+  if (ec)
+    throw std::runtime_error("listen " + internal::quote(options.listen) + ": " + ec.message());
+  for (const auto& entry : endpoints) {
+    acceptor->close(ec);
+    acceptor->open(entry.endpoint().protocol(), ec);
+    if (!ec) acceptor->set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) acceptor->bind(entry.endpoint(), ec);
+    if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
+    if (!ec) break;
+  }
+  if (ec || !acceptor->is_open()) {
+    throw std::runtime_error("listen " + internal::quote(options.listen) + ": " +
+                             (ec ? ec.message() : std::string("no address")));
+  }
+  const tcp::endpoint local = acceptor->local_endpoint(ec);
+  address = endpoint_text(local);
+  port = local.port();
+}
+
+http_server::impl::~impl() {
+  // What runs on workers[0] goes before the io_contexts; then the io_contexts, whose queued
+  // handlers may hold the last references to sessions, which use the members above.
+  signals.reset();
+  accept_retry.reset();
+  drain_timer.reset();
+  acceptor.reset();
+  workers.clear();
+}
+
+void http_server::impl::accept() {
+  worker& w = *workers[next_worker++ % workers.size()];
+  acceptor->async_accept(w.ioc, [this, &w](const error_code& ec, socket_type socket) {
+    on_accept(ec, std::move(socket), w);
+  });
+}
+
+void http_server::impl::on_accept(const error_code& ec, socket_type socket, worker& w) {
+  if (ec == asio::error::operation_aborted || draining.load()) return;
+  if (ec) {
+    // Out of descriptors, most likely: wait a little rather than spin.
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_accept_warning >= std::chrono::seconds(10)) {
+      last_accept_warning = now;
+      spdlog::warn("sluice serve: accept failed: {}", ec.message());
+    }
+    accept_retry->expires_after(std::chrono::milliseconds(50));
+    accept_retry->async_wait([this](const error_code& e) {
+      if (!e && !draining.load()) accept();
+    });
+    return;
+  }
+  if (options.max_connections != 0 && open.load() >= options.max_connections) {
+    counters.connection_refused();  // first: once the client hears, the count is there
+    error_code ignored;
+    const std::string& busy = busy_response();
+    socket.non_blocking(true, ignored);
+    socket.write_some(asio::buffer(busy), ignored);  // fits: a new socket's buffer is empty
+    socket.shutdown(tcp::socket::shutdown_both, ignored);
+    socket.close(ignored);
+    return accept();
+  }
+  open.fetch_add(1);
+  counters.connection_opened();
+  asio::post(w.ioc, [this, &w, s = std::move(socket)]() mutable {
+    std::make_shared<session>(*this, w, std::move(s))->start();
+  });
+  accept();
+}
+
+void http_server::impl::for_each_session(worker& w, const std::function<void(session&)>& fn) {
+  std::vector<std::shared_ptr<session>> live;
+  {
+    const std::lock_guard lock(w.mu);
+    for (session* s = w.sessions; s != nullptr; s = s->next()) {
+      // A session whose last owner is letting go right now is skipped: it is closing.
+      if (auto p = s->weak_from_this().lock()) live.push_back(std::move(p));
+    }
+  }
+  for (const auto& s : live) fn(*s);
+}
+
+void http_server::impl::begin_drain() {
+  if (draining.exchange(true)) return;
+  error_code ignored;
+  acceptor->close(ignored);
+  accept_retry->cancel();
+  const std::size_t n = open.load();
+  spdlog::info("sluice serve: stopping; draining {} connection(s), for up to {} ms", n,
+               options.drain_timeout.count());
+  for (auto& w : workers) {
+    asio::post(w->ioc, [wp = w.get()] { for_each_session(*wp, [](session& s) { s.drain(); }); });
+  }
+  if (open.load() == 0) return finish();
+  drain_timer->expires_after(options.drain_timeout);
+  drain_timer->async_wait([this](const error_code& ec) {
+    if (!ec) force();
+  });
+}
+
+void http_server::impl::force() {
+  if (finished) return;
+  draining.store(true);
+  error_code ignored;
+  acceptor->close(ignored);
+  spdlog::warn("sluice serve: closing {} connection(s) still open", open.load());
+  for (auto& w : workers) {
+    asio::post(w->ioc,
+               [wp = w.get()] { for_each_session(*wp, [](session& s) { s.close_now(); }); });
+  }
+  finish();
+}
+
+void http_server::impl::finish() {
+  if (finished) return;
+  finished = true;
+  error_code ignored;
+  drain_timer->cancel();
+  accept_retry->cancel();
+  acceptor->close(ignored);
+  if (signals) signals->cancel(ignored);
+  // Each io_context now runs until its last session is gone, then its thread returns.
+  for (auto& w : workers) w->work.reset();
+}
+
+void http_server::impl::session_closed() noexcept {
+  if (open.fetch_sub(1) == 1 && draining.load() && !stopped.load()) {
+    asio::post(workers.front()->ioc, [this] {
+      if (draining.load() && open.load() == 0) finish();
+    });
+  }
+}
+
+void http_server::impl::wait_signal() {
+  signals->async_wait([this](const error_code& ec, int signal) {
+    if (ec) return;
+    if (!draining.load()) {
+      spdlog::info("sluice serve: {} received", signal == SIGTERM ? "SIGTERM" : "SIGINT");
+      wait_signal();  // first: a drain that ends at once cancels it
+      begin_drain();
+    } else {
+      spdlog::warn("sluice serve: second signal: not waiting for requests in flight");
+      force();
+    }
+  });
+}
+
+http_server::http_server(http_server_options options, const request_handler& handler, metrics& m)
+    : impl_(std::make_unique<impl>(std::move(options), handler, m)) {}
+
+http_server::~http_server() {
+  if (impl_->started && !impl_->stopped.load()) {
+    asio::post(impl_->workers.front()->ioc, [i = impl_.get()] { i->force(); });
+    wait();
+  }
+}
+
+std::string http_server::local_address() const { return impl_->address; }
+
+std::uint16_t http_server::port() const { return impl_->port; }
+
+void http_server::start() {
+  impl& s = *impl_;
+  if (s.started) return;
+  s.started = true;
+  for (auto& w : s.workers) w->work.emplace(w->ioc.get_executor());
+  if (s.options.handle_signals) {
+    s.signals.emplace(s.workers.front()->ioc.get_executor(), SIGINT, SIGTERM);
+    s.wait_signal();
+  }
+  s.accept();
+  for (auto& w : s.workers) w->thread = std::thread([wp = w.get()] { run_io(wp->ioc); });
+}
+
+void http_server::shutdown() {
+  if (!impl_->started) return;
+  asio::post(impl_->workers.front()->ioc, [i = impl_.get()] { i->begin_drain(); });
+}
+
+void http_server::wait() {
+  for (auto& w : impl_->workers) {
+    if (w->thread.joinable()) w->thread.join();
+  }
+  impl_->stopped.store(true);
+}
+
+}  // namespace sluice::server

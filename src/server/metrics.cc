@@ -1,0 +1,205 @@
+#include "server/metrics.h"
+
+#include <algorithm>
+#include <cstdio>
+
+namespace sluice::server {
+namespace {
+
+constexpr std::string_view kOutcomes[] = {"allowed", "denied", "shadow_denied"};
+
+// The histogram's `le` labels, as Prometheus clients print these bounds.
+constexpr std::string_view kBucketLabels[] = {"5e-05",  "0.0001", "0.00025", "0.0005", "0.001",
+                                              "0.0025", "0.005",  "0.01",    "0.025",  "0.05",
+                                              "0.1",    "0.25",   "0.5",     "1"};
+static_assert(std::size(kBucketLabels) == metrics::duration_buckets.size());
+
+// Returns `v` escaped for a label value: backslash, double quote and newline.
+std::string label(std::string_view v) {
+  std::string out;
+  out.reserve(v.size());
+  for (const char c : v) {
+    if (c == '\\' || c == '"') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+void header(std::string& out, std::string_view name, std::string_view type, std::string_view help) {
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  out += help;
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+
+void sample(std::string& out, std::string_view name, std::string_view labels, std::uint64_t value) {
+  out += name;
+  if (!labels.empty()) {
+    out += '{';
+    out += labels;
+    out += '}';
+  }
+  out += ' ';
+  out += std::to_string(value);
+  out += '\n';
+}
+
+std::uint64_t load(const std::atomic<std::uint64_t>& a) noexcept {
+  return a.load(std::memory_order_relaxed);
+}
+
+}  // namespace
+
+std::string_view to_string(route r) noexcept {
+  switch (r) {
+    case route::acquire:
+      return "/v1/acquire";
+    case route::peek:
+      return "/v1/peek";
+    case route::reset:
+      return "/v1/keys";
+    case route::gate:
+      return "/v1/gate";
+    case route::metrics:
+      return "/metrics";
+    case route::healthz:
+      return "/healthz";
+    case route::readyz:
+      return "/readyz";
+    case route::other:
+      return "other";
+  }
+  return "other";
+}
+
+metrics::metrics(std::vector<std::string> policies)
+    : policies_(std::move(policies)),
+      decisions_(std::make_unique<decision_counts[]>(policies_.size() + 1)),
+      routes_(std::make_unique<route_counts[]>(route_count)) {}
+
+metrics::~metrics() = default;
+
+std::size_t metrics::code_index(unsigned status) noexcept {
+  for (std::size_t i = 0; i + 1 < codes_.size(); ++i) {
+    if (codes_[i] == status) return i;
+  }
+  return codes_.size() - 1;
+}
+
+std::size_t metrics::slot(std::string_view name) const noexcept {
+  for (std::size_t i = 0; i < policies_.size(); ++i) {
+    if (policies_[i] == name) return i;
+  }
+  return inline_slot();
+}
+
+void metrics::count_decision(std::size_t slot, outcome o) noexcept {
+  if (slot > policies_.size()) return;
+  decisions_[slot].n[static_cast<std::size_t>(o)].fetch_add(1, std::memory_order_relaxed);
+}
+
+void metrics::count_request(route r, unsigned status, std::chrono::nanoseconds took) noexcept {
+  route_counts& c = routes_[static_cast<std::size_t>(r)];
+  c.by_code[code_index(status)].fetch_add(1, std::memory_order_relaxed);
+  const double seconds = std::chrono::duration<double>(took).count();
+  std::size_t b = 0;
+  while (b < duration_buckets.size() && seconds > duration_buckets[b]) ++b;
+  c.buckets[b].fetch_add(1, std::memory_order_relaxed);
+  c.sum_ns.fetch_add(static_cast<std::uint64_t>(std::max<std::int64_t>(0, took.count())),
+                     std::memory_order_relaxed);
+}
+
+std::uint64_t metrics::decisions(std::size_t slot, outcome o) const noexcept {
+  if (slot > policies_.size()) return 0;
+  return load(decisions_[slot].n[static_cast<std::size_t>(o)]);
+}
+
+std::uint64_t metrics::requests(route r, unsigned status) const noexcept {
+  return load(routes_[static_cast<std::size_t>(r)].by_code[code_index(status)]);
+}
+
+std::string metrics::render(const limiter_stats& stats) const {
+  std::string out;
+  out.reserve(4096);
+
+  header(out, "sluice_decisions_total", "counter", "Decisions by policy and outcome.");
+  for (std::size_t slot = 0; slot <= policies_.size(); ++slot) {
+    const std::string policy = slot < policies_.size() ? label(policies_[slot]) : "(inline)";
+    for (std::size_t o = 0; o < std::size(kOutcomes); ++o) {
+      sample(out, "sluice_decisions_total",
+             "policy=\"" + policy + "\",outcome=\"" + std::string(kOutcomes[o]) + "\"",
+             load(decisions_[slot].n[o]));
+    }
+  }
+
+  header(out, "sluice_store_errors_total", "counter", "Store calls that failed.");
+  sample(out, "sluice_store_errors_total", "", stats.store_errors);
+  header(out, "sluice_fallbacks_total", "counter",
+         "Decisions made by a failure mode while the store failed or the breaker was open.");
+  sample(out, "sluice_fallbacks_total", "mode=\"allow\"", stats.fallbacks_allow);
+  sample(out, "sluice_fallbacks_total", "mode=\"deny\"", stats.fallbacks_deny);
+  sample(out, "sluice_fallbacks_total", "mode=\"local\"", stats.fallbacks_local);
+  header(out, "sluice_breaker_state", "gauge",
+         "The store's circuit breaker: 0 closed, 1 open, 2 half_open.");
+  sample(out, "sluice_breaker_state", "", static_cast<std::uint64_t>(stats.breaker));
+  header(out, "sluice_breaker_opened_total", "counter", "Times the circuit breaker opened.");
+  sample(out, "sluice_breaker_opened_total", "", stats.breaker_opened);
+
+  header(out, "sluice_http_requests_total", "counter", "HTTP responses by route and status.");
+  for (std::size_t r = 0; r < route_count; ++r) {
+    const std::string route_label =
+        "route=\"" + std::string(to_string(static_cast<route>(r))) + "\",code=\"";
+    for (std::size_t i = 0; i < codes_.size(); ++i) {
+      const std::uint64_t n = load(routes_[r].by_code[i]);
+      if (n == 0) continue;
+      const std::string code = codes_[i] == 0 ? "other" : std::to_string(codes_[i]);
+      sample(out, "sluice_http_requests_total", route_label + code + "\"", n);
+    }
+  }
+
+  header(out, "sluice_request_duration_seconds", "histogram",
+         "Time from a request's header to its response, by route.");
+  for (std::size_t r = 0; r < route_count; ++r) {
+    const route_counts& c = routes_[r];
+    std::uint64_t counts[duration_buckets.size() + 1];
+    std::uint64_t total = 0;
+    for (std::size_t b = 0; b <= duration_buckets.size(); ++b) {
+      counts[b] = load(c.buckets[b]);
+      total += counts[b];
+    }
+    if (total == 0) continue;
+    const std::string route_label =
+        "route=\"" + std::string(to_string(static_cast<route>(r))) + "\"";
+    std::uint64_t cumulative = 0;
+    for (std::size_t b = 0; b < duration_buckets.size(); ++b) {
+      cumulative += counts[b];
+      sample(out, "sluice_request_duration_seconds_bucket",
+             route_label + ",le=\"" + std::string(kBucketLabels[b]) + "\"", cumulative);
+    }
+    sample(out, "sluice_request_duration_seconds_bucket", route_label + ",le=\"+Inf\"", total);
+    char sum[32];
+    std::snprintf(sum, sizeof sum, "%.9f", static_cast<double>(load(c.sum_ns)) / 1e9);
+    out += "sluice_request_duration_seconds_sum{" + route_label + "} " + sum + "\n";
+    sample(out, "sluice_request_duration_seconds_count", route_label, total);
+  }
+
+  header(out, "sluice_open_connections", "gauge", "Client connections open now.");
+  out += "sluice_open_connections " + std::to_string(open_connections()) + "\n";
+  header(out, "sluice_connections_refused_total", "counter",
+         "Connections closed at once because max_connections were open.");
+  sample(out, "sluice_connections_refused_total", "", load(refused_));
+  return out;
+}
+
+}  // namespace sluice::server

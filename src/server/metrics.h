@@ -1,0 +1,107 @@
+// The server's counters, rendered in the Prometheus text exposition format (version 0.0.4)
+// when `GET /metrics` is scraped. Written by hand: a few lines, no library.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sluice/limiter.h"
+
+namespace sluice::server {
+
+// The routes of the HTTP API, as metrics label them.
+enum class route : std::uint8_t {
+  acquire,  // POST /v1/acquire
+  peek,     // POST /v1/peek
+  reset,    // DELETE /v1/keys/{policy}/{key}
+  gate,     // GET /v1/gate/{policy}
+  metrics,  // GET /metrics
+  healthz,  // GET /healthz
+  readyz,   // GET /readyz
+  other,    // unknown paths, and requests refused before routing (malformed, too large)
+};
+inline constexpr std::size_t route_count = 8;
+
+// Returns the route's label: "/v1/acquire", ..., "other".
+std::string_view to_string(route r) noexcept;
+
+// What became of one decision.
+enum class outcome : std::uint8_t {
+  allowed,
+  denied,
+  shadow_denied,  // denied by a policy in shadow mode, and allowed
+};
+
+// Counters of decisions, HTTP requests and connections. Thread-safe and lock-free: every
+// count is a relaxed atomic; `render` reads them without stopping the writers, so one
+// scrape may see a request counted in one series and not yet in another.
+class metrics {
+ public:
+  // Upper bounds of the request duration histogram's buckets, in seconds (50 µs to 1 s).
+  static constexpr std::array<double, 14> duration_buckets = {
+      0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+      0.01,    0.025,  0.05,    0.1,    0.25,  0.5,    1.0};
+
+  // One decision slot per name in `policies`, in that order, and one more for inline limits
+  // (`inline_slot()`), labelled `(inline)`.
+  explicit metrics(std::vector<std::string> policies);
+  ~metrics();
+  metrics(const metrics&) = delete;
+  metrics& operator=(const metrics&) = delete;
+
+  std::size_t inline_slot() const noexcept { return policies_.size(); }
+  // Returns the slot of policy `name`, or the inline slot when there is none.
+  std::size_t slot(std::string_view name) const noexcept;
+
+  // Counts a decision of the policy in `slot` (< inline_slot() + 1).
+  void count_decision(std::size_t slot, outcome o) noexcept;
+  // Counts an HTTP response with `status` on route `r`, which took `took` to produce.
+  void count_request(route r, unsigned status, std::chrono::nanoseconds took) noexcept;
+  void connection_opened() noexcept { open_.fetch_add(1, std::memory_order_relaxed); }
+  void connection_closed() noexcept { open_.fetch_sub(1, std::memory_order_relaxed); }
+  // Counts a connection closed at once because `max_connections` were open.
+  void connection_refused() noexcept { refused_.fetch_add(1, std::memory_order_relaxed); }
+
+  std::int64_t open_connections() const noexcept { return open_.load(std::memory_order_relaxed); }
+  std::uint64_t decisions(std::size_t slot, outcome o) const noexcept;
+  std::uint64_t requests(route r, unsigned status) const noexcept;
+
+  // Returns every metric in the text format, with the limiter's counters (`stats`) for store
+  // errors, fallbacks and the breaker:
+  //   sluice_decisions_total{policy,outcome}      sluice_store_errors_total
+  //   sluice_fallbacks_total{mode}                sluice_breaker_state (0 closed, 1 open,
+  //   sluice_breaker_opened_total                                       2 half_open)
+  //   sluice_http_requests_total{route,code}      sluice_request_duration_seconds{route}
+  //   sluice_open_connections                     sluice_connections_refused_total
+  std::string render(const limiter_stats& stats) const;
+
+ private:
+  // The status codes the server sends; any other is counted as "other".
+  static constexpr std::array<unsigned, 13> codes_ = {200, 204, 400, 401, 404, 405, 408,
+                                                      413, 429, 431, 500, 503, 0};
+  static std::size_t code_index(unsigned status) noexcept;
+
+  struct decision_counts {
+    std::atomic<std::uint64_t> n[3] = {};
+  };
+  struct route_counts {
+    std::atomic<std::uint64_t> by_code[codes_.size()] = {};
+    std::atomic<std::uint64_t> buckets[duration_buckets.size() + 1] = {};  // last: +Inf only
+    std::atomic<std::uint64_t> sum_ns{0};
+  };
+
+  std::vector<std::string> policies_;
+  std::unique_ptr<decision_counts[]> decisions_;  // policies_.size() + 1
+  std::unique_ptr<route_counts[]> routes_;        // route_count
+  std::atomic<std::int64_t> open_{0};
+  std::atomic<std::uint64_t> refused_{0};
+};
+
+}  // namespace sluice::server

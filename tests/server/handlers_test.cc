@@ -1,0 +1,560 @@
+// Tests of the request handler with no socket: a request goes in, a response comes out.
+// Every route, every error case (with the field it names), the RateLimit header fields'
+// exact values, shadow mode, bearer tokens, and the failure modes as the API shows them.
+// The memory store runs on a manual clock, so every number is exact.
+#include "server/handlers.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "server/config.h"
+#include "server/metrics.h"
+#include "server/serve.h"
+#include "sluice/clock.h"
+#include "sluice/memory_store.h"
+
+#include "support/test_util.h"
+
+namespace {
+
+using sluice::algorithm;
+using sluice::failure_mode;
+using sluice::server::handler_hooks;
+using sluice::server::http_request;
+using sluice::server::http_response;
+using sluice::server::key_source;
+using sluice::server::metrics;
+using sluice::server::outcome;
+using sluice::server::request_handler;
+using sluice::server::route;
+using sluice::server::served_policy;
+using sluice::server::server_config;
+using json = nlohmann::json;
+using std::chrono::hours;
+using std::chrono::seconds;
+namespace http = boost::beast::http;
+
+using header_list = std::vector<std::pair<std::string, std::string>>;
+
+served_policy make_policy(const std::string& name, const std::string& limit,
+                          algorithm a = algorithm::sliding_log, bool shadow = false,
+                          key_source gate = {}) {
+  served_policy p;
+  p.policy.name = name;
+  p.policy.limit = *sluice::parse_limit(limit);
+  p.policy.algorithm = a;
+  p.shadow = shadow;
+  p.gate_key = std::move(gate);
+  return p;
+}
+
+// The configuration most tests use: chat 30/hour, a shadowed 1/hour, a gate keyed by a
+// header and one keyed by a query parameter.
+server_config base_config() {
+  server_config c;
+  c.max_key_bytes = 64;
+  c.policies.push_back(make_policy("chat", "30/hour"));
+  c.policies.push_back(make_policy("beta", "1/hour", algorithm::sliding_log, /*shadow=*/true));
+  c.policies.push_back(make_policy("login", "2/1m", algorithm::gcra, false, {"X-User-Id", ""}));
+  c.policies.push_back(make_policy("q", "2/1m", algorithm::sliding_counter, false, {"", "user"}));
+  return c;
+}
+
+// A store that is down: every call fails as an unreachable Redis would.
+class down_store final : public sluice::store {
+ public:
+  sluice::result<sluice::decision> acquire(const sluice::request&) override { return failed(); }
+  sluice::result<sluice::decision> peek(const sluice::request&) override { return failed(); }
+  sluice::result<void> reset(std::string_view) override { return failed(); }
+  std::string describe() const override { return "redis://down:6379/0"; }
+
+ private:
+  static sluice::error failed() {
+    return sluice::make_error(sluice::errc::store_unavailable, "connection refused");
+  }
+};
+
+class Handlers : public ::testing::Test {
+ protected:
+  void build(server_config c = base_config(), handler_hooks hooks = {},
+             std::shared_ptr<sluice::store> s = nullptr) {
+    config_ = std::move(c);
+    if (!s) {
+      sluice::memory_store_options o;
+      o.time_source = &clock_;
+      s = std::make_shared<sluice::memory_store>(o);
+    }
+    limiter_ = sluice::server::make_limiter(config_, std::move(s));
+    std::vector<std::string> names;
+    for (const auto& p : config_.policies) names.push_back(p.policy.name);
+    metrics_ = std::make_unique<metrics>(std::move(names));
+    handler_ = std::make_unique<request_handler>(config_, *limiter_, *metrics_, std::move(hooks));
+  }
+
+  http_response call(http::verb method, const std::string& target, const std::string& body = {},
+                     const header_list& headers = {}) {
+    if (!handler_) build();
+    http_request req{method, target, 11};
+    for (const auto& [name, value] : headers) req.set(name, value);
+    req.body() = body;
+    req.prepare_payload();
+    std::optional<http_response> got;
+    int calls = 0;
+    handler_->handle(std::move(req), [&](http_response r) {
+      ++calls;
+      got = std::move(r);
+    });
+    EXPECT_EQ(calls, 1) << "the memory store answers before handle() returns, exactly once";
+    return got ? std::move(*got) : http_response{};
+  }
+
+  http_response acquire(const std::string& body, const header_list& headers = {}) {
+    return call(http::verb::post, "/v1/acquire", body, headers);
+  }
+
+  static json body_of(const http_response& r) {
+    return json::parse(r.body(), nullptr, /*allow_exceptions=*/false);
+  }
+
+  // Checks a JSON error: its status, an "error" message, and the field it names ("" for
+  // none).
+  static void expect_error(const http_response& r, http::status status, const std::string& field) {
+    EXPECT_EQ(r.result(), status) << r.body();
+    EXPECT_EQ(r[http::field::content_type], "application/json");
+    const json j = body_of(r);
+    ASSERT_TRUE(j.is_object()) << r.body();
+    EXPECT_TRUE(j.contains("error") && j["error"].is_string() && !j["error"].empty()) << r.body();
+    if (field.empty()) {
+      EXPECT_FALSE(j.contains("field")) << r.body();
+    } else {
+      EXPECT_EQ(j.value("field", ""), field) << r.body();
+    }
+  }
+
+  sluice::manual_clock clock_{seconds(1'700'000'000)};
+  server_config config_;
+  std::unique_ptr<sluice::limiter> limiter_;
+  std::unique_ptr<metrics> metrics_;
+  std::unique_ptr<request_handler> handler_;
+};
+
+TEST_F(Handlers, AcquireWithPolicyAnswersTheDecision) {
+  // Verifies POST /v1/acquire with a policy: 200, the five numbers and the policy's name.
+  const http_response r = acquire(R"({"key": "user:42", "policy": "chat"})");
+  EXPECT_EQ(r.result(), http::status::ok);
+  EXPECT_EQ(r[http::field::content_type], "application/json");
+  EXPECT_EQ(r.body(), R"({"allowed":true,"limit":30,"remaining":29,"retry_after_ms":0,)"
+                      R"("reset_after_ms":3600000,"policy":"chat"})");
+  EXPECT_EQ(metrics_->decisions(metrics_->slot("chat"), outcome::allowed), 1u);
+  EXPECT_EQ(metrics_->requests(route::acquire, 200), 1u);
+}
+
+TEST_F(Handlers, RateLimitHeaderFieldsHaveExactValues) {
+  // Verifies RateLimit-Policy and RateLimit on allowed and denied answers, and Retry-After
+  // (whole seconds, equal to t) on the denial only.
+  http_response r = acquire(R"({"key": "u", "policy": "chat", "cost": 29})");
+  EXPECT_EQ(r["RateLimit-Policy"], "\"chat\";q=30;w=3600");
+  EXPECT_EQ(r["RateLimit"], "\"chat\";r=1;t=3600");
+  EXPECT_EQ(r.count(http::field::retry_after), 0u);
+
+  clock_.advance(seconds(3000));
+  r = acquire(R"({"key": "u", "policy": "chat"})");  // the 30th: allowed, r=0
+  EXPECT_EQ(r["RateLimit"], "\"chat\";r=0;t=3600");
+
+  clock_.advance(seconds(588));  // the first 29 expire in 12 s
+  r = acquire(R"({"key": "u", "policy": "chat"})");
+  EXPECT_EQ(r.result(), http::status::ok);  // a denial is still 200 in the JSON API
+  EXPECT_EQ(body_of(r)["allowed"], false);
+  EXPECT_EQ(body_of(r)["retry_after_ms"], 12000);
+  EXPECT_EQ(r["RateLimit-Policy"], "\"chat\";q=30;w=3600");
+  EXPECT_EQ(r["RateLimit"], "\"chat\";r=0;t=13");
+  EXPECT_EQ(r[http::field::retry_after], "13");
+}
+
+TEST_F(Handlers, PeekSpendsNothing) {
+  // Verifies POST /v1/peek: the same answer as acquire would give, and nothing spent.
+  for (int i = 0; i < 3; ++i) {
+    const http_response r =
+        call(http::verb::post, "/v1/peek", R"({"key": "p", "policy": "chat", "cost": 2})");
+    EXPECT_EQ(r.result(), http::status::ok);
+    EXPECT_EQ(body_of(r)["remaining"], 30);
+    EXPECT_EQ(r["RateLimit"], "\"chat\";r=30;t=0");
+  }
+  EXPECT_EQ(body_of(acquire(R"({"key": "p", "policy": "chat"})"))["remaining"], 29);
+  EXPECT_EQ(metrics_->requests(route::peek, 200), 3u);
+}
+
+TEST_F(Handlers, InlineLimitNamesItselfByTheLimit) {
+  // Verifies an inline limit with an algorithm: decided like a policy, named in the fields
+  // and the body by its canonical form, counted as (inline).
+  http_response r = acquire(R"({"key": "k", "limit": "2/1m", "algorithm": "gcra"})");
+  EXPECT_EQ(r.result(), http::status::ok);
+  EXPECT_EQ(r["RateLimit-Policy"], "\"2/1m\";q=2;w=60");
+  EXPECT_EQ(r["RateLimit"], "\"2/1m\";r=1;t=30");
+  EXPECT_EQ(body_of(r)["policy"], "2/1m");
+  acquire(R"({"key": "k", "limit": "2/1m", "algorithm": "gcra"})");
+  r = acquire(R"({"key": "k", "limit": "2/1m", "algorithm": "gcra"})");
+  EXPECT_EQ(body_of(r)["allowed"], false);
+  EXPECT_EQ(r[http::field::retry_after], "31");  // 30 s to the next emission, + 1
+  EXPECT_EQ(metrics_->decisions(metrics_->inline_slot(), outcome::allowed), 2u);
+  EXPECT_EQ(metrics_->decisions(metrics_->inline_slot(), outcome::denied), 1u);
+}
+
+TEST_F(Handlers, InlineDefaultsToSlidingLog) {
+  // Verifies that an inline limit without an algorithm is the exact sliding log.
+  const http_response r = acquire(R"({"key": "k", "limit": "10 per minute", "cost": 3})");
+  EXPECT_EQ(body_of(r)["remaining"], 7);
+  EXPECT_EQ(body_of(r)["reset_after_ms"], 60000);
+}
+
+TEST_F(Handlers, BodyErrorsNameTheField) {
+  // Verifies a 400 naming the field for each kind of bad body.
+  struct bad_case {
+    const char* body;
+    const char* field;
+  };
+  const bad_case cases[] = {
+      {R"({"key": "u", "policy": "chat")", "body"},              // not JSON
+      {R"(["key", "u"])", "body"},                               // not an object
+      {"", "body"},                                              // empty
+      {R"({"key": "u", "policy": "chat", "cots": 1})", "cots"},  // unknown field
+      {R"({"policy": "chat"})", "key"},                          // no key
+      {R"({"key": 42, "policy": "chat"})", "key"},               // not a string
+      {R"({"key": "", "policy": "chat"})", "key"},               // empty key
+      {R"({"key": "u", "policy": "chat", "cost": "2"})", "cost"},
+      {R"({"key": "u", "policy": "chat", "cost": 1.5})", "cost"},
+      {R"({"key": "u", "policy": "chat", "cost": true})", "cost"},
+      {R"({"key": "u", "policy": "chat", "cost": 0})", "cost"},
+      {R"({"key": "u", "policy": "chat", "cost": -3})", "cost"},
+      {R"({"key": "u", "policy": "chat", "cost": 18446744073709551615})", "cost"},
+      {R"({"key": "u", "policy": "chat", "cost": 31})", "cost"},  // more than the limit
+      {R"({"key": "u"})", "policy"},                              // neither policy nor limit
+      {R"({"key": "u", "policy": 7})", "policy"},
+      {R"({"key": "u", "policy": "chat", "limit": "5/1s"})", "limit"},  // both
+      {R"({"key": "u", "limit": "0/hour"})", "limit"},
+      {R"({"key": "u", "limit": "30/fortnight"})", "limit"},
+      {R"({"key": "u", "limit": 30})", "limit"},
+      {R"({"key": "u", "limit": "5/1s", "algorithm": "leaky"})", "algorithm"},
+      {R"({"key": "u", "limit": "5/1s", "algorithm": 1})", "algorithm"},
+      {R"({"key": "u", "policy": "chat", "algorithm": "gcra"})", "algorithm"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.body);
+    expect_error(acquire(c.body), http::status::bad_request, c.field);
+  }
+  EXPECT_EQ(metrics_->requests(route::acquire, 400), std::size(cases));
+  EXPECT_EQ(metrics_->decisions(metrics_->slot("chat"), outcome::allowed), 0u);
+}
+
+TEST_F(Handlers, OversizeKeyIsRefused) {
+  // Verifies the key length limit (64 bytes here): 64 pass, 65 get 400 naming the key.
+  EXPECT_EQ(acquire(R"({"key": ")" + std::string(64, 'k') + R"(", "policy": "chat"})").result(),
+            http::status::ok);
+  expect_error(acquire(R"({"key": ")" + std::string(65, 'k') + R"(", "policy": "chat"})"),
+               http::status::bad_request, "key");
+}
+
+TEST_F(Handlers, UnknownPolicyIs404) {
+  // Verifies 404 naming the policy for acquire, peek, gate and reset.
+  expect_error(acquire(R"({"key": "u", "policy": "nope"})"), http::status::not_found, "policy");
+  expect_error(call(http::verb::post, "/v1/peek", R"({"key": "u", "policy": "nope"})"),
+               http::status::not_found, "policy");
+  expect_error(call(http::verb::get, "/v1/gate/nope", "", {{"X-Forwarded-For", "1.2.3.4"}}),
+               http::status::not_found, "policy");
+  expect_error(call(http::verb::delete_, "/v1/keys/nope/u"), http::status::not_found, "policy");
+}
+
+TEST_F(Handlers, WrongMethodIs405WithAllow) {
+  // Verifies 405 and the Allow field for each fixed route.
+  const std::pair<const char*, const char*> cases[] = {
+      {"/v1/acquire", "POST"}, {"/v1/peek", "POST"}, {"/v1/keys/chat/u", "DELETE"},
+      {"/metrics", "GET"},     {"/healthz", "GET"},  {"/readyz", "GET"},
+  };
+  for (const auto& [target, allow] : cases) {
+    SCOPED_TRACE(target);
+    const http::verb wrong = std::string_view(allow) == "GET" ? http::verb::post : http::verb::get;
+    const http_response r = call(wrong, target);
+    expect_error(r, http::status::method_not_allowed, "");
+    EXPECT_EQ(r[http::field::allow], allow);
+  }
+}
+
+TEST_F(Handlers, UnknownPathIs404) {
+  // Verifies 404 for paths the API does not have (a prefix is not enough).
+  for (const char* target : {"/", "/v1", "/v1/acquirex", "/metrics/x", "/v2/acquire"}) {
+    SCOPED_TRACE(target);
+    expect_error(call(http::verb::get, target), http::status::not_found, "");
+  }
+  EXPECT_EQ(metrics_->requests(route::other, 404), 5u);
+}
+
+TEST_F(Handlers, QueryStringDoesNotChangeTheRoute) {
+  // Verifies that a query string is not part of the path.
+  EXPECT_EQ(call(http::verb::get, "/healthz?verbose=1").result(), http::status::ok);
+}
+
+TEST_F(Handlers, ShadowModeAllowsAndCountsWouldBeDenials) {
+  // Verifies shadow mode: decided and counted as usual, always allowed (no Retry-After),
+  // the would-be denial flagged in the body and counted as shadow_denied.
+  http_response r = acquire(R"({"key": "s", "policy": "beta"})");
+  EXPECT_EQ(body_of(r)["allowed"], true);
+  EXPECT_FALSE(body_of(r).contains("shadow_denied"));
+  r = acquire(R"({"key": "s", "policy": "beta"})");
+  EXPECT_EQ(r.result(), http::status::ok);
+  EXPECT_EQ(body_of(r)["allowed"], true);
+  EXPECT_EQ(body_of(r)["shadow_denied"], true);
+  EXPECT_EQ(body_of(r)["retry_after_ms"], 0);
+  EXPECT_EQ(body_of(r)["remaining"], 0);
+  EXPECT_EQ(r.count(http::field::retry_after), 0u);
+  EXPECT_EQ(r["RateLimit"], "\"beta\";r=0;t=3600");
+
+  // The gate lets it through too.
+  r = call(http::verb::get, "/v1/gate/beta", "", {{"X-Forwarded-For", "s"}});
+  EXPECT_EQ(r.result(), http::status::no_content);
+  EXPECT_EQ(r.count(http::field::retry_after), 0u);
+
+  const std::size_t slot = metrics_->slot("beta");
+  EXPECT_EQ(metrics_->decisions(slot, outcome::allowed), 1u);
+  EXPECT_EQ(metrics_->decisions(slot, outcome::shadow_denied), 2u);
+  EXPECT_EQ(metrics_->decisions(slot, outcome::denied), 0u);
+}
+
+TEST_F(Handlers, GateAllowsThenRefusesWith429) {
+  // Verifies the gate: 204 while allowed, 429 with Retry-After once the limit is spent, the
+  // RateLimit fields on both, the key taken from the configured header.
+  const header_list user = {{"X-User-Id", "alice"}};
+  for (int i = 0; i < 2; ++i) {
+    const http_response r = call(http::verb::get, "/v1/gate/login", "", user);
+    EXPECT_EQ(r.result(), http::status::no_content);
+    EXPECT_TRUE(r.body().empty());
+    EXPECT_EQ(r["RateLimit-Policy"], "\"login\";q=2;w=60");
+  }
+  const http_response r = call(http::verb::get, "/v1/gate/login", "", user);
+  EXPECT_EQ(r.result(), http::status::too_many_requests);
+  EXPECT_EQ(r[http::field::retry_after], "31");
+  EXPECT_EQ(r["RateLimit"], "\"login\";r=0;t=31");
+  EXPECT_EQ(body_of(r)["allowed"], false);
+  // Another user is not affected; neither is any method (auth_request passes the client's).
+  EXPECT_EQ(call(http::verb::post, "/v1/gate/login", "", {{"X-User-Id", "bob"}}).result(),
+            http::status::no_content);
+  EXPECT_EQ(metrics_->requests(route::gate, 204), 3u);
+  EXPECT_EQ(metrics_->requests(route::gate, 429), 1u);
+}
+
+TEST_F(Handlers, GateTakesTheFirstForwardedAddress) {
+  // Verifies that X-Forwarded-For gives its first address, trimmed: the same key as the
+  // JSON API's "10.0.0.1" under the same policy.
+  EXPECT_EQ(call(http::verb::get, "/v1/gate/chat", "",
+                 {{"X-Forwarded-For", " 10.0.0.1 , 192.168.0.1, 172.16.0.1"}})
+                .result(),
+            http::status::no_content);
+  EXPECT_EQ(body_of(call(http::verb::post, "/v1/peek",
+                         R"({"key": "10.0.0.1", "policy": "chat"})"))["remaining"],
+            29);
+}
+
+TEST_F(Handlers, GateTakesTheKeyFromAQueryParameter) {
+  // Verifies a query-parameter key, %-decoded (and `+` as a space).
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(call(http::verb::get, "/v1/gate/q?x=1&user=al%69ce+b").result(),
+              http::status::no_content);
+  }
+  EXPECT_EQ(call(http::verb::get, "/v1/gate/q?user=alice%20b").result(),
+            http::status::too_many_requests);
+}
+
+TEST_F(Handlers, GateWithoutKeyIs400) {
+  // Verifies 400 naming the header or parameter when the request has no key.
+  expect_error(call(http::verb::get, "/v1/gate/chat"), http::status::bad_request,
+               "X-Forwarded-For");
+  expect_error(call(http::verb::get, "/v1/gate/chat", "", {{"X-Forwarded-For", " , 1.2.3.4"}}),
+               http::status::bad_request, "X-Forwarded-For");
+  expect_error(call(http::verb::get, "/v1/gate/login", "", {{"X-Forwarded-For", "1.2.3.4"}}),
+               http::status::bad_request, "X-User-Id");
+  expect_error(call(http::verb::get, "/v1/gate/q?usr=x"), http::status::bad_request, "user");
+  expect_error(call(http::verb::get, "/v1/gate/q?user=%zz"), http::status::bad_request, "user");
+  expect_error(
+      call(http::verb::get, "/v1/gate/chat", "", {{"X-Forwarded-For", std::string(65, 'a')}}),
+      http::status::bad_request, "X-Forwarded-For");
+}
+
+TEST_F(Handlers, ResetForgetsTheKey) {
+  // Verifies DELETE /v1/keys/{policy}/{key}: 204, and the key starts afresh.
+  for (int i = 0; i < 30; ++i) acquire(R"({"key": "r", "policy": "chat"})");
+  EXPECT_EQ(body_of(acquire(R"({"key": "r", "policy": "chat"})"))["allowed"], false);
+  const http_response r = call(http::verb::delete_, "/v1/keys/chat/r");
+  EXPECT_EQ(r.result(), http::status::no_content);
+  EXPECT_TRUE(r.body().empty());
+  EXPECT_EQ(body_of(acquire(R"({"key": "r", "policy": "chat"})"))["remaining"], 29);
+  EXPECT_EQ(metrics_->requests(route::reset, 204), 1u);
+}
+
+TEST_F(Handlers, ResetDecodesTheKey) {
+  // Verifies that the key in the path is %-decoded, slashes included; `+` stays a plus.
+  acquire(R"({"key": "user/1 x+y", "policy": "chat"})");
+  EXPECT_EQ(call(http::verb::delete_, "/v1/keys/chat/user%2F1%20x+y").result(),
+            http::status::no_content);
+  EXPECT_EQ(body_of(acquire(R"({"key": "user/1 x+y", "policy": "chat"})"))["remaining"], 29);
+}
+
+TEST_F(Handlers, ResetErrorsNameTheField) {
+  // Verifies 400 naming the key for a missing, empty, badly escaped or oversize key.
+  expect_error(call(http::verb::delete_, "/v1/keys/chat"), http::status::bad_request, "key");
+  expect_error(call(http::verb::delete_, "/v1/keys/chat/"), http::status::bad_request, "key");
+  expect_error(call(http::verb::delete_, "/v1/keys/chat/a%2"), http::status::bad_request, "key");
+  expect_error(call(http::verb::delete_, "/v1/keys/chat/" + std::string(65, 'k')),
+               http::status::bad_request, "key");
+}
+
+TEST_F(Handlers, ResetRunsOnTheBlockingHook) {
+  // Verifies that a reset runs through run_blocking (off the I/O threads) and answers from
+  // there.
+  int ran = 0;
+  handler_hooks hooks;
+  hooks.run_blocking = [&](std::function<void()> job) {
+    ++ran;
+    job();
+  };
+  build(base_config(), std::move(hooks));
+  EXPECT_EQ(call(http::verb::delete_, "/v1/keys/chat/u").result(), http::status::no_content);
+  EXPECT_EQ(ran, 1);
+  acquire(R"({"key": "u", "policy": "chat"})");
+  EXPECT_EQ(ran, 1);  // decisions use the async API, not the hook
+}
+
+TEST_F(Handlers, ApiTokensAreRequiredWhenConfigured) {
+  // Verifies bearer tokens on the API: none or a wrong one gets 401 with WWW-Authenticate;
+  // a right one (any configured; the scheme in any case) or an admin token passes.
+  server_config c = base_config();
+  c.api_tokens = {"tok-1", "tok-2"};
+  c.admin_tokens = {"root"};
+  build(c);
+  const std::string body = R"({"key": "u", "policy": "chat"})";
+  http_response r = acquire(body);
+  expect_error(r, http::status::unauthorized, "Authorization");
+  EXPECT_EQ(r[http::field::www_authenticate], "Bearer realm=\"sluice\"");
+  expect_error(acquire(body, {{"Authorization", "Bearer tok-3"}}), http::status::unauthorized,
+               "Authorization");
+  expect_error(acquire(body, {{"Authorization", "Bearer tok-1x"}}), http::status::unauthorized,
+               "Authorization");
+  expect_error(acquire(body, {{"Authorization", "Basic tok-1"}}), http::status::unauthorized,
+               "Authorization");
+  expect_error(acquire(body, {{"Authorization", "tok-1"}}), http::status::unauthorized,
+               "Authorization");
+  EXPECT_EQ(acquire(body, {{"Authorization", "Bearer tok-1"}}).result(), http::status::ok);
+  EXPECT_EQ(acquire(body, {{"Authorization", "bearer  tok-2"}}).result(), http::status::ok);
+  EXPECT_EQ(acquire(body, {{"Authorization", "Bearer root"}}).result(), http::status::ok);
+  expect_error(call(http::verb::get, "/v1/gate/chat", "", {{"X-Forwarded-For", "1.2.3.4"}}),
+               http::status::unauthorized, "Authorization");
+  EXPECT_EQ(call(http::verb::get, "/v1/gate/chat", "",
+                 {{"X-Forwarded-For", "1.2.3.4"}, {"Authorization", "Bearer tok-2"}})
+                .result(),
+            http::status::no_content);
+  // Unauthenticated callers learn nothing about policies.
+  expect_error(acquire(R"({"key": "u", "policy": "nope"})"), http::status::unauthorized,
+               "Authorization");
+  // Health and metrics stay open.
+  EXPECT_EQ(call(http::verb::get, "/healthz").result(), http::status::ok);
+  EXPECT_EQ(call(http::verb::get, "/metrics").result(), http::status::ok);
+}
+
+TEST_F(Handlers, ResetNeedsAnAdminToken) {
+  // Verifies that a reset needs an admin token: an API token is not enough.
+  server_config c = base_config();
+  c.api_tokens = {"api"};
+  c.admin_tokens = {"admin"};
+  build(c);
+  expect_error(call(http::verb::delete_, "/v1/keys/chat/u"), http::status::unauthorized,
+               "Authorization");
+  expect_error(call(http::verb::delete_, "/v1/keys/chat/u", "", {{"Authorization", "Bearer api"}}),
+               http::status::unauthorized, "Authorization");
+  EXPECT_EQ(call(http::verb::delete_, "/v1/keys/chat/u", "", {{"Authorization", "Bearer admin"}})
+                .result(),
+            http::status::no_content);
+}
+
+TEST_F(Handlers, HealthReadinessAndMetrics) {
+  // Verifies /healthz (always 200), /readyz (the store probe: 200 or 503) and /metrics (the
+  // text format, with the decisions made so far).
+  bool ready = true;
+  handler_hooks hooks;
+  hooks.ready = [&] { return ready; };
+  build(base_config(), std::move(hooks));
+  EXPECT_EQ(call(http::verb::get, "/healthz").result(), http::status::ok);
+  http_response r = call(http::verb::get, "/readyz");
+  EXPECT_EQ(r.result(), http::status::ok);
+  EXPECT_EQ(body_of(r)["status"], "ready");
+  ready = false;
+  r = call(http::verb::get, "/readyz");
+  EXPECT_EQ(r.result(), http::status::service_unavailable);
+  EXPECT_EQ(body_of(r)["status"], "store unreachable");
+
+  acquire(R"({"key": "m", "policy": "chat"})");
+  r = call(http::verb::get, "/metrics");
+  EXPECT_EQ(r.result(), http::status::ok);
+  EXPECT_EQ(r[http::field::content_type], "text/plain; version=0.0.4; charset=utf-8");
+  EXPECT_NE(r.body().find("\nsluice_decisions_total{policy=\"chat\",outcome=\"allowed\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(r.body().find("\nsluice_http_requests_total{route=\"/readyz\",code=\"503\"} 1\n"),
+            std::string::npos);
+}
+
+TEST_F(Handlers, StoreDownFallsBackByPolicy) {
+  // Verifies the failure modes through the API: allow answers allowed, deny answers denied
+  // with Retry-After (429 at the gate), both counted as fallbacks in the metrics.
+  server_config c;
+  c.policies.push_back(make_policy("open", "5/1m"));
+  c.policies.push_back(make_policy("shut", "5/1m"));
+  c.policies.back().policy.on_failure = failure_mode::deny;
+  build(c, {}, std::make_shared<down_store>());
+  http_response r = acquire(R"({"key": "u", "policy": "open"})");
+  EXPECT_EQ(r.result(), http::status::ok);
+  EXPECT_EQ(body_of(r)["allowed"], true);
+  EXPECT_EQ(body_of(r)["remaining"], 5);
+  r = acquire(R"({"key": "u", "policy": "shut"})");
+  EXPECT_EQ(body_of(r)["allowed"], false);
+  EXPECT_TRUE(r.count(http::field::retry_after));
+  EXPECT_EQ(call(http::verb::get, "/v1/gate/shut", "", {{"X-Forwarded-For", "u"}}).result(),
+            http::status::too_many_requests);
+  // A reset cannot fall back: the store's error is a 503.
+  expect_error(call(http::verb::delete_, "/v1/keys/open/u"), http::status::service_unavailable, "");
+  const std::string text = call(http::verb::get, "/metrics").body();
+  EXPECT_NE(text.find("\nsluice_fallbacks_total{mode=\"allow\"} 1\n"), std::string::npos);
+  EXPECT_NE(text.find("\nsluice_fallbacks_total{mode=\"deny\"} 2\n"), std::string::npos);
+  // Three decisions and the reset.
+  EXPECT_NE(text.find("\nsluice_store_errors_total 4\n"), std::string::npos) << text;
+}
+
+TEST(HandlerSetup, PoliciesMustBeRegistered) {
+  // Verifies that a handler refuses a configuration whose policies the limiter lacks, and
+  // make_limiter refuses a bad policy name.
+  server_config c = base_config();
+  sluice::limiter lim(std::make_shared<sluice::memory_store>());
+  metrics m({});
+  EXPECT_THROW({ request_handler h(c, lim, m); }, std::invalid_argument);
+  c.policies.push_back(make_policy("bad name!", "1/1s"));
+  EXPECT_THROW(sluice::server::make_limiter(c, std::make_shared<sluice::memory_store>()),
+               std::runtime_error);
+}
+
+TEST(ErrorResponse, ShapeOfTheBody) {
+  // Verifies the JSON error shape, and that bytes that are not UTF-8 cannot break it.
+  http_response r =
+      sluice::server::error_response(http::status::bad_request, "bad \xff key", "key");
+  EXPECT_EQ(r.result(), http::status::bad_request);
+  const json j = json::parse(r.body());
+  EXPECT_EQ(j["field"], "key");
+  EXPECT_TRUE(j["error"].is_string());
+  r = sluice::server::error_response(http::status::not_found, "nothing here");
+  EXPECT_EQ(r.body(), R"({"error":"nothing here"})");
+}
+
+}  // namespace

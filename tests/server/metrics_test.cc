@@ -1,0 +1,135 @@
+// Tests of the server's counters and their Prometheus text rendering.
+#include "server/metrics.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using sluice::limiter_stats;
+using sluice::server::metrics;
+using sluice::server::outcome;
+using sluice::server::route;
+using std::chrono::microseconds;
+using std::chrono::milliseconds;
+
+bool has_line(const std::string& text, const std::string& line) {
+  return text.find("\n" + line + "\n") != std::string::npos || text.rfind(line + "\n", 0) == 0;
+}
+
+TEST(Metrics, DecisionsByPolicyAndOutcome) {
+  // Verifies that decisions are counted per policy slot and outcome, inline limits apart,
+  // and that every policy's series is rendered, zeros included.
+  metrics m({"chat", "beta"});
+  EXPECT_EQ(m.slot("chat"), 0u);
+  EXPECT_EQ(m.slot("beta"), 1u);
+  EXPECT_EQ(m.slot("nope"), m.inline_slot());
+  m.count_decision(0, outcome::allowed);
+  m.count_decision(0, outcome::allowed);
+  m.count_decision(0, outcome::denied);
+  m.count_decision(1, outcome::shadow_denied);
+  m.count_decision(m.inline_slot(), outcome::allowed);
+  EXPECT_EQ(m.decisions(0, outcome::allowed), 2u);
+
+  const std::string text = m.render({});
+  EXPECT_TRUE(has_line(text, "# TYPE sluice_decisions_total counter"));
+  EXPECT_TRUE(has_line(text, R"(sluice_decisions_total{policy="chat",outcome="allowed"} 2)"));
+  EXPECT_TRUE(has_line(text, R"(sluice_decisions_total{policy="chat",outcome="denied"} 1)"));
+  EXPECT_TRUE(has_line(text, R"(sluice_decisions_total{policy="chat",outcome="shadow_denied"} 0)"));
+  EXPECT_TRUE(has_line(text, R"(sluice_decisions_total{policy="beta",outcome="shadow_denied"} 1)"));
+  EXPECT_TRUE(has_line(text, R"m(sluice_decisions_total{policy="(inline)",outcome="allowed"} 1)m"));
+}
+
+TEST(Metrics, LimiterCountersAndBreaker) {
+  // Verifies that store errors, fallbacks by mode and the breaker come from the limiter's
+  // stats, the breaker state as 0/1/2.
+  metrics m({});
+  limiter_stats s;
+  s.store_errors = 7;
+  s.fallbacks_allow = 1;
+  s.fallbacks_deny = 2;
+  s.fallbacks_local = 3;
+  s.breaker_opened = 4;
+  s.breaker = sluice::breaker_state::half_open;
+  const std::string text = m.render(s);
+  EXPECT_TRUE(has_line(text, "sluice_store_errors_total 7"));
+  EXPECT_TRUE(has_line(text, R"(sluice_fallbacks_total{mode="allow"} 1)"));
+  EXPECT_TRUE(has_line(text, R"(sluice_fallbacks_total{mode="deny"} 2)"));
+  EXPECT_TRUE(has_line(text, R"(sluice_fallbacks_total{mode="local"} 3)"));
+  EXPECT_TRUE(has_line(text, "sluice_breaker_opened_total 4"));
+  EXPECT_TRUE(has_line(text, "sluice_breaker_state 2"));
+  s.breaker = sluice::breaker_state::open;
+  EXPECT_TRUE(has_line(m.render(s), "sluice_breaker_state 1"));
+}
+
+TEST(Metrics, RequestsAndCumulativeHistogram) {
+  // Verifies HTTP requests by route and code, and a histogram whose buckets are cumulative,
+  // end in +Inf and agree with _count; routes with no requests are left out.
+  metrics m({});
+  m.count_request(route::acquire, 200, microseconds(40));         // le 5e-05
+  m.count_request(route::acquire, 200, microseconds(300));        // le 0.0005
+  m.count_request(route::acquire, 400, milliseconds(2));          // le 0.0025
+  m.count_request(route::acquire, 200, std::chrono::seconds(3));  // +Inf only
+  m.count_request(route::gate, 999, microseconds(1));             // an unlisted code
+  EXPECT_EQ(m.requests(route::acquire, 200), 3u);
+  const std::string text = m.render({});
+  EXPECT_TRUE(has_line(text, R"(sluice_http_requests_total{route="/v1/acquire",code="200"} 3)"));
+  EXPECT_TRUE(has_line(text, R"(sluice_http_requests_total{route="/v1/acquire",code="400"} 1)"));
+  EXPECT_TRUE(has_line(text, R"(sluice_http_requests_total{route="/v1/gate",code="other"} 1)"));
+  EXPECT_TRUE(has_line(text, "# TYPE sluice_request_duration_seconds histogram"));
+  const std::string b = R"(sluice_request_duration_seconds_bucket{route="/v1/acquire",le=)";
+  EXPECT_TRUE(has_line(text, b + R"("5e-05"} 1)"));
+  EXPECT_TRUE(has_line(text, b + R"("0.00025"} 1)"));
+  EXPECT_TRUE(has_line(text, b + R"("0.0005"} 2)"));
+  EXPECT_TRUE(has_line(text, b + R"("0.0025"} 3)"));
+  EXPECT_TRUE(has_line(text, b + R"("1"} 3)"));
+  EXPECT_TRUE(has_line(text, b + R"("+Inf"} 4)"));
+  EXPECT_TRUE(has_line(text, R"(sluice_request_duration_seconds_count{route="/v1/acquire"} 4)"));
+  EXPECT_TRUE(
+      has_line(text, R"(sluice_request_duration_seconds_sum{route="/v1/acquire"} 3.002340000)"));
+  EXPECT_EQ(text.find(R"(route="/healthz")"), std::string::npos);
+}
+
+TEST(Metrics, ConnectionsGaugeAndRefusals) {
+  // Verifies the open-connections gauge and the refused-connections counter.
+  metrics m({});
+  m.connection_opened();
+  m.connection_opened();
+  m.connection_closed();
+  m.connection_refused();
+  EXPECT_EQ(m.open_connections(), 1);
+  const std::string text = m.render({});
+  EXPECT_TRUE(has_line(text, "# TYPE sluice_open_connections gauge"));
+  EXPECT_TRUE(has_line(text, "sluice_open_connections 1"));
+  EXPECT_TRUE(has_line(text, "sluice_connections_refused_total 1"));
+}
+
+TEST(Metrics, LabelValuesAreEscaped) {
+  // Verifies that a label value with a quote, backslash or newline stays one valid sample.
+  metrics m({"a\"b\\c\nd"});
+  const std::string text = m.render({});
+  EXPECT_TRUE(has_line(text, R"(sluice_decisions_total{policy="a\"b\\c\nd",outcome="allowed"} 0)"));
+}
+
+TEST(Metrics, CountsFromManyThreads) {
+  // Verifies that concurrent counting loses nothing (the counters are atomics).
+  metrics m({"p"});
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 10000; ++i) {
+        m.count_decision(0, outcome::allowed);
+        m.count_request(route::acquire, 200, microseconds(10));
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(m.decisions(0, outcome::allowed), 40000u);
+  EXPECT_EQ(m.requests(route::acquire, 200), 40000u);
+}
+
+}  // namespace
