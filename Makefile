@@ -1,5 +1,6 @@
 # The two user-facing commands are `make run` and `make test`; the rest are helpers.
-#   make run           install missing packages, build release, run the demo
+#   make run           install missing packages, build release, start sluice serve
+#   make demo          the README's worked example of decisions (sluice eval)
 #   make test          install missing packages, then build and test release, asan and tsan
 #   make build         build the release preset
 #   make bench         build release and run the benchmarks (BENCH_ARGS=... passes flags)
@@ -51,7 +52,18 @@ $(addprefix build-,$(PRESETS)): build-%: build/%/build.ninja
 
 build: build-release
 
+# The main job: the decision server on the embedded memory store, with the example
+# config, until Ctrl-C. It prints how to call it first.
 run: build-release
+	@echo "sluice serve --config examples/sluice.yaml (memory store); try, in another shell:"
+	@echo "  curl -s -XPOST localhost:8080/v1/acquire -d '{\"key\":\"user:42\",\"policy\":\"chat\"}'"
+	@echo "  curl -si localhost:8080/v1/gate/api -H 'X-Forwarded-For: 10.0.0.1'"
+	@echo "  curl -s localhost:8080/metrics"
+	@echo "Ctrl-C stops it (in-flight requests finish first)."
+	exec ./build/release/sluice serve --config examples/sluice.yaml
+
+# A short demo of decisions on the embedded store, with a manual clock (README's example).
+demo: build-release
 	./build/release/sluice eval --now 0s --echo examples/demo.eval
 
 bench: build-release
