@@ -30,7 +30,8 @@ struct memory_store_stats {
 
 // Sharded hash tables of per-key state. Thread-safe: two keys in different shards never
 // contend; one key's decisions are serialised by its shard's lock. Idle keys are dropped
-// as the store is used (a few slots are swept on every call) and before a table grows.
+// as new keys arrive (each insert sweeps a few slots) and before a table grows, so expired
+// keys never make a table grow; `purge_expired` drops them all at once.
 class memory_store final : public store {
  public:
   explicit memory_store(memory_store_options options = {});

@@ -17,127 +17,149 @@
 namespace sluice {
 namespace {
 
-// One key's state, allocated from its shard's pool with the key bytes right after it.
-// For gcra the state is the expiry itself (tat).
-struct node {
+// A key's node, allocated from its shard's pool: the algorithm's state, then the key's
+// length (2 bytes) and bytes. Each state starts with its expiry, so the sweep reads the
+// expiry of any node at offset 0; the algorithm sits in the slot's control byte, so a node
+// carries no header. For gcra the state is the expiry itself (tat).
+struct gcra_node {
   std::int64_t expires_at;  // µs; at or after it the state decides like a fresh one
-  std::uint32_t hash;
-  std::uint16_t key_len;
-  algorithm algo;
 };
-struct counter_node : node {
+struct counter_node {
+  std::int64_t expires_at;
   std::int64_t window_start;
   std::int64_t previous;
   std::int64_t current;
 };
-struct log_node : node {
+struct log_node {
+  std::int64_t expires_at;
   sliding_log_state log;
 };
-static_assert(sizeof(node) == 16 && sizeof(counter_node) == 40);
+static_assert(sizeof(gcra_node) == 8 && sizeof(counter_node) == 32 && sizeof(log_node) == 48);
 
-constexpr std::size_t node_size(algorithm a) {
+constexpr std::size_t state_size(algorithm a) {
   switch (a) {
     case algorithm::gcra:
-      return sizeof(node);
+      return sizeof(gcra_node);
     case algorithm::sliding_counter:
       return sizeof(counter_node);
     case algorithm::sliding_log:
       return sizeof(log_node);
   }
-  return sizeof(node);
+  return sizeof(gcra_node);
 }
 
-const char* key_of(const node* n) { return reinterpret_cast<const char*>(n) + node_size(n->algo); }
+std::int64_t& expires_of(void* n) { return *static_cast<std::int64_t*>(n); }
 
+std::string_view key_of(const void* n, algorithm a) {
+  const char* p = static_cast<const char*>(n) + state_size(a);
+  std::uint16_t len;
+  std::memcpy(&len, p, sizeof len);
+  return {p + sizeof len, len};
+}
+
+std::size_t node_bytes(algorithm a, std::size_t key_len) {
+  return state_size(a) + sizeof(std::uint16_t) + key_len;
+}
+
+std::uint64_t hash_of(std::string_view key) { return std::hash<std::string_view>{}(key); }
+
+// A slot's control byte: 0 when empty, else 0x80 | algorithm (2 bits) | 5 bits of the hash
+// (its top bits; the slot index uses the low ones and the shard the middle).
 constexpr std::uint8_t kEmpty = 0;
-constexpr std::size_t kSweepPerCall = 2;    // slots checked for expiry on every call
+std::uint8_t control(algorithm a, std::uint64_t hash) {
+  return static_cast<std::uint8_t>(0x80 | (static_cast<unsigned>(a) << 5) | (hash >> 59));
+}
+algorithm algorithm_of(std::uint8_t control) { return static_cast<algorithm>((control >> 5) & 3); }
+
+constexpr std::size_t kSweepPerInsert = 2;  // slots checked for expiry per new key
 constexpr std::size_t kEvictionSample = 8;  // occupied slots compared when at the cap
 constexpr std::size_t kMinCapacity = 16;
 
-std::uint8_t tag_of(std::uint32_t hash) { return static_cast<std::uint8_t>(0x80 | (hash >> 25)); }
-
 }  // namespace
 
-// An open-addressing table (linear probing, one control byte per slot holding 7 bits of
-// the hash, backward-shift deletion) guarded by one mutex. Nodes come from a pool, so a
-// key costs its node plus about 9 bytes of table per slot.
+// An open-addressing table (linear probing, one control byte per slot, backward-shift
+// deletion) guarded by one mutex. Nodes come from a pool, so a key costs its node plus
+// about 9 bytes of table per slot. The fields every decision touches share the first cache
+// line; the table and the pool's bookkeeping lie beyond it.
 struct alignas(64) shard {
   std::mutex mu;
-  std::pmr::unsynchronized_pool_resource pool;
-  std::vector<std::uint8_t> ctrl;
-  std::vector<node*> slots;
   std::size_t size = 0;
-  std::size_t cursor = 0;  // where the incremental sweep resumes
   std::size_t cap_keys = 0;
+  std::uint8_t* ctrl = nullptr;  // capacity control bytes
+  void** slots = nullptr;        // capacity node pointers
+  std::size_t capacity = 0;      // a power of two, or 0
+  std::size_t cursor = 0;        // where the incremental sweep resumes
   std::uint64_t expired = 0;
   std::uint64_t evicted = 0;
+  // Chunks of at most 256 blocks: the default geometric growth leaves half a chunk unused
+  // on average, which at a million keys costs more than the nodes themselves.
+  std::pmr::unsynchronized_pool_resource pool{std::pmr::pool_options{256, 0}};
+  std::vector<std::uint8_t> ctrl_storage;
+  std::vector<void*> slot_storage;
 
   ~shard() {
-    for (std::size_t i = 0; i < slots.size(); ++i) {
-      if (ctrl[i] != kEmpty) destroy(slots[i]);
+    for (std::size_t i = 0; i < capacity; ++i) {
+      if (ctrl[i] != kEmpty) destroy(slots[i], algorithm_of(ctrl[i]));
     }
   }
 
-  std::size_t mask() const { return slots.size() - 1; }
+  std::size_t mask() const { return capacity - 1; }
 
-  // Returns the slot holding `key`, or the empty slot where it would go (ctrl == kEmpty).
-  std::size_t probe(std::string_view key, std::uint32_t hash) const {
-    const std::uint8_t tag = tag_of(hash);
+  // Returns the slot holding `key`, or the empty slot where it would go.
+  std::size_t probe(std::string_view key, std::uint64_t hash) const {
+    const std::uint8_t tag = static_cast<std::uint8_t>(hash >> 59);
     std::size_t i = hash & mask();
     for (std::uint8_t c; (c = ctrl[i]) != kEmpty; i = (i + 1) & mask()) {
-      if (c != tag) continue;
-      const node* n = slots[i];
-      if (n->hash == hash && n->key_len == key.size() &&
-          std::memcmp(key_of(n), key.data(), key.size()) == 0) {
-        return i;
-      }
+      if ((c & 0x1f) == tag && key_of(slots[i], algorithm_of(c)) == key) return i;
     }
     return i;
   }
 
   // Returns a fresh node for `key`, or nullptr when memory runs out.
-  node* create(std::string_view key, std::uint32_t hash, algorithm a) noexcept {
+  void* create(std::string_view key, algorithm a) noexcept {
     void* p = nullptr;
     try {
-      p = pool.allocate(node_size(a) + key.size(), alignof(node));
+      p = pool.allocate(node_bytes(a, key.size()), alignof(std::int64_t));
     } catch (const std::bad_alloc&) {
       return nullptr;
     }
-    node* n = nullptr;
     switch (a) {
       case algorithm::gcra:
-        n = new (p) node{};
+        new (p) gcra_node{0};
         break;
       case algorithm::sliding_counter:
-        n = new (p) counter_node{};
+        new (p) counter_node{0, 0, 0, 0};
         break;
       case algorithm::sliding_log:
-        n = new (p) log_node{{}, sliding_log_state{&pool}};
+        new (p) log_node{0, sliding_log_state{&pool}};
         break;
     }
-    n->expires_at = 0;
-    n->hash = hash;
-    n->key_len = static_cast<std::uint16_t>(key.size());
-    n->algo = a;
-    std::memcpy(reinterpret_cast<char*>(p) + node_size(a), key.data(), key.size());
-    return n;
+    char* tail = static_cast<char*>(p) + state_size(a);
+    const auto len = static_cast<std::uint16_t>(key.size());
+    std::memcpy(tail, &len, sizeof len);
+    std::memcpy(tail + sizeof len, key.data(), key.size());
+    return p;
   }
 
-  void destroy(node* n) noexcept {
-    const std::size_t bytes = node_size(n->algo) + n->key_len;
-    if (n->algo == algorithm::sliding_log) static_cast<log_node*>(n)->~log_node();
-    pool.deallocate(n, bytes, alignof(node));
+  void destroy(void* n, algorithm a) noexcept {
+    const std::size_t bytes = node_bytes(a, key_of(n, a).size());
+    if (a == algorithm::sliding_log) static_cast<log_node*>(n)->~log_node();
+    pool.deallocate(n, bytes, alignof(std::int64_t));
+  }
+
+  std::size_t home(std::size_t i) const {
+    return hash_of(key_of(slots[i], algorithm_of(ctrl[i]))) & mask();
   }
 
   // Removes the node at slot `i`, shifting later entries of its run back (Knuth's
   // algorithm R), so lookups never need tombstones.
   void erase_at(std::size_t i) {
-    destroy(slots[i]);
+    destroy(slots[i], algorithm_of(ctrl[i]));
     for (std::size_t j = i;;) {
       j = (j + 1) & mask();
       if (ctrl[j] == kEmpty) break;
-      const std::size_t home = slots[j]->hash & mask();
-      const bool stays = i <= j ? (i < home && home <= j) : (i < home || home <= j);
+      const std::size_t h = home(j);
+      const bool stays = i <= j ? (i < h && h <= j) : (i < h || h <= j);
       if (stays) continue;
       ctrl[i] = ctrl[j];
       slots[i] = slots[j];
@@ -147,28 +169,32 @@ struct alignas(64) shard {
     --size;
   }
 
-  void resize(std::size_t capacity) {
-    std::vector<std::uint8_t> old_ctrl(capacity, kEmpty);
-    std::vector<node*> old_slots(capacity, nullptr);
-    old_ctrl.swap(ctrl);
-    old_slots.swap(slots);
-    for (std::size_t i = 0; i < old_slots.size(); ++i) {
-      if (old_ctrl[i] == kEmpty) continue;
-      std::size_t j = old_slots[i]->hash & mask();
-      while (ctrl[j] != kEmpty) j = (j + 1) & mask();
-      ctrl[j] = old_ctrl[i];
-      slots[j] = old_slots[i];
+  void resize(std::size_t new_capacity) {
+    std::vector<std::uint8_t> new_ctrl(new_capacity, kEmpty);
+    std::vector<void*> new_slots(new_capacity, nullptr);
+    const std::size_t new_mask = new_capacity - 1;
+    for (std::size_t i = 0; i < capacity; ++i) {
+      if (ctrl[i] == kEmpty) continue;
+      std::size_t j = hash_of(key_of(slots[i], algorithm_of(ctrl[i]))) & new_mask;
+      while (new_ctrl[j] != kEmpty) j = (j + 1) & new_mask;
+      new_ctrl[j] = ctrl[i];
+      new_slots[j] = slots[i];
     }
+    ctrl_storage.swap(new_ctrl);
+    slot_storage.swap(new_slots);
+    ctrl = ctrl_storage.data();
+    slots = slot_storage.data();
+    capacity = new_capacity;
     cursor = 0;
   }
 
   // Gives table memory back once most keys are gone.
   void maybe_shrink() {
-    if (slots.size() > 64 && size * 8 < slots.size()) resize(slots.size() / 2);
+    if (capacity > 64 && size * 8 < capacity) resize(capacity / 2);
   }
 
   bool expired_at(std::size_t i, std::int64_t now) const {
-    return ctrl[i] != kEmpty && slots[i]->expires_at <= now;
+    return ctrl[i] != kEmpty && expires_of(slots[i]) <= now;
   }
 
   // Checks `count` slots from the sweep cursor and drops the expired ones. An erase shifts
@@ -183,8 +209,10 @@ struct alignas(64) shard {
         cursor = (cursor + 1) & mask();
       }
     }
-    expired += dropped;
-    if (dropped > 0) maybe_shrink();
+    if (dropped > 0) {
+      expired += dropped;
+      maybe_shrink();
+    }
     return dropped;
   }
 
@@ -192,31 +220,33 @@ struct alignas(64) shard {
   // being checked (or, where a run wraps, into slots already checked and found live).
   std::size_t purge(std::int64_t now) {
     std::size_t dropped = 0;
-    for (std::size_t i = 0; i < slots.size() && size > 0; ++i) {
+    for (std::size_t i = 0; i < capacity && size > 0; ++i) {
       while (expired_at(i, now)) {
         erase_at(i);
         ++dropped;
       }
     }
-    expired += dropped;
-    if (dropped > 0) maybe_shrink();
+    if (dropped > 0) {
+      expired += dropped;
+      maybe_shrink();
+    }
     return dropped;
   }
 
   // Drops the soonest-expiring of a few sampled keys (an expired one if there is any).
   void evict_one(std::int64_t now) {
-    std::size_t victim = slots.size();
+    std::size_t victim = capacity;
     std::size_t seen = 0;
-    for (std::size_t k = 0; k < slots.size() && seen < kEvictionSample; ++k) {
+    for (std::size_t k = 0; k < capacity && seen < kEvictionSample; ++k) {
       cursor = (cursor + 1) & mask();
       if (ctrl[cursor] == kEmpty) continue;
       ++seen;
-      if (victim == slots.size() || slots[cursor]->expires_at < slots[victim]->expires_at) {
+      if (victim == capacity || expires_of(slots[cursor]) < expires_of(slots[victim])) {
         victim = cursor;
       }
     }
-    if (victim == slots.size()) return;
-    if (slots[victim]->expires_at <= now) {
+    if (victim == capacity) return;
+    if (expires_of(slots[victim]) <= now) {
       ++expired;
     } else {
       ++evicted;
@@ -224,16 +254,19 @@ struct alignas(64) shard {
     erase_at(victim);
   }
 
-  // Makes room for one more key; returns false when no memory could be had.
+  // Makes room for one more key: sweeps a few slots (new keys pay for dropping idle ones,
+  // so the table never fills with expired keys), evicts at the cap, and grows the table
+  // after purging it. Returns false when no memory could be had.
   bool reserve_one(std::int64_t now) {
+    sweep(now, kSweepPerInsert);
     if (size >= cap_keys) evict_one(now);
-    if (!slots.empty() && (size + 1) * 8 <= slots.size() * 7) return true;
-    if (!slots.empty()) {
+    if (capacity != 0 && (size + 1) * 8 <= capacity * 7) return true;
+    if (capacity != 0) {
       purge(now);
-      if ((size + 1) * 8 <= slots.size() * 7) return true;
+      if ((size + 1) * 8 <= capacity * 7) return true;
     }
     try {
-      resize(std::max(kMinCapacity, slots.size() * 2));
+      resize(std::max(kMinCapacity, capacity * 2));
     } catch (const std::bad_alloc&) {
       return false;
     }
@@ -259,6 +292,8 @@ struct memory_store::impl {
     for (std::size_t i = 0; i < n; ++i) shards[i].cap_keys = per_shard;
   }
 
+  shard& shard_for(std::uint64_t hash) const { return shards[(hash >> 32) & shard_mask]; }
+
   result<void> check_key(std::string_view key) const {
     if (key.empty()) return make_error(errc::invalid_key, "key is empty");
     if (key.size() > options.max_key_length) {
@@ -274,39 +309,33 @@ struct memory_store::impl {
     const microseconds now = r.now ? *r.now : options.time_source->now();
     if (auto ok = check_request(r.limit, r.cost, now); !ok) return ok.error();
 
-    const std::size_t h = std::hash<std::string_view>{}(r.key);
-    const auto hash = static_cast<std::uint32_t>(h);
-    shard& s = shards[(h >> 32) & shard_mask];
+    const std::uint64_t hash = hash_of(r.key);
+    shard& s = shard_for(hash);
     std::lock_guard lock(s.mu);
 
-    std::size_t i = s.slots.empty() ? 0 : s.probe(r.key, hash);
-    node* n = s.slots.empty() || s.ctrl[i] == kEmpty ? nullptr : s.slots[i];
-    if (n != nullptr && n->algo != r.algorithm) {
+    std::size_t i = s.capacity == 0 ? 0 : s.probe(r.key, hash);
+    void* n = s.capacity == 0 || s.ctrl[i] == kEmpty ? nullptr : s.slots[i];
+    if (n != nullptr && algorithm_of(s.ctrl[i]) != r.algorithm) {
       // The key was last limited by another algorithm: its state means nothing here, and an
       // acquire replaces it.
       if (m == mode::peek) return decide_fresh(r.algorithm, r.limit, now, r.cost, m);
       s.erase_at(i);
       n = nullptr;
     }
-
-    decision d;
     if (n == nullptr) {
-      d = decide_fresh(r.algorithm, r.limit, now, r.cost, m);
-      if (m == mode::peek) return d;
+      if (m == mode::peek) return decide_fresh(r.algorithm, r.limit, now, r.cost, m);
       // An acquire on a fresh key is always admitted (cost ≤ count): store it.
       if (!s.reserve_one(now.count())) {
         return make_error(errc::store_full, "memory store: out of memory");
       }
       i = s.probe(r.key, hash);
-      n = s.create(r.key, hash, r.algorithm);
+      n = s.create(r.key, r.algorithm);
       if (n == nullptr) return make_error(errc::store_full, "memory store: out of memory");
-      s.ctrl[i] = tag_of(hash);
+      s.ctrl[i] = control(r.algorithm, hash);
       s.slots[i] = n;
       ++s.size;
     }
-    d = decide_node(*n, r.limit, now, r.cost, m);
-    s.sweep(now.count(), kSweepPerCall);
-    return d;
+    return decide_node(n, r.algorithm, r.limit, now, r.cost, m);
   }
 
   static decision decide_fresh(algorithm a, const limit& l, microseconds now, std::int64_t cost,
@@ -328,17 +357,18 @@ struct memory_store::impl {
   }
 
   // Runs the node's algorithm on its state in place and updates its expiry.
-  static decision decide_node(node& n, const limit& l, microseconds now, std::int64_t cost,
-                              mode m) {
-    switch (n.algo) {
+  static decision decide_node(void* n, algorithm a, const limit& l, microseconds now,
+                              std::int64_t cost, mode m) {
+    switch (a) {
       case algorithm::gcra: {
-        gcra_state st{microseconds{n.expires_at}};
+        auto& g = *static_cast<gcra_node*>(n);
+        gcra_state st{microseconds{g.expires_at}};
         const decision d = gcra_decide(st, l, now, cost, m);
-        n.expires_at = expiry(st).count();
+        g.expires_at = expiry(st).count();
         return d;
       }
       case algorithm::sliding_counter: {
-        auto& c = static_cast<counter_node&>(n);
+        auto& c = *static_cast<counter_node*>(n);
         counter_state st{microseconds{c.window_start}, c.previous, c.current};
         const decision d = sliding_counter_decide(st, l, now, cost, m);
         c.expires_at = expiry(st, l).count();
@@ -350,7 +380,7 @@ struct memory_store::impl {
       case algorithm::sliding_log:
         break;
     }
-    auto& g = static_cast<log_node&>(n);
+    auto& g = *static_cast<log_node*>(n);
     const decision d = sliding_log_decide(g.log, l, now, cost, m);
     g.expires_at = expiry(g.log, l).count();
     return d;
@@ -367,11 +397,11 @@ result<decision> memory_store::peek(const request& r) { return impl_->decide(r, 
 
 result<void> memory_store::reset(std::string_view key) {
   if (auto ok = impl_->check_key(key); !ok) return ok;
-  const std::size_t h = std::hash<std::string_view>{}(key);
-  shard& s = impl_->shards[(h >> 32) & impl_->shard_mask];
+  const std::uint64_t hash = hash_of(key);
+  shard& s = impl_->shard_for(hash);
   std::lock_guard lock(s.mu);
-  if (s.slots.empty()) return {};
-  const std::size_t i = s.probe(key, static_cast<std::uint32_t>(h));
+  if (s.capacity == 0) return {};
+  const std::size_t i = s.probe(key, hash);
   if (s.ctrl[i] != kEmpty) s.erase_at(i);
   return {};
 }
