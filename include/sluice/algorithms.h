@@ -30,6 +30,14 @@ inline constexpr microseconds max_time{std::int64_t{1} << 62};
 // `errc::invalid_time`.
 result<void> check_request(const limit& l, std::int64_t cost, microseconds now);
 
+// Returns whether `check_request` would succeed, without building an error: the test every
+// decision pays for.
+constexpr bool request_in_range(const limit& l, std::int64_t cost, microseconds now) noexcept {
+  return l.count >= 1 && l.window.count() >= 1 && l.window <= max_window &&
+         l.count <= l.window.count() && cost >= 1 && cost <= l.count && now.count() >= 0 &&
+         now <= max_time;
+}
+
 enum class mode : std::uint8_t {
   acquire,  // spend `cost` when it fits
   peek,     // answer as acquire would, spend nothing; `remaining` is what is available now

@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include <charconv>
 #include <chrono>
 #include <limits>
 #include <optional>
@@ -89,6 +90,120 @@ std::optional<std::string> query_parameter(std::string_view query, std::string_v
   return std::nullopt;
 }
 
+// A field of a decision request's body, reduced to what the validation asks of it.
+struct body_value {
+  enum class kind : std::uint8_t { absent, string, integer, too_large, other };
+  kind k = kind::absent;
+  std::string_view text;    // kind::string: the value, unescaped
+  std::int64_t number = 0;  // kind::integer
+};
+
+// The fields of `{"key", "policy", "limit", "algorithm", "cost"}`.
+struct body_fields {
+  body_value key, policy, limit, algorithm, cost;
+
+  // Returns the field called `name`, or nullptr when there is none.
+  body_value* find(std::string_view name) noexcept {
+    if (name == "key") return &key;
+    if (name == "policy") return &policy;
+    if (name == "limit") return &limit;
+    if (name == "algorithm") return &algorithm;
+    if (name == "cost") return &cost;
+    return nullptr;
+  }
+};
+
+body_value from_dom(const json& v) {
+  body_value out;
+  if (v.is_string()) {
+    out.k = body_value::kind::string;
+    out.text = v.get_ref<const std::string&>();
+  } else if (v.is_number_unsigned() &&
+             v.get<std::uint64_t>() >
+                 static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+    out.k = body_value::kind::too_large;
+  } else if (v.is_number_integer()) {
+    out.k = body_value::kind::integer;
+    out.number = v.get<std::int64_t>();
+  } else {
+    out.k = body_value::kind::other;
+  }
+  return out;
+}
+
+// Reads `body` into `out` when it is a flat object of known fields, each at most once, whose
+// values are printable ASCII strings without escapes or integers of at most 18 digits: what
+// clients send, read without building a DOM. Returns false for anything else, valid JSON or
+// not, which nlohmann then reads, so every error and edge case stays as it says.
+bool parse_flat(std::string_view body, body_fields& out) noexcept {
+  const char* p = body.data();
+  const char* const end = p + body.size();
+  const auto skip_ws = [&] {
+    while (p != end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) ++p;
+  };
+  // Reads a string after its opening quote; false if it has an escape or a byte outside ASCII.
+  const auto read_string = [&](std::string_view& s) {
+    const char* const begin = p;
+    while (p != end && *p != '"') {
+      const auto c = static_cast<unsigned char>(*p);
+      if (c < 0x20 || c > 0x7e || c == '\\') return false;
+      ++p;
+    }
+    if (p == end) return false;
+    s = std::string_view(begin, static_cast<std::size_t>(p - begin));
+    ++p;
+    return true;
+  };
+  skip_ws();
+  if (p == end || *p != '{') return false;
+  ++p;
+  skip_ws();
+  if (p != end && *p == '}') {
+    ++p;
+  } else {
+    for (;;) {
+      std::string_view name;
+      if (p == end || *p != '"') return false;
+      ++p;
+      if (!read_string(name)) return false;
+      body_value* v = out.find(name);
+      if (v == nullptr || v->k != body_value::kind::absent) return false;
+      skip_ws();
+      if (p == end || *p != ':') return false;
+      ++p;
+      skip_ws();
+      if (p == end) return false;
+      if (*p == '"') {
+        ++p;
+        if (!read_string(v->text)) return false;
+        v->k = body_value::kind::string;
+      } else {
+        const bool negative = *p == '-';
+        if (negative) ++p;
+        const char* const digits = p;
+        std::int64_t n = 0;
+        while (p != end && *p >= '0' && *p <= '9') n = n * 10 + (*p++ - '0');
+        const auto count = p - digits;
+        if (count == 0 || count > 18 || (*digits == '0' && count > 1)) return false;
+        if (p != end && (*p == '.' || *p == 'e' || *p == 'E')) return false;
+        v->k = body_value::kind::integer;
+        v->number = negative ? -n : n;
+      }
+      skip_ws();
+      if (p == end) return false;
+      if (*p == '}') {
+        ++p;
+        break;
+      }
+      if (*p != ',') return false;
+      ++p;
+      skip_ws();
+    }
+  }
+  skip_ws();
+  return p == end;
+}
+
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 http_response json_response(http::status status, std::string body) {
@@ -144,13 +259,18 @@ http_response from_error(const error& e, std::string_view key_field) {
 // with `"shadow_denied": true` when a shadow policy denied and the answer says allowed.
 std::string decision_body(const decision& d, std::string_view json_name, bool shadow_denied) {
   std::string out;
-  out.reserve(128);
-  out += "{\"allowed\":";
-  out += d.allowed ? "true" : "false";
-  out += ",\"limit\":" + std::to_string(d.limit);
-  out += ",\"remaining\":" + std::to_string(d.remaining);
-  out += ",\"retry_after_ms\":" + std::to_string(ceil_ms(d.retry_after));
-  out += ",\"reset_after_ms\":" + std::to_string(ceil_ms(d.reset_after));
+  out.reserve(128 + json_name.size());
+  const auto number = [&out](std::string_view name, std::int64_t n) {
+    out += name;
+    char text[20];
+    out.append(text,
+               static_cast<std::size_t>(std::to_chars(text, text + sizeof text, n).ptr - text));
+  };
+  out += d.allowed ? std::string_view("{\"allowed\":true") : std::string_view("{\"allowed\":false");
+  number(",\"limit\":", d.limit);
+  number(",\"remaining\":", d.remaining);
+  number(",\"retry_after_ms\":", ceil_ms(d.retry_after));
+  number(",\"reset_after_ms\":", ceil_ms(d.reset_after));
   out += ",\"policy\":";
   out += json_name;
   if (shadow_denied) out += ",\"shadow_denied\":true";
@@ -175,6 +295,7 @@ struct request_handler::served {
   key_source gate_key;
   std::size_t slot = 0;      // in the metrics
   std::string json_name;     // the name as a JSON string
+  std::string sf_name;       // and as a structured-field String
   std::string policy_field;  // RateLimit-Policy
 };
 
@@ -183,6 +304,7 @@ struct inline_policy {
   policy p;
   std::string name;  // the limit's canonical form, naming it in the header fields
   std::string json_name;
+  std::string sf_name;
   std::string policy_field;
 };
 
@@ -199,7 +321,7 @@ class request_handler::reply {
   reply(metrics& m, route r, respond done)
       : metrics_(&m), route_(r), start_(std::chrono::steady_clock::now()), done_(std::move(done)) {}
 
-  void operator()(http_response res) {
+  void operator()(http_response&& res) {
     metrics_->count_request(route_, res.result_int(), std::chrono::steady_clock::now() - start_);
     done_(std::move(res));
   }
@@ -227,6 +349,7 @@ request_handler::request_handler(const server_config& config, limiter& lim, metr
     s->gate_key = sp.gate_key;
     s->slot = m.slot(sp.policy.name);
     s->json_name = dump(json(sp.policy.name));
+    s->sf_name = sf_string(sp.policy.name);
     s->policy_field = ratelimit_policy_field(sp.policy.name, s->p->limit);
     policies_.emplace(sp.policy.name, std::move(s));
   }
@@ -313,43 +436,36 @@ void request_handler::handle(http_request req, respond done) const {
 }
 
 void request_handler::decide(const http_request& req, bool acquire, reply r) const {
-  const json body = json::parse(req.body(), nullptr, /*allow_exceptions=*/false);
-  if (body.is_discarded()) {
-    return r(error_response(http::status::bad_request, "body is not valid JSON", "body"));
-  }
-  if (!body.is_object()) {
-    return r(error_response(http::status::bad_request, "body must be a JSON object", "body"));
-  }
-  const json* key = nullptr;
-  const json* policy_name = nullptr;
-  const json* limit_text = nullptr;
-  const json* algorithm_name = nullptr;
-  const json* cost = nullptr;
-  for (const auto& [name, value] : body.items()) {
-    if (name == "key") {
-      key = &value;
-    } else if (name == "policy") {
-      policy_name = &value;
-    } else if (name == "limit") {
-      limit_text = &value;
-    } else if (name == "algorithm") {
-      algorithm_name = &value;
-    } else if (name == "cost") {
-      cost = &value;
-    } else {
-      return r(error_response(
-          http::status::bad_request,
-          "unknown field " + quote(name) + "; use key, policy or limit (+ algorithm), cost", name));
+  body_fields f;
+  json dom;  // only when the body is outside what parse_flat reads; `f` points into it
+  if (!parse_flat(req.body(), f)) {
+    dom = json::parse(req.body(), nullptr, /*allow_exceptions=*/false);
+    if (dom.is_discarded()) {
+      return r(error_response(http::status::bad_request, "body is not valid JSON", "body"));
+    }
+    if (!dom.is_object()) {
+      return r(error_response(http::status::bad_request, "body must be a JSON object", "body"));
+    }
+    for (const auto& [name, value] : dom.items()) {
+      body_value* slot = f.find(name);
+      if (slot == nullptr) {
+        return r(error_response(
+            http::status::bad_request,
+            "unknown field " + quote(name) + "; use key, policy or limit (+ algorithm), cost",
+            name));
+      }
+      *slot = from_dom(value);
     }
   }
   const auto bad = [&](std::string message, std::string_view field) {
     r(error_response(http::status::bad_request, message, field));
   };
+  using kind = body_value::kind;
 
   decision_call call;
-  if (key == nullptr) return bad("key is required", "key");
-  if (!key->is_string()) return bad("key must be a string", "key");
-  call.key = key->get_ref<const std::string&>();
+  if (f.key.k == kind::absent) return bad("key is required", "key");
+  if (f.key.k != kind::string) return bad("key must be a string", "key");
+  call.key = f.key.text;
   if (call.key.empty()) return bad("key must not be empty", "key");
   if (call.key.size() > max_key_bytes_) {
     return bad("key is " + std::to_string(call.key.size()) + " bytes; at most " +
@@ -357,45 +473,43 @@ void request_handler::decide(const http_request& req, bool acquire, reply r) con
                "key");
   }
 
-  if (cost != nullptr) {
-    if (!cost->is_number_integer()) return bad("cost must be an integer", "cost");
-    if (cost->is_number_unsigned() &&
-        cost->get<std::uint64_t>() >
-            static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
-      return bad("cost is too large", "cost");
-    }
-    call.cost = cost->get<std::int64_t>();
+  if (f.cost.k != kind::absent) {
+    if (f.cost.k == kind::too_large) return bad("cost is too large", "cost");
+    if (f.cost.k != kind::integer) return bad("cost must be an integer", "cost");
+    call.cost = f.cost.number;
     if (call.cost < 1) return bad("cost must be at least 1", "cost");
   }
 
-  if (policy_name != nullptr && limit_text != nullptr) {
+  if (f.policy.k != kind::absent && f.limit.k != kind::absent) {
     return bad("give either a policy or an inline limit, not both", "limit");
   }
-  if (policy_name != nullptr) {
-    if (!policy_name->is_string()) return bad("policy must be a string", "policy");
-    const auto& name = policy_name->get_ref<const std::string&>();
+  if (f.policy.k != kind::absent) {
+    if (f.policy.k != kind::string) return bad("policy must be a string", "policy");
+    const std::string_view name = f.policy.text;
     call.named = find(name);
     if (call.named == nullptr) {
       return r(error_response(http::status::not_found, "no policy named " + quote(name), "policy"));
     }
-    if (algorithm_name != nullptr) {
+    if (f.algorithm.k != kind::absent) {
       return bad("algorithm goes with an inline limit; policy " + quote(name) + " has its own",
                  "algorithm");
     }
-  } else if (limit_text != nullptr) {
-    if (!limit_text->is_string()) return bad("limit must be a string such as \"30/hour\"", "limit");
-    const auto l = parse_limit(limit_text->get_ref<const std::string&>());
+  } else if (f.limit.k != kind::absent) {
+    if (f.limit.k != kind::string)
+      return bad("limit must be a string such as \"30/hour\"", "limit");
+    const auto l = parse_limit(f.limit.text);
     if (!l) return bad(l.error().message(), "limit");
     auto in = std::make_shared<inline_policy>();
     in->p.limit = *l;
-    if (algorithm_name != nullptr) {
-      if (!algorithm_name->is_string()) return bad("algorithm must be a string", "algorithm");
-      const auto a = parse_algorithm(algorithm_name->get_ref<const std::string&>());
+    if (f.algorithm.k != kind::absent) {
+      if (f.algorithm.k != kind::string) return bad("algorithm must be a string", "algorithm");
+      const auto a = parse_algorithm(f.algorithm.text);
       if (!a) return bad(a.error().message(), "algorithm");
       in->p.algorithm = *a;
     }
     in->name = to_string(*l);
     in->json_name = '"' + in->name + '"';  // a canonical limit needs no escaping
+    in->sf_name = sf_string(in->name);
     in->policy_field = ratelimit_policy_field(in->name, *l);
     call.in = std::move(in);
   } else {
@@ -478,7 +592,13 @@ void request_handler::run_decision(const decision_call& call, bool acquire, bool
     if (gate) status = shown.allowed ? http::status::no_content : http::status::too_many_requests;
     http_response res{status, 11};
     res.set("RateLimit-Policy", named != nullptr ? named->policy_field : in->policy_field);
-    res.set("RateLimit", ratelimit_field(name, shown));
+    char text[256];
+    const std::string_view sf_name = named != nullptr ? named->sf_name : in->sf_name;
+    if (const char* end = write_ratelimit_field(text, text + sizeof text, sf_name, shown)) {
+      res.set("RateLimit", std::string_view(text, static_cast<std::size_t>(end - text)));
+    } else {
+      res.set("RateLimit", ratelimit_field(name, shown));
+    }
     if (!shown.allowed) res.set(http::field::retry_after, std::to_string(retry_after_field(shown)));
     if (status != http::status::no_content) {
       res.set(http::field::content_type, kJson);

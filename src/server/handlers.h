@@ -54,7 +54,8 @@ http_response error_response(http::status status, std::string_view message,
 // and counts in `metrics`.
 class request_handler {
  public:
-  using respond = std::function<void(http_response)>;
+  // Takes the response by rvalue reference: it is moved on, never copied.
+  using respond = std::function<void(http_response&&)>;
 
   // Every policy of `config` must be registered in `lim` (see make_limiter in serve.h);
   // throws std::invalid_argument when one is not. `lim` and `m` must outlive the handler and

@@ -1,11 +1,14 @@
 #include "server/headers.h"
 
 #include <algorithm>
+#include <charconv>
 
 namespace sluice::server {
 namespace {
 
 constexpr std::int64_t kMicrosPerSecond = 1000000;
+// The longest ";r=<int64>;t=<int64>".
+constexpr std::size_t kNumbersMax = 2 * (3 + 20);
 
 // Returns `d` in whole seconds, rounded up; 0 for zero or less.
 std::int64_t ceil_seconds(std::chrono::microseconds d) noexcept {
@@ -39,9 +42,23 @@ std::string ratelimit_policy_field(std::string_view name, const limit& l) {
 }
 
 std::string ratelimit_field(std::string_view name, const decision& d) {
+  const std::string sf_name = sf_string(name);
+  std::string out(sf_name.size() + kNumbersMax, '\0');
+  char* const end = write_ratelimit_field(out.data(), out.data() + out.size(), sf_name, d);
+  out.resize(static_cast<std::size_t>(end - out.data()));
+  return out;
+}
+
+char* write_ratelimit_field(char* out, char* end, std::string_view sf_name,
+                            const decision& d) noexcept {
+  if (static_cast<std::size_t>(end - out) < sf_name.size() + kNumbersMax) return nullptr;
   const std::int64_t r = std::max<std::int64_t>(0, d.remaining);
   const std::int64_t t = d.allowed ? ceil_seconds(d.reset_after) : retry_after_field(d);
-  return sf_string(name) + ";r=" + std::to_string(r) + ";t=" + std::to_string(t);
+  out = std::copy(sf_name.begin(), sf_name.end(), out);
+  out = std::copy_n(";r=", 3, out);
+  out = std::to_chars(out, end, r).ptr;
+  out = std::copy_n(";t=", 3, out);
+  return std::to_chars(out, end, t).ptr;
 }
 
 std::int64_t retry_after_field(const decision& d) noexcept {

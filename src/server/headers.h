@@ -35,6 +35,12 @@ std::string ratelimit_policy_field(std::string_view name, const limit& l);
 //   ratelimit_field("chat", {allowed, 30, 29, 0, 11.2 s})  // "\"chat\";r=29;t=12"
 std::string ratelimit_field(std::string_view name, const decision& d);
 
+// Writes the RateLimit field value of ratelimit_field to [out, end), where `sf_name` is the
+// policy's name already as a structured-field String (sf_string(name)); allocates nothing,
+// for the request path. Returns the end of what it wrote, or nullptr when it does not fit.
+char* write_ratelimit_field(char* out, char* end, std::string_view sf_name,
+                            const decision& d) noexcept;
+
 // Returns the Retry-After value for a denial: whole seconds, at least 1 (the reference
 // limiter's `floor(seconds) + 1`). Precondition: !d.allowed.
 std::int64_t retry_after_field(const decision& d) noexcept;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <charconv>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -24,10 +25,10 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/basic_stream.hpp>
+#include <boost/beast/core/buffers_suffix.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
-#include <boost/beast/http/read.hpp>
 
 #include "core/text.h"
 #include "server/handlers.h"
@@ -48,6 +49,7 @@ using timer_type =
                                asio::wait_traits<std::chrono::steady_clock>, executor>;
 using signal_set_type = asio::basic_signal_set<executor>;
 using error_code = boost::system::error_code;
+using namespace std::string_view_literals;
 
 // What one read asks for; the buffer never holds more than a header and a bit.
 constexpr std::size_t kReadSize = 8192;
@@ -84,6 +86,13 @@ bool is_parse_error(const error_code& ec) {
   static const auto& category = make_error_code(beast::http::error::bad_target).category();
   return ec.category() == category && ec != beast::http::error::end_of_stream &&
          ec != beast::http::error::partial_message;
+}
+
+// Appends `n` in decimal.
+void append_number(std::string& out, std::uint64_t n) {
+  char text[20];
+  const auto end = std::to_chars(text, text + sizeof text, n).ptr;
+  out.append(text, static_cast<std::size_t>(end - text));
 }
 
 std::string endpoint_text(const tcp::endpoint& e) {
@@ -187,6 +196,7 @@ class session : public std::enable_shared_from_this<session> {
   void start() {
     error_code ec;
     stream_.socket().set_option(tcp::no_delay(true), ec);
+    stream_.socket().non_blocking(true, ec);  // for write()'s first, synchronous attempt
     if (srv_.options.access_log) {
       const auto peer = stream_.socket().remote_endpoint(ec);
       peer_ = ec ? "-" : endpoint_text(peer);
@@ -208,42 +218,92 @@ class session : public std::enable_shared_from_this<session> {
  private:
   enum class phase : std::uint8_t { idle, reading, handling, writing, closing };
 
+  // Reads and parses the next request. The header and body are fed to the parser straight
+  // from buffer_, without Beast's composed read operations: a request that arrives in one
+  // segment costs one read and no posts.
   void wait_for_request() {
     if (must_close_ || srv_.draining.load()) return finish();
-    if (buffer_.size() > 0) return read_header();  // pipelined: the next request is here
+    parser_.emplace();
+    parser_->header_limit(
+        static_cast<std::uint32_t>(std::min<std::size_t>(srv_.options.max_header_bytes, 1u << 30)));
+    parser_->body_limit(srv_.options.max_body_bytes);
+    if (buffer_.size() > 0) {  // pipelined: the next request is here
+      begin_header();
+      return parse();
+    }
     phase_ = phase::idle;
     // A new connection must send its header within header_timeout; a kept-alive one may
     // wait idle_timeout for its next request to begin.
     header_timer_running_ = first_;
     stream_.expires_after(first_ ? srv_.options.header_timeout : srv_.options.idle_timeout);
-    stream_.async_read_some(buffer_.prepare(kReadSize),
+    read_more();
+  }
+
+  // The first bytes of a request are here: header_timeout counts from now (or from the
+  // connection's start, for its first request).
+  void begin_header() {
+    phase_ = phase::reading;
+    if (!header_timer_running_) stream_.expires_after(srv_.options.header_timeout);
+    header_timer_running_ = false;
+  }
+
+  void read_more() {
+    const std::size_t room = std::min(kReadSize, buffer_.max_size() - buffer_.size());
+    if (room == 0) {
+      began_ = std::chrono::steady_clock::now();
+      return header_too_large();
+    }
+    stream_.async_read_some(buffer_.prepare(room),
                             [self = shared_from_this()](const error_code& ec, std::size_t n) {
+                              // End of stream, a timeout, a reset: closed without an answer.
                               if (ec) return self->finish();
                               self->buffer_.commit(n);
-                              self->read_header();
+                              if (self->phase_ == phase::idle) self->begin_header();
+                              self->parse();
                             });
   }
 
-  void read_header() {
-    phase_ = phase::reading;
-    parser_.emplace();
-    parser_->header_limit(
-        static_cast<std::uint32_t>(std::min<std::size_t>(srv_.options.max_header_bytes, 1u << 30)));
-    parser_->body_limit(srv_.options.max_body_bytes);
-    if (!header_timer_running_) stream_.expires_after(srv_.options.header_timeout);
-    header_timer_running_ = false;
-    http::async_read_header(
-        stream_, buffer_, *parser_,
-        [self = shared_from_this()](const error_code& ec, std::size_t) { self->on_header(ec); });
+  void parse() {
+    while (!parser_->is_done()) {
+      if (buffer_.size() == 0) return read_more();
+      const bool had_header = parser_->is_header_done();
+      error_code ec;
+      const std::size_t used = parser_->put(buffer_.data(), ec);
+      buffer_.consume(used);
+      if (ec == http::error::need_more) return read_more();
+      if (ec) return on_parse_error(ec, had_header);
+      if (!had_header && parser_->is_header_done() && on_header()) return;
+    }
+    handle();
   }
 
-  void on_header(const error_code& ec) {
+  // The header is complete. Returns true when it started something (100 Continue) that
+  // goes on with parse() itself.
+  bool on_header() {
     began_ = std::chrono::steady_clock::now();
-    if (ec == http::error::header_limit) {
-      return reply_error(http::status::request_header_fields_too_large,
-                         "request header is larger than " +
-                             std::to_string(srv_.options.max_header_bytes) + " bytes");
-    }
+    if (parser_->is_done()) return false;
+    stream_.expires_after(srv_.options.body_timeout);
+    const auto& req = parser_->get();
+    const auto it = req.find(http::field::expect);
+    if (it == req.end() || !iequals(it->value(), "100-continue")) return false;
+    static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+    asio::async_write(stream_, asio::buffer(kContinue.data(), kContinue.size()),
+                      [self = shared_from_this()](const error_code& e, std::size_t) {
+                        if (e) return self->finish();
+                        self->parse();
+                      });
+    return true;
+  }
+
+  void header_too_large() {
+    reply_error(http::status::request_header_fields_too_large,
+                "request header is larger than " + std::to_string(srv_.options.max_header_bytes) +
+                    " bytes");
+  }
+
+  void on_parse_error(const error_code& ec, bool in_body) {
+    if (!in_body) began_ = std::chrono::steady_clock::now();
+    if (ec == http::error::header_limit) return header_too_large();
     // The parser refuses a declared Content-Length over the limit before reading the body.
     if (ec == http::error::body_limit) {
       return reply_error(
@@ -251,43 +311,11 @@ class session : public std::enable_shared_from_this<session> {
           "body is larger than " + std::to_string(srv_.options.max_body_bytes) + " bytes", "body");
     }
     if (is_parse_error(ec)) {
-      return reply_error(http::status::bad_request, "bad HTTP request: " + ec.message());
+      return reply_error(
+          http::status::bad_request,
+          (in_body ? "bad HTTP request body: " : "bad HTTP request: ") + ec.message());
     }
-    if (ec) return finish();
-    if (parser_->is_done()) return handle();
-    const auto& req = parser_->get();
-    if (const auto it = req.find(http::field::expect);
-        it != req.end() && iequals(it->value(), "100-continue")) {
-      static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
-      stream_.expires_after(srv_.options.body_timeout);
-      asio::async_write(stream_, asio::buffer(kContinue.data(), kContinue.size()),
-                        [self = shared_from_this()](const error_code& e, std::size_t) {
-                          if (e) return self->finish();
-                          self->read_body();
-                        });
-      return;
-    }
-    read_body();
-  }
-
-  void read_body() {
-    stream_.expires_after(srv_.options.body_timeout);
-    http::async_read(
-        stream_, buffer_, *parser_, [self = shared_from_this()](const error_code& ec, std::size_t) {
-          if (ec == http::error::body_limit) {
-            return self->reply_error(http::status::payload_too_large,
-                                     "body is larger than " +
-                                         std::to_string(self->srv_.options.max_body_bytes) +
-                                         " bytes",
-                                     "body");
-          }
-          if (is_parse_error(ec)) {
-            return self->reply_error(http::status::bad_request,
-                                     "bad HTTP request body: " + ec.message());
-          }
-          if (ec) return self->finish();
-          self->handle();
-        });
+    finish();
   }
 
   void handle() {
@@ -304,9 +332,10 @@ class session : public std::enable_shared_from_this<session> {
     stream_.expires_never();
     // The completion may run here and now, or on the store's I/O thread: either way the
     // write starts on this session's thread.
-    srv_.handler.handle(std::move(req), [self = shared_from_this()](http_response res) mutable {
+    srv_.handler.handle(std::move(req), [self = shared_from_this()](http_response&& res) {
       const executor ex = self->stream_.get_executor();
-      asio::dispatch(ex, [self = std::move(self), res = std::move(res)]() mutable {
+      if (ex.running_in_this_thread()) return self->write(std::move(res));
+      asio::post(ex, [self = std::move(self), res = std::move(res)]() mutable {
         self->write(std::move(res));
       });
     });
@@ -326,43 +355,65 @@ class session : public std::enable_shared_from_this<session> {
     write(error_response(status, message, field));
   }
 
-  void write(http_response res) {
+  void write(http_response&& res) {
     phase_ = phase::writing;
     res_ = std::move(res);
     const bool close = must_close_ || !keep_alive_ || srv_.draining.load();
-    res_.version(version_);
-    res_.keep_alive(!close);
-    res_.set(http::field::server, "sluice");
-    res_.prepare_payload();
-    // Serialized here rather than by Beast's serializer: one string for the header, one
-    // gathered write with the body, a measurable share of a small request's cost.
+    // Serialized here rather than by Beast's serializer, and the fields the session adds
+    // (Server, Content-Length, Connection) written straight into the text: one string for
+    // the header, one gathered write with the body.
+    const unsigned status = res_.result_int();
+    // No body, and no Content-Length, for 1xx, 204 and 304 (RFC 9110 8.6).
+    const bool bodiless = status / 100 == 1 || status == 204 || status == 304;
     head_text_.clear();
-    head_text_ += "HTTP/1.";
+    head_text_ += "HTTP/1."sv;
     head_text_ += version_ == 10 ? '0' : '1';
     head_text_ += ' ';
-    head_text_ += std::to_string(res_.result_int());
+    append_number(head_text_, status);
     head_text_ += ' ';
     head_text_ += http::obsolete_reason(res_.result());
-    head_text_ += "\r\n";
+    head_text_ += "\r\n"sv;
     for (const auto& f : res_) {
       head_text_ += f.name_string();
-      head_text_ += ": ";
+      head_text_ += ": "sv;
       head_text_ += f.value();
-      head_text_ += "\r\n";
+      head_text_ += "\r\n"sv;
     }
-    head_text_ += "\r\n";
+    head_text_ += "Server: sluice\r\n"sv;
+    if (!bodiless) {
+      head_text_ += "Content-Length: "sv;
+      append_number(head_text_, res_.body().size());
+      head_text_ += "\r\n"sv;
+    }
+    if (version_ != 10 && close) head_text_ += "Connection: close\r\n"sv;
+    if (version_ == 10 && !close) head_text_ += "Connection: keep-alive\r\n"sv;
+    head_text_ += "\r\n"sv;
     // A response to HEAD has the header only; it still says how long the body would be.
-    const std::size_t body_size = head_ ? 0 : res_.body().size();
+    const std::size_t body_size = head_ || bodiless ? 0 : res_.body().size();
     const std::array<asio::const_buffer, 2> buffers = {asio::buffer(head_text_),
                                                        asio::buffer(res_.body().data(), body_size)};
+    // Most responses fit in the socket's buffer: written at once, without an asynchronous
+    // operation and its timer (the socket is non-blocking). What does not fit goes on
+    // asynchronously, under body_timeout.
+    error_code ec;
+    const std::size_t total = head_text_.size() + body_size;
+    const std::size_t n = stream_.socket().write_some(buffers, ec);
+    if (!ec && n == total) return on_write(ec, close, /*in_line=*/true);
+    if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
+      return on_write(ec, close, /*in_line=*/true);
+    }
+    beast::buffers_suffix<std::array<asio::const_buffer, 2>> rest(buffers);
+    rest.consume(ec ? 0 : n);
     stream_.expires_after(srv_.options.body_timeout);
-    asio::async_write(stream_, buffers,
-                      [self = shared_from_this(), close](const error_code& ec, std::size_t) {
-                        self->on_write(ec, close);
+    asio::async_write(stream_, rest,
+                      [self = shared_from_this(), close](const error_code& e, std::size_t) {
+                        self->on_write(e, close, /*in_line=*/false);
                       });
   }
 
-  void on_write(const error_code& ec, bool close) {
+  // `in_line`: called from write() itself, which may be deep in a parse of pipelined
+  // requests; the next one is then parsed from a fresh handler rather than recursively.
+  void on_write(const error_code& ec, bool close, bool in_line) {
     if (srv_.options.access_log) {
       const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
                           std::chrono::steady_clock::now() - began_)
@@ -375,6 +426,10 @@ class session : public std::enable_shared_from_this<session> {
     head_ = false;
     if (close) return linger();
     first_ = false;
+    if (in_line && buffer_.size() > 0) {
+      return asio::post(stream_.get_executor(),
+                        [self = shared_from_this()] { self->wait_for_request(); });
+    }
     wait_for_request();
   }
 

@@ -305,9 +305,9 @@ struct memory_store::impl {
   }
 
   result<decision> decide(const request& r, mode m) {
-    if (auto ok = check_key(r.key); !ok) return ok.error();
+    if (r.key.empty() || r.key.size() > options.max_key_length) return check_key(r.key).error();
     const microseconds now = r.now ? *r.now : options.time_source->now();
-    if (auto ok = check_request(r.limit, r.cost, now); !ok) return ok.error();
+    if (!request_in_range(r.limit, r.cost, now)) return check_request(r.limit, r.cost, now).error();
 
     const std::uint64_t hash = hash_of(r.key);
     shard& s = shard_for(hash);
