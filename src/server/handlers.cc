@@ -181,11 +181,12 @@ bool parse_flat(std::string_view body, body_fields& out) noexcept {
         const bool negative = *p == '-';
         if (negative) ++p;
         const char* const digits = p;
-        std::int64_t n = 0;
-        while (p != end && *p >= '0' && *p <= '9') n = n * 10 + (*p++ - '0');
+        while (p != end && *p >= '0' && *p <= '9') ++p;
         const auto count = p - digits;
         if (count == 0 || count > 18 || (*digits == '0' && count > 1)) return false;
         if (p != end && (*p == '.' || *p == 'e' || *p == 'E')) return false;
+        std::int64_t n = 0;  // at most 18 digits: no overflow
+        for (const char* d = digits; d != p; ++d) n = n * 10 + (*d - '0');
         v->k = body_value::kind::integer;
         v->number = negative ? -n : n;
       }
