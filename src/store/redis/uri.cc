@@ -1,6 +1,7 @@
 #include <string>
 #include <string_view>
 
+#include "core/text.h"
 #include "sluice/limit.h"
 #include "sluice/redis_store.h"
 #include "store/redis/query.h"
@@ -9,34 +10,13 @@ namespace sluice {
 namespace {
 
 using internal::parse_number;
+using internal::percent_decode;
 
 error bad(std::string_view uri, const std::string& problem) {
   // Never echo the password back: print the URI up to the credentials.
   std::string shown(
       uri.substr(0, uri.find("://") == std::string_view::npos ? uri.size() : uri.find("://") + 3));
   return make_error(errc::invalid_store_uri, "store \"" + shown + "...\": " + problem);
-}
-
-int hex(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-// Decodes %XX escapes; false on a broken escape.
-bool percent_decode(std::string_view in, std::string& out) {
-  out.clear();
-  for (std::size_t i = 0; i < in.size(); ++i) {
-    if (in[i] != '%') {
-      out += in[i];
-      continue;
-    }
-    if (i + 2 >= in.size() || hex(in[i + 1]) < 0 || hex(in[i + 2]) < 0) return false;
-    out += static_cast<char>(hex(in[i + 1]) * 16 + hex(in[i + 2]));
-    i += 2;
-  }
-  return true;
 }
 
 result<std::chrono::milliseconds> parse_ms(std::string_view value) {
@@ -75,9 +55,15 @@ result<redis_store_options> parse_redis_uri(std::string_view uri) {
       // redis://:password@host is a password without a user; redis://password@host too
       // (the form redis-cli accepts).
       if (colon == std::string_view::npos) {
-        if (!percent_decode(user, o.password)) return bad(uri, "broken %-escape in password");
-      } else if (!percent_decode(user, o.username) || !percent_decode(pass, o.password)) {
-        return bad(uri, "broken %-escape in user or password");
+        auto password = percent_decode(user, false);
+        if (!password) return bad(uri, "broken %-escape in password");
+        o.password = std::move(*password);
+      } else {
+        auto name = percent_decode(user, false);
+        auto password = percent_decode(pass, false);
+        if (!name || !password) return bad(uri, "broken %-escape in user or password");
+        o.username = std::move(*name);
+        o.password = std::move(*password);
       }
     }
     std::string_view hostport = rest.substr(0, rest.find('/'));
@@ -114,8 +100,9 @@ result<redis_store_options> parse_redis_uri(std::string_view uri) {
   auto params = internal::split_query(query);
   if (!params) return bad(uri, params.error().detail);
   for (const auto& [name, raw] : *params) {
-    std::string value;
-    if (!percent_decode(raw, value)) return bad(uri, "broken %-escape");
+    const auto decoded = percent_decode(raw, false);
+    if (!decoded) return bad(uri, "broken %-escape");
+    const std::string& value = *decoded;
     const std::string n(name);
     auto duration = [&](std::chrono::milliseconds& field) -> result<void> {
       auto d = parse_ms(value);
