@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -47,6 +48,14 @@ class store {
   virtual result<void> reset(std::string_view key) = 0;
   // Returns the store's URI, without credentials.
   virtual std::string describe() const = 0;
+
+  // How many parts of the store fail on their own (a cluster's masters): the limiter keeps
+  // one circuit breaker per part, so one part failing leaves the others' keys alone. At
+  // least 1, fixed for the store's life. Stores that fail as a whole keep the default.
+  virtual std::size_t failure_domains() const noexcept { return 1; }
+  // Returns the part (below `failure_domains()`) that holds `key`'s state now; it may
+  // change when the store's layout does (a cluster's failover or resharding).
+  virtual std::size_t failure_domain(std::string_view /*key*/) const noexcept { return 0; }
 
   virtual void async_acquire(const request& r, completion done) { done(acquire(r)); }
   virtual void async_peek(const request& r, completion done) { done(peek(r)); }
