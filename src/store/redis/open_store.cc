@@ -5,6 +5,7 @@
 
 #include "sluice/memory_store.h"
 #include "sluice/open_store.h"
+#include "sluice/redis_cluster_store.h"
 #include "sluice/redis_store.h"
 #include "store/redis/query.h"
 
@@ -63,12 +64,13 @@ result<std::shared_ptr<store>> open_store(std::string_view uri, const clock& c) 
     if (!options) return options.error();
     return std::shared_ptr<store>(std::make_shared<redis_store>(std::move(*options)));
   }
-  if (scheme == "redis+cluster") {
-    return make_error(errc::unsupported_store,
-                      "redis+cluster:// is not available yet; use redis:// or memory://");
+  if (scheme == "redis+cluster" || scheme == "rediss+cluster") {
+    auto options = parse_redis_cluster_uri(uri);
+    if (!options) return options.error();
+    return std::shared_ptr<store>(std::make_shared<redis_cluster_store>(std::move(*options)));
   }
   return bad_uri(uri, "unknown scheme \"" + std::string(scheme.substr(0, 40)) +
-                          "\" (use memory://, redis://, rediss:// or unix://)");
+                          "\" (use memory://, redis://, rediss://, unix:// or redis+cluster://)");
 }
 
 }  // namespace sluice

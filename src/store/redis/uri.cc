@@ -3,6 +3,7 @@
 
 #include "core/text.h"
 #include "sluice/limit.h"
+#include "sluice/redis_cluster_store.h"
 #include "sluice/redis_store.h"
 #include "store/redis/query.h"
 
@@ -150,6 +151,76 @@ result<redis_store_options> parse_redis_uri(std::string_view uri) {
   if (o.reconnect_min.count() <= 0 || o.reconnect_max < o.reconnect_min) {
     return bad(uri, "reconnect_min must be positive and at most reconnect_max");
   }
+  return o;
+}
+
+result<redis_cluster_options> parse_redis_cluster_uri(std::string_view uri) {
+  const std::size_t scheme_end = uri.find("://");
+  const std::string_view scheme = uri.substr(0, scheme_end);
+  if (scheme_end == std::string_view::npos ||
+      (scheme != "redis+cluster" && scheme != "rediss+cluster")) {
+    return bad(uri, "expected redis+cluster://host:port[,host:port...]");
+  }
+  std::string_view rest = uri.substr(scheme_end + 3);
+  std::string_view query;
+  if (const std::size_t q = rest.find('?'); q != std::string_view::npos) {
+    query = rest.substr(q + 1);
+    rest = rest.substr(0, q);
+  }
+  std::string_view userinfo;
+  if (const std::size_t at = rest.rfind('@'); at != std::string_view::npos) {
+    userinfo = rest.substr(0, at + 1);
+    rest = rest.substr(at + 1);
+  }
+  std::string_view path;
+  if (const std::size_t slash = rest.find('/'); slash != std::string_view::npos) {
+    path = rest.substr(slash);
+    rest = rest.substr(0, slash);
+  }
+
+  // The cluster's own options; the others are redis:// options for every connection.
+  redis_cluster_options o;
+  std::string connection_query;
+  auto params = internal::split_query(query);
+  if (!params) return bad(uri, params.error().detail);
+  for (const auto& [name, value] : *params) {
+    if (name == "hash_tag") {
+      if (value != "0" && value != "1") return bad(uri, "hash_tag must be 0 or 1");
+      o.hash_tag = value == "1";
+    } else if (name == "max_redirects") {
+      if (!parse_number(value, o.max_redirects) || o.max_redirects < 0 || o.max_redirects > 16) {
+        return bad(uri, "max_redirects must be a number from 0 to 16");
+      }
+    } else if (name == "refresh_interval") {
+      auto d = parse_ms(value);
+      if (!d) return bad(uri, "refresh_interval: " + d.error().message());
+      if (d->count() <= 0) return bad(uri, "refresh_interval must be positive");
+      o.refresh_interval = *d;
+    } else {
+      connection_query.append(connection_query.empty() ? "?" : "&")
+          .append(name)
+          .append("=")
+          .append(value);
+    }
+  }
+
+  // Each seed is parsed as the redis:// URI it would be alone, with the shared parts.
+  const std::string single_scheme = scheme == "rediss+cluster" ? "rediss://" : "redis://";
+  while (true) {
+    const std::size_t comma = rest.find(',');
+    const std::string_view seed = rest.substr(0, comma);
+    if (seed.empty()) return bad(uri, "empty host in the seed list");
+    std::string single = single_scheme;
+    single.append(userinfo).append(seed).append(path).append(connection_query);
+    auto one = parse_redis_uri(single);
+    if (!one) return bad(uri, one.error().detail.substr(one.error().detail.find(": ") + 2));
+    if (one->db != 0) return bad(uri, "a cluster has only database 0");
+    o.seeds.push_back({one->host, one->port});
+    o.connection = std::move(*one);
+    if (comma == std::string_view::npos) break;
+    rest = rest.substr(comma + 1);
+  }
+  if (o.seeds.size() > 64) return bad(uri, "at most 64 seeds");
   return o;
 }
 

@@ -1,0 +1,111 @@
+// The Redis Cluster store (`redis+cluster://`, `rediss+cluster://`): one limit shared by
+// every process that talks to the same cluster. Each decision is one EVALSHA on the master
+// that serves the key's slot, exactly as on a single Redis; the store follows the cluster's
+// layout as it changes (failover, resharding).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sluice/error.h"
+#include "sluice/redis_store.h"
+#include "sluice/store.h"
+
+namespace sluice {
+
+struct redis_cluster_node {
+  std::string host;
+  std::uint16_t port = 6379;
+};
+
+struct redis_cluster_options {
+  // Where to ask for the slot map first; any reachable node (master or replica) will do.
+  std::vector<redis_cluster_node> seeds;
+  // What every connection uses: TLS, AUTH, timeouts, pool (connections per master), key
+  // prefix, reconnect backoff. `host`, `port`, `unix_socket` are not used; `db` must be 0
+  // (a cluster has one database).
+  redis_store_options connection;
+  // Keys are `<prefix>:{<key>}`: the braces make Redis hash the identity alone, so every
+  // piece of one key's state sits in one slot, whatever the prefix. False keeps
+  // `<prefix>:<key>`, the reference limiter's layout (each state is one Redis key, so it
+  // too lives in one slot; see README "Redis Cluster").
+  bool hash_tag = true;
+  // How many MOVED / ASK redirections one call follows before it fails.
+  int max_redirects = 5;
+  // How often the slot map is read again when nothing asks for it. It is also read again
+  // after a MOVED, a CLUSTERDOWN, or a master's connection failing, and every 100 ms while
+  // some slot has no reachable master.
+  std::chrono::milliseconds refresh_interval{10000};
+};
+
+// Returns the options written in `uri`:
+//   redis+cluster://[user:password@]host:port[,host:port...][?option=value&...]
+//   rediss+cluster://...                          (TLS to every node)
+// Options: those of redis:// (timeout, connect_timeout, pool, prefix, reconnect_min,
+// reconnect_max, tls_*; db only as 0) and hash_tag (0|1), max_redirects (0..16),
+// refresh_interval (a duration: 10s).
+result<redis_cluster_options> parse_redis_cluster_uri(std::string_view uri);
+
+struct redis_cluster_stats {
+  std::uint64_t requests = 0;      // decisions and resets asked for
+  std::uint64_t errors = 0;        // calls that ended in an error (of any kind)
+  std::uint64_t timeouts = 0;      // calls that ended past their deadline
+  std::uint64_t reconnects = 0;    // connections made after a node's first
+  std::uint64_t script_loads = 0;  // NOSCRIPT replies answered by sending the script again
+  std::uint64_t moved = 0;         // MOVED redirections followed
+  std::uint64_t asks = 0;          // ASK redirections followed
+  std::uint64_t retries = 0;       // TRYAGAIN replies retried
+  std::uint64_t refreshes = 0;     // slot maps read and applied
+  std::size_t connected = 0;       // connections up now, over every node
+  std::size_t masters = 0;         // masters in the current slot map
+  std::size_t slots_served = 0;    // slots whose master has a connection up now
+};
+
+// Thread-safe. Owns one I/O thread and a pipelined connection (or `pool` of them) per
+// master. A call on a master that is down fails at once with `errc::store_unavailable`;
+// the keys of the other masters are not affected, and `failure_domain` tells the limiter
+// which master a key is on, so that its circuit breaker and failure policy act on that
+// master's keys alone. The async forms call their completion on the I/O thread, exactly
+// once, at the latest when the call's deadline passes.
+class redis_cluster_store final : public store {
+ public:
+  // Starts connecting to the seeds and waits up to `connect_timeout` for the first slot
+  // map, then returns either way (calls fail as unavailable until a map is read).
+  explicit redis_cluster_store(redis_cluster_options options);
+  ~redis_cluster_store() override;
+  redis_cluster_store(const redis_cluster_store&) = delete;
+  redis_cluster_store& operator=(const redis_cluster_store&) = delete;
+
+  result<decision> acquire(const request& r) override;
+  result<decision> peek(const request& r) override;
+  result<void> reset(std::string_view key) override;
+  std::string describe() const override;
+  void async_acquire(const request& r, completion done) override;
+  void async_peek(const request& r, completion done) override;
+  void async_reset(std::string_view key, reset_completion done) override;
+
+  // One domain per master (by the node's address, up to 64 apart; more share) plus one
+  // for slots with no known master.
+  std::size_t failure_domains() const noexcept override;
+  std::size_t failure_domain(std::string_view key) const noexcept override;
+
+  // Returns the Redis key that holds `key`'s state, and its slot.
+  std::string redis_key(std::string_view key) const;
+  int slot_of(std::string_view key) const;
+
+  redis_cluster_stats stats() const;
+  // True when a slot map is known and some master has a connection up: the store decides
+  // (keys of a master that is down get the failure policy until its replica takes over).
+  bool ready() const;
+
+ private:
+  struct impl;
+  std::shared_ptr<impl> impl_;
+};
+
+}  // namespace sluice

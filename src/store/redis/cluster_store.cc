@@ -1,0 +1,533 @@
+#include "sluice/redis_cluster_store.h"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <boost/asio.hpp>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "store/redis/cluster.h"
+#include "store/redis/connection.h"
+
+namespace sluice {
+namespace {
+
+namespace asio = boost::asio;
+using redis::kClusterSlots;
+using redis::pending;
+using redis::reply;
+using redis::script_call;
+using redis::steady;
+
+constexpr std::uint16_t kNoNode = 0xFFFF;
+// Nodes are never forgotten (a call may still hold one); this bounds how many there can be.
+constexpr std::size_t kMaxNodes = 1024;
+// Failure domains: 0 for slots with no known master, then one per node index modulo 64.
+constexpr std::size_t kNodeDomains = 64;
+// How often the I/O thread checks whether the slot map should be read again.
+constexpr auto kTick = std::chrono::milliseconds(100);
+// How long a call waits between tries on a node that is still making its first
+// connection, and after TRYAGAIN.
+constexpr auto kRetryDelay = std::chrono::milliseconds(2);
+
+// One Redis node the store has heard of: a seed, a master in a slot map, or the target of
+// a redirection. Lives as long as the store.
+struct node {
+  redis::endpoint where;
+  std::uint16_t index = 0;
+  std::vector<std::shared_ptr<redis::connection>> pool;
+  std::atomic<std::size_t> next{0};
+
+  redis::connection& pick() {
+    return *pool[next.fetch_add(1, std::memory_order_relaxed) % pool.size()];
+  }
+  bool up() const {
+    return std::any_of(pool.begin(), pool.end(), [](const auto& c) { return c->ready(); });
+  }
+  // True while no connection has finished its first attempt: the node is brand new.
+  bool connecting() const {
+    return std::none_of(pool.begin(), pool.end(),
+                        [](const auto& c) { return c->first_attempt_done(); });
+  }
+};
+
+// One decision or reset on its way, kept whole so that it can be sent again after a
+// redirection. `script` is set for decisions; resets are DEL of `key`.
+struct call {
+  std::optional<script_call> script;
+  std::string key;
+  int slot = 0;
+  steady::time_point deadline;
+  int redirects = 0;
+  std::string last_redirect;  // for the error when there are too many
+  std::function<void(result<reply>)> finish;
+};
+
+error unavailable(const std::string& why) {
+  return make_error(errc::store_unavailable, "redis cluster: " + why);
+}
+
+}  // namespace
+
+struct redis_cluster_store::impl {
+  explicit impl(redis_cluster_options o)
+      : options(std::move(o)), shared(std::make_shared<redis::shared_state>(options.connection)) {
+    for (auto& o2 : owner) o2.store(kNoNode, std::memory_order_relaxed);
+    for (auto& n : nodes) n.store(nullptr, std::memory_order_relaxed);
+  }
+
+  redis_cluster_options options;
+  std::shared_ptr<redis::shared_state> shared;
+  asio::io_context io{1};
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  std::thread thread;
+
+  // Routing, read by every caller without a lock: slot → node index → node.
+  std::array<std::atomic<std::uint16_t>, kClusterSlots> owner;
+  std::array<std::atomic<node*>, kMaxNodes> nodes;
+
+  // The nodes themselves; added under `nodes_mu`.
+  std::mutex nodes_mu;
+  std::vector<std::unique_ptr<node>> owned;
+  std::map<std::string, std::uint16_t> by_address;
+
+  std::atomic<std::uint64_t> moved{0};
+  std::atomic<std::uint64_t> asks{0};
+  std::atomic<std::uint64_t> retries{0};
+  std::atomic<std::uint64_t> refreshes{0};
+  std::atomic<std::size_t> master_count{0};
+  std::atomic<bool> refresh_wanted{true};
+  std::atomic<bool> refresh_posted{false};
+
+  // The first slot map, for the constructor to wait on.
+  std::mutex map_mu;
+  std::condition_variable map_cv;
+  bool have_map = false;
+
+  // The I/O thread's own.
+  std::optional<asio::steady_timer> tick;
+  std::set<std::shared_ptr<asio::steady_timer>> waits;  // calls waiting to be tried again
+  std::vector<node*> masters;                           // of the map applied last
+  bool refreshing = false;
+  bool closing = false;
+  std::size_t refresh_cursor = 0;
+  steady::time_point last_refresh{};
+
+  mutable std::mutex problem_mu;
+  std::string problem;  // why the last slot map read failed; empty when it worked
+
+  // --- nodes --------------------------------------------------------------------------
+
+  // Returns the node at host:port, connecting to it if it is new; null when there are
+  // too many nodes already.
+  node* node_at(const std::string& host, std::uint16_t port) {
+    redis::endpoint where{host, port, {}};
+    const std::string address = where.text();
+    std::lock_guard lock(nodes_mu);
+    if (const auto it = by_address.find(address); it != by_address.end()) {
+      return nodes[it->second].load(std::memory_order_relaxed);
+    }
+    if (owned.size() >= kMaxNodes) return nullptr;
+    auto n = std::make_unique<node>();
+    n->where = std::move(where);
+    n->index = static_cast<std::uint16_t>(owned.size());
+    for (std::size_t i = 0; i < shared->options.pool; ++i) {
+      n->pool.push_back(redis::make_connection(io, shared, n->where));
+    }
+    for (auto& c : n->pool) c->start();
+    node* raw = n.get();
+    by_address.emplace(address, raw->index);
+    owned.push_back(std::move(n));
+    nodes[raw->index].store(raw, std::memory_order_release);
+    return raw;
+  }
+
+  node* owner_of(int slot) const {
+    const std::uint16_t index =
+        owner[static_cast<std::size_t>(slot)].load(std::memory_order_acquire);
+    return index == kNoNode ? nullptr : nodes[index].load(std::memory_order_acquire);
+  }
+
+  std::string redis_key(std::string_view key) const {
+    const std::string& prefix = shared->options.key_prefix;
+    std::string out;
+    out.reserve(prefix.size() + key.size() + 3);
+    out.append(prefix).append(options.hash_tag ? ":{" : ":").append(key);
+    if (options.hash_tag) out += '}';
+    return out;
+  }
+
+  // --- calls --------------------------------------------------------------------------
+
+  void decide(const request& r, bool acquire, completion done) {
+    if (auto ok = redis::check_redis_request(r); !ok) return done(ok.error());
+    ++shared->requests;
+    auto c = std::make_shared<call>();
+    c->script = redis::make_script_call(*shared, r, redis_key(r.key), acquire);
+    c->slot = redis::key_slot(c->script->key);
+    c->deadline = steady::now() + shared->options.timeout;
+    c->finish = [count = r.limit.count, done = std::move(done), s = shared](result<reply> rep) {
+      auto d = redis::to_decision(rep, count);
+      if (!d) ++s->errors;
+      done(std::move(d));
+    };
+    route(std::move(c));
+  }
+
+  void reset(std::string_view key, reset_completion done) {
+    if (auto ok = redis::check_key(key); !ok) return done(ok.error());
+    ++shared->requests;
+    auto c = std::make_shared<call>();
+    c->key = redis_key(key);
+    c->slot = redis::key_slot(c->key);
+    c->deadline = steady::now() + shared->options.timeout;
+    c->finish = [done = std::move(done), s = shared](result<reply> rep) {
+      auto r = redis::to_reset_result(rep);
+      if (!r) ++s->errors;
+      done(std::move(r));
+    };
+    route(std::move(c));
+  }
+
+  // Sends `c` to the master of its slot.
+  void route(std::shared_ptr<call> c) {
+    node* n = owner_of(c->slot);
+    if (n == nullptr) {
+      want_refresh();
+      return c->finish(unavailable("slot " + std::to_string(c->slot) + " has no known master" +
+                                   refresh_problem()));
+    }
+    send(*n, std::move(c), false);
+  }
+
+  // Sends `c` to `n`; with `asking`, after ASKING (an ASK redirection).
+  void send(node& n, std::shared_ptr<call> c, bool asking) {
+    if (steady::now() >= c->deadline) {
+      return c->finish(make_error(errc::timeout, "redis cluster: no reply before the deadline"));
+    }
+    // A node heard of a moment ago is still connecting: wait for it rather than fail.
+    if (n.connecting()) return later(std::move(c), &n, asking);
+    std::string command;
+    if (asking) redis::append_command(command, {"ASKING"});
+    if (c->script) {
+      redis::append_script_call(command, *c->script, shared->script_for(c->script->algo).sha);
+    } else {
+      redis::append_command(command, {"DEL", c->key});
+    }
+    pending p;
+    p.deadline = c->deadline;
+    if (c->script) p.script = *c->script;
+    node* from = &n;
+    p.done = [this, from, c](result<reply> r) { on_reply(*from, c, std::move(r)); };
+    if (!asking) return n.pick().submit(std::move(command), std::move(p));
+    // ASKING's own reply is dropped (a pending with no completion); it and the call go out
+    // back to back on one connection, as ASK requires.
+    std::vector<pending> both(2);
+    both[0].deadline = c->deadline;
+    both[1] = std::move(p);
+    n.pick().submit(std::move(command), std::move(both));
+  }
+
+  void on_reply(node& from, const std::shared_ptr<call>& c, result<reply> r) {
+    if (!r) {
+      if (r.error().code == errc::store_unavailable) want_refresh();
+      return c->finish(std::move(r));
+    }
+    if (!r->is_error()) return c->finish(std::move(r));
+    const std::string& text = r->text;
+    if (auto to = redis::parse_redirect(text)) {
+      if (c->redirects >= options.max_redirects) {
+        return c->finish(make_error(
+            errc::store_error, "redis cluster: more than " + std::to_string(options.max_redirects) +
+                                   " redirections (last: " + text.substr(0, 100) + ")"));
+      }
+      ++c->redirects;
+      node* target = node_at(to->host.empty() ? from.where.host : to->host, to->port);
+      if (target == nullptr) {
+        return c->finish(unavailable("too many nodes to follow " + text.substr(0, 100)));
+      }
+      if (to->ask) {
+        ++asks;
+      } else {
+        ++moved;
+        owner[static_cast<std::size_t>(to->slot)].store(target->index, std::memory_order_release);
+        want_refresh();
+      }
+      return send(*target, c, to->ask);
+    }
+    if (text.starts_with("TRYAGAIN")) {
+      ++retries;
+      return later(c, nullptr, false);
+    }
+    if (text.starts_with("CLUSTERDOWN") || text.starts_with("MASTERDOWN") ||
+        text.starts_with("LOADING") || text.starts_with("READONLY")) {
+      want_refresh();
+      return c->finish(unavailable(from.where.text() + ": " + text.substr(0, 200)));
+    }
+    c->finish(std::move(r));
+  }
+
+  // Tries `c` again in a moment: on `n` (asking again when `asking`), or routed afresh.
+  void later(std::shared_ptr<call> c, node* n, bool asking) {
+    asio::post(io, [this, c = std::move(c), n, asking]() mutable {
+      if (closing) return c->finish(unavailable("the store was closed"));
+      auto timer = std::make_shared<asio::steady_timer>(io, kRetryDelay);
+      waits.insert(timer);
+      timer->async_wait([this, timer, c = std::move(c), n, asking](auto ec) {
+        waits.erase(timer);
+        if (ec || closing) return c->finish(unavailable("the store was closed"));
+        if (n != nullptr) return send(*n, c, asking);
+        route(c);
+      });
+    });
+  }
+
+  // --- the slot map -------------------------------------------------------------------
+
+  void want_refresh() {
+    refresh_wanted.store(true, std::memory_order_relaxed);
+    if (refresh_posted.exchange(true)) return;
+    asio::post(io, [this] {
+      refresh_posted = false;
+      refresh();
+    });
+  }
+
+  // Why there is no slot map (yet), for the errors of calls that cannot be routed.
+  std::string refresh_problem() const {
+    std::lock_guard lock(problem_mu);
+    return problem.empty() ? std::string() : " (" + problem + ")";
+  }
+
+  void set_problem(std::string why) {
+    std::lock_guard lock(problem_mu);
+    problem = std::move(why);
+  }
+
+  // Asks one reachable node for CLUSTER SLOTS, taking the nodes in turn.
+  void refresh() {
+    if (closing || refreshing) return;
+    std::vector<node*> known;
+    {
+      std::lock_guard lock(nodes_mu);
+      for (auto& n : owned) known.push_back(n.get());
+    }
+    node* ask = nullptr;
+    for (std::size_t i = 0; i < known.size() && ask == nullptr; ++i) {
+      node* n = known[(refresh_cursor + i) % known.size()];
+      if (n->up()) ask = n;
+    }
+    ++refresh_cursor;
+    if (ask == nullptr) {  // the tick tries again
+      if (masters.empty()) set_problem("no node reachable to read the slot map from");
+      return;
+    }
+    refreshing = true;
+    refresh_wanted = false;
+    last_refresh = steady::now();
+    std::string command;
+    redis::append_command(command, {"CLUSTER", "SLOTS"});
+    pending p;
+    p.deadline = steady::now() + shared->options.connect_timeout;
+    p.done = [this, ask](result<reply> r) {
+      refreshing = false;
+      if (!r) return refresh_failed(ask->where.text() + ": " + r.error().message());
+      auto ranges = redis::parse_cluster_slots(*r, ask->where.host);
+      if (!ranges) return refresh_failed(ask->where.text() + ": " + ranges.error().message());
+      apply(*ranges);
+    };
+    ask->pick().submit(std::move(command), std::move(p));
+  }
+
+  void refresh_failed(std::string why) {
+    set_problem("reading the slot map: " + std::move(why));
+    refresh_wanted = true;
+  }
+
+  void apply(const std::vector<redis::slot_range>& ranges) {
+    std::vector<std::uint16_t> table(kClusterSlots, kNoNode);
+    std::vector<node*> now_masters;
+    for (const auto& r : ranges) {
+      node* n = node_at(r.host, r.port);
+      if (n == nullptr) continue;
+      if (std::find(now_masters.begin(), now_masters.end(), n) == now_masters.end()) {
+        now_masters.push_back(n);
+      }
+      std::fill(table.begin() + r.first, table.begin() + r.last + 1, n->index);
+    }
+    for (int s = 0; s < kClusterSlots; ++s) {
+      owner[static_cast<std::size_t>(s)].store(table[static_cast<std::size_t>(s)],
+                                               std::memory_order_release);
+    }
+    masters = std::move(now_masters);
+    master_count = masters.size();
+    set_problem({});
+    ++refreshes;
+    {
+      std::lock_guard lock(map_mu);
+      have_map = true;
+    }
+    map_cv.notify_all();
+  }
+
+  bool degraded() const {
+    return std::any_of(masters.begin(), masters.end(), [](node* n) { return !n->up(); });
+  }
+
+  void arm_tick() {
+    // Until there is a map, look again soon: the seeds are still connecting.
+    tick->expires_after(masters.empty() ? kRetryDelay * 5 : kTick);
+    tick->async_wait([this](auto ec) {
+      if (ec || closing) return;
+      const bool due = refresh_wanted || masters.empty() || degraded() ||
+                       steady::now() - last_refresh >= options.refresh_interval;
+      if (due) refresh();
+      arm_tick();
+    });
+  }
+
+  void close() {
+    closing = true;
+    if (tick) tick->cancel();
+    for (auto& t : waits) t->cancel();
+    std::lock_guard lock(nodes_mu);
+    for (auto& n : owned) {
+      for (auto& c : n->pool) c->close();
+    }
+  }
+};
+
+redis_cluster_store::redis_cluster_store(redis_cluster_options options) {
+  options.connection.pool = std::clamp<std::size_t>(options.connection.pool, 1, 64);
+  options.max_redirects = std::clamp(options.max_redirects, 0, 16);
+  impl_ = std::make_shared<impl>(std::move(options));
+  impl& m = *impl_;
+  m.work.emplace(m.io.get_executor());
+  m.tick.emplace(m.io);
+  for (const auto& seed : m.options.seeds) m.node_at(seed.host, seed.port);
+  m.thread = std::thread([io = &m.io] { io->run(); });
+  asio::post(m.io, [p = &m] {
+    p->refresh();
+    p->arm_tick();
+  });
+  std::unique_lock lock(m.map_mu);
+  m.map_cv.wait_for(lock, m.shared->options.connect_timeout, [&] { return m.have_map; });
+}
+
+redis_cluster_store::~redis_cluster_store() {
+  impl& m = *impl_;
+  m.work.reset();
+  // Close everything on the I/O thread, then stop it once the closes' completions ran.
+  asio::post(m.io, [p = &m] {
+    p->close();
+    asio::post(p->io, [p] { asio::post(p->io, [p] { p->io.stop(); }); });
+  });
+  m.thread.join();
+}
+
+namespace {
+
+bool on_io_thread(const std::thread& t) { return std::this_thread::get_id() == t.get_id(); }
+
+}  // namespace
+
+result<decision> redis_cluster_store::acquire(const request& r) {
+  if (on_io_thread(impl_->thread)) return redis::io_thread_error();
+  redis::waiter<decision> w;
+  impl_->decide(r, true, w.completion());
+  return w.wait();
+}
+
+result<decision> redis_cluster_store::peek(const request& r) {
+  if (on_io_thread(impl_->thread)) return redis::io_thread_error();
+  redis::waiter<decision> w;
+  impl_->decide(r, false, w.completion());
+  return w.wait();
+}
+
+result<void> redis_cluster_store::reset(std::string_view key) {
+  if (on_io_thread(impl_->thread)) return redis::io_thread_error();
+  redis::waiter<void> w;
+  impl_->reset(key, w.completion());
+  return w.wait();
+}
+
+void redis_cluster_store::async_acquire(const request& r, completion done) {
+  impl_->decide(r, true, std::move(done));
+}
+
+void redis_cluster_store::async_peek(const request& r, completion done) {
+  impl_->decide(r, false, std::move(done));
+}
+
+void redis_cluster_store::async_reset(std::string_view key, reset_completion done) {
+  impl_->reset(key, std::move(done));
+}
+
+std::size_t redis_cluster_store::failure_domains() const noexcept { return 1 + kNodeDomains; }
+
+std::size_t redis_cluster_store::failure_domain(std::string_view key) const noexcept {
+  try {
+    const std::uint16_t index =
+        impl_->owner[static_cast<std::size_t>(slot_of(key))].load(std::memory_order_relaxed);
+    return index == kNoNode ? 0 : 1 + index % kNodeDomains;
+  } catch (...) {  // out of memory building the key
+    return 0;
+  }
+}
+
+std::string redis_cluster_store::redis_key(std::string_view key) const {
+  return impl_->redis_key(key);
+}
+
+int redis_cluster_store::slot_of(std::string_view key) const {
+  return redis::key_slot(impl_->redis_key(key));
+}
+
+std::string redis_cluster_store::describe() const {
+  const auto& o = impl_->options;
+  std::string out = o.connection.tls ? "rediss+cluster://" : "redis+cluster://";
+  for (std::size_t i = 0; i < o.seeds.size(); ++i) {
+    if (i > 0) out += ',';
+    out += redis::endpoint{o.seeds[i].host, o.seeds[i].port, {}}.text();
+  }
+  return out;
+}
+
+redis_cluster_stats redis_cluster_store::stats() const {
+  const impl& m = *impl_;
+  const auto& s = *m.shared;
+  redis_cluster_stats out;
+  out.requests = s.requests.load();
+  out.errors = s.errors.load();
+  out.timeouts = s.timeouts.load();
+  out.reconnects = s.reconnects.load();
+  out.script_loads = s.script_loads.load();
+  out.connected = s.connected.load();
+  out.moved = m.moved.load();
+  out.asks = m.asks.load();
+  out.retries = m.retries.load();
+  out.refreshes = m.refreshes.load();
+  out.masters = m.master_count.load();
+  std::array<std::int8_t, kMaxNodes> up{};  // 0: not asked yet, 1: up, -1: down
+  for (int slot = 0; slot < kClusterSlots; ++slot) {
+    const std::uint16_t index =
+        m.owner[static_cast<std::size_t>(slot)].load(std::memory_order_acquire);
+    if (index == kNoNode) continue;
+    if (up[index] == 0) up[index] = m.nodes[index].load(std::memory_order_acquire)->up() ? 1 : -1;
+    if (up[index] == 1) ++out.slots_served;
+  }
+  return out;
+}
+
+bool redis_cluster_store::ready() const { return stats().slots_served > 0; }
+
+}  // namespace sluice

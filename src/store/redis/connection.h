@@ -1,0 +1,142 @@
+// What the single-server and the cluster Redis stores share: the per-store state (options,
+// scripts, counters), one pipelined connection to one Redis server, and turning a script's
+// reply into a decision. Internal to sluice::redis.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sluice/decision.h"
+#include "sluice/error.h"
+#include "sluice/limit.h"
+#include "sluice/redis_store.h"
+#include "sluice/store.h"
+#include "store/redis/pipeline.h"
+#include "store/redis/resp.h"
+
+namespace boost::asio {
+class io_context;
+}
+
+namespace sluice::redis {
+
+// Lua numbers are doubles: explicit times must stay where they are exact.
+inline constexpr std::int64_t kMaxScriptTime = std::int64_t{1} << 52;
+
+struct script {
+  std::string_view source;
+  std::string sha;
+};
+
+// The pieces every connection of one store shares. Immutable after construction but for
+// the counters.
+struct shared_state {
+  explicit shared_state(redis_store_options o);
+
+  redis_store_options options;
+  std::array<script, 3> scripts;  // indexed by algorithm
+  std::string instance;           // makes sliding_log members unique across processes
+  std::atomic<std::uint64_t> seq{0};
+  std::atomic<std::uint64_t> requests{0};
+  std::atomic<std::uint64_t> errors{0};
+  std::atomic<std::uint64_t> timeouts{0};
+  std::atomic<std::uint64_t> reconnects{0};
+  std::atomic<std::uint64_t> script_loads{0};
+  std::atomic<std::size_t> connected{0};
+
+  const script& script_for(algorithm a) const { return scripts[static_cast<std::size_t>(a)]; }
+  // A token no other call of any process uses: `<instance>:<sequence>`.
+  std::string next_token();
+};
+
+// Where one connection goes: a TCP host and port, or a Unix socket.
+struct endpoint {
+  std::string host;
+  std::uint16_t port = 0;
+  std::string unix_socket;
+
+  // "host:port" ("[::1]:port" for IPv6) or the socket path, for messages and as a map key.
+  std::string text() const;
+};
+
+// One connection to one Redis server: connect, handshake (AUTH, SELECT, SCRIPT LOAD), then
+// pipeline every call written to it; on any failure answer everything waiting, back off,
+// and connect again. Lives on the store's I/O thread; `submit` may be called from any
+// thread.
+class connection {
+ public:
+  virtual ~connection() = default;
+
+  // Connects in the background.
+  virtual void start() = 0;
+  // Queues one command (or several that must stay together, like ASKING and the call after
+  // it: `calls` holds one pending per command in `command`). When the connection is not
+  // up, answers every call at once, on the calling thread, with `errc::store_unavailable`.
+  virtual void submit(std::string command, pending call) = 0;
+  virtual void submit(std::string command, std::vector<pending> calls) = 0;
+  // True while the connection is up.
+  virtual bool ready() const = 0;
+  // True once the first connection attempt has succeeded or failed.
+  virtual bool first_attempt_done() const = 0;
+  // Waits until the first attempt is done, at most `limit`.
+  virtual void wait_first_attempt(std::chrono::milliseconds limit) = 0;
+  // Closes for good (the store is going away); answers everything waiting.
+  virtual void close() = 0;
+  virtual const endpoint& where() const = 0;
+};
+
+std::shared_ptr<connection> make_connection(boost::asio::io_context& io,
+                                            std::shared_ptr<shared_state> shared, endpoint to);
+
+// Returns the decision in a script's reply, or why there is none.
+result<decision> to_decision(const result<reply>& r, std::int64_t count);
+// Returns what a DEL's reply says of a reset.
+result<void> to_reset_result(const result<reply>& r);
+
+// Checks a key (1 to 65535 bytes).
+result<void> check_key(std::string_view key);
+// Checks a request before it goes to Redis: the key, the limit and cost, the explicit time.
+result<void> check_redis_request(const request& r);
+// Returns the script call for `r` on the Redis key `key`, with a fresh token.
+script_call make_script_call(shared_state& shared, const request& r, std::string key, bool acquire);
+
+// Blocks the calling thread until a completion runs. The stores always answer by the
+// call's deadline (or sooner), so the wait is bounded.
+template <class T>
+class waiter {
+ public:
+  std::function<void(result<T>)> completion() {
+    return [this](result<T> r) {
+      std::lock_guard lock(mu_);
+      value_.emplace(std::move(r));
+      cv_.notify_one();
+    };
+  }
+  result<T> wait() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return value_.has_value(); });
+    return std::move(*value_);
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<result<T>> value_;
+};
+
+// The error of a synchronous call made on a store's own I/O thread (from inside a
+// completion), which would wait for itself.
+error io_thread_error();
+
+}  // namespace sluice::redis
