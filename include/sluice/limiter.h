@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -71,18 +72,24 @@ struct limiter_stats {
   std::uint64_t fallbacks_allow = 0;  // decisions made by failure_mode::allow
   std::uint64_t fallbacks_deny = 0;   // decisions made by failure_mode::deny
   std::uint64_t fallbacks_local = 0;  // decisions made by failure_mode::local
-  std::uint64_t breaker_opened = 0;   // times the circuit breaker tripped open
-  breaker_state breaker = breaker_state::closed;  // now
+  // The circuit breakers, one per failure domain of the store (`limiter::breakers()`):
+  std::uint64_t breaker_opened = 0;  // times any of them tripped open (the sum)
+  // The worst state now: open if any is open, else half_open if any is, else closed.
+  breaker_state breaker = breaker_state::closed;
+  std::size_t breakers_open = 0;  // how many are not closed now (open or half_open)
+  std::size_t breakers = 1;       // how many there are (fixed for the limiter's life)
 };
 
 // Binds a store and named policies. Policies are added before the limiter is shared;
 // after that every call is thread-safe.
 //
-// Every decision asks the circuit breaker first. When it refuses, or the store fails, the
-// policy's failure mode decides at once: allow → {allowed, limit, remaining = limit, 0, 0};
-// deny → {denied, limit, 0, retry_after = reset_after = time until the breaker probes the
-// store again (at least 1 ms; 1 s while it is not open)}; local → the local memory store's
-// decision. Bad input is an error in every case, and says nothing to the breaker. Each
+// Every decision asks a circuit breaker first: the one of the key's failure domain, the
+// part of the store that holds it (`store::failure_domain`; one breaker per domain, so a
+// cluster master that is down leaves the other masters' keys alone). When it refuses, or
+// the store fails, the policy's failure mode decides at once: allow → {allowed, limit, remaining =
+// limit, 0, 0}; deny → {denied, limit, 0, retry_after = reset_after = time until the breaker probes
+// the store's domain again (at least 1 ms; 1 s while it is not open)}; local → the local memory
+// store's decision. Bad input is an error in every case, and says nothing to the breaker. Each
 // fallback is counted in `stats()` and warned about (rate-limited).
 //
 //   limiter lim{std::make_shared<memory_store>()};
@@ -110,8 +117,8 @@ class limiter {
                            std::int64_t cost = 1);
   result<decision> peek(std::string_view policy_name, std::string_view key, std::int64_t cost = 1);
   // Forgets the key in the store and in the local store. While the store fails (or the
-  // breaker is open: `errc::store_unavailable`) it returns the error: state kept there is
-  // not forgotten.
+  // breaker of the key's domain is open: `errc::store_unavailable`) it returns the error:
+  // state kept there is not forgotten.
   result<void> reset(std::string_view policy_name, std::string_view key);
 
   // The same for a policy that need not be registered (inline limits). An explicit
@@ -136,11 +143,19 @@ class limiter {
   void async_peek(const policy& p, std::string_view key, std::int64_t cost, completion done);
 
   sluice::store& store() noexcept { return *store_; }
-  const circuit_breaker& breaker() const noexcept;
+  // Returns how many circuit breakers there are: the store's `failure_domains()` when the
+  // limiter was built, clamped to [1, 1024] (a store with more shares them: domain d uses
+  // breaker d % 1024).
+  std::size_t breakers() const noexcept;
+  // Returns the breaker of failure domain `domain` (taken modulo `breakers()`, as the
+  // domains the store reports are).
+  const circuit_breaker& breaker(std::size_t domain) const noexcept;
+  // Returns domain 0's breaker: the only one for a store that fails as a whole.
+  const circuit_breaker& breaker() const noexcept { return breaker(0); }
   limiter_stats stats() const noexcept;
 
  private:
-  struct failover;  // the breaker, the local store, counters and warnings
+  struct failover;  // the breakers, the local store, counters and warnings
 
   result<decision> decide(const policy& p, std::string_view key, std::int64_t cost,
                           std::optional<std::chrono::microseconds> now, mode m);

@@ -3,11 +3,14 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstddef>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "core/text.h"
 #include "sluice/algorithms.h"
@@ -80,6 +83,9 @@ std::string_view consequence(failure_mode m) {
 
 constexpr std::int64_t kNever = std::numeric_limits<std::int64_t>::min();
 
+// The most circuit breakers a limiter keeps; a store with more failure domains shares them.
+constexpr std::size_t kMaxBreakers = 1024;
+
 }  // namespace
 
 result<failure_mode> parse_failure_mode(std::string_view name) {
@@ -103,15 +109,36 @@ std::string_view to_string(failure_mode m) noexcept {
 }
 
 // What the limiter needs when the store fails, on the heap so that it stays put while
-// async completions point at it. Thread-safe.
+// async completions point at it and at its domains. Thread-safe.
 struct limiter::failover {
+  // One part of the store that fails on its own: its breaker, and its last error for the
+  // warnings while that breaker is open. Never moves once built.
+  struct domain {
+    domain(std::size_t i, const breaker_options& o, const clock& c) : index(i), breaker(o, c) {}
+
+    const std::size_t index;
+    circuit_breaker breaker;
+    std::mutex last_error_mu;
+    std::string last_error;  // the last store failure here
+  };
+
   failover(const limiter_options& o, sluice::store* s)
       : time(o.time_source != nullptr ? o.time_source : &system_clock()),
         remote(s),
-        breaker(o.breaker, *time),
+        domains(make_domains(o, *s, *time)),
+        single(domains.size() == 1),
         local(local_options(o, *time)),
         warn(o.warn),
         warn_interval(std::chrono::duration_cast<microseconds>(o.warn_interval).count()) {}
+
+  static std::vector<std::unique_ptr<domain>> make_domains(const limiter_options& o,
+                                                           const sluice::store& s, const clock& c) {
+    const std::size_t n = std::clamp<std::size_t>(s.failure_domains(), 1, kMaxBreakers);
+    std::vector<std::unique_ptr<domain>> out;
+    out.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) out.push_back(std::make_unique<domain>(i, o.breaker, c));
+    return out;
+  }
 
   static memory_store_options local_options(const limiter_options& o, const clock& c) {
     memory_store_options l = o.local;
@@ -119,31 +146,40 @@ struct limiter::failover {
     return l;
   }
 
+  // Returns the domain that holds `store_key` now. A store with one domain is not asked; a
+  // domain out of range (a store that breaks its contract) folds back into range.
+  domain& domain_of(std::string_view store_key) const noexcept {
+    if (single) return *domains.front();
+    const std::size_t d = remote->failure_domain(store_key);
+    return *domains[d < domains.size() ? d : d % domains.size()];
+  }
+
   void count(const decision& d) noexcept {
     (d.allowed ? allowed : denied).fetch_add(1, std::memory_order_relaxed);
   }
 
-  // Records a failed store call: counts it, tells the breaker, keeps the message for the
-  // warnings that follow while the breaker is open.
-  void store_failed(const error& e) {
+  // Records a failed store call in `d`: counts it, tells the breaker, keeps the message for
+  // the warnings that follow while the breaker is open.
+  void store_failed(domain& d, const error& e) {
     store_errors.fetch_add(1, std::memory_order_relaxed);
-    breaker.on_failure();
+    d.breaker.on_failure();
     if (warn) {
       std::string text = describe_error(e);
-      const std::lock_guard lock(last_error_mu);
-      last_error = std::move(text);
+      const std::lock_guard lock(d.last_error_mu);
+      d.last_error = std::move(text);
     }
   }
 
-  // Returns how long a denied caller should wait: until the breaker lets a probe through.
-  microseconds deny_wait() const noexcept {
-    if (breaker.state() != breaker_state::open) return std::chrono::seconds(1);
-    return std::max<microseconds>(breaker.next_probe_in(), std::chrono::milliseconds(1));
+  // Returns how long a denied caller should wait: until `d`'s breaker lets a probe through.
+  static microseconds deny_wait(const domain& d) noexcept {
+    if (d.breaker.state() != breaker_state::open) return std::chrono::seconds(1);
+    return std::max<microseconds>(d.breaker.next_probe_in(), std::chrono::milliseconds(1));
   }
 
   // Returns the failure mode's decision for `r`, or the error of bad input. `cause` is the
-  // store's error, or null when the breaker kept the store out of the call.
-  result<decision> fall_back(const policy& p, const request& r, mode m, const error* cause) {
+  // store's error, or null when the breaker of `dom` kept the store out of the call.
+  result<decision> fall_back(domain& dom, const policy& p, const request& r, mode m,
+                             const error* cause) {
     const microseconds now = r.now ? *r.now : time->now();
     if (auto ok = check_request(r.limit, r.cost, now); !ok) return ok.error();
     decision d;
@@ -153,7 +189,7 @@ struct limiter::failover {
         fallbacks_allow.fetch_add(1, std::memory_order_relaxed);
         break;
       case failure_mode::deny: {
-        const microseconds wait = deny_wait();
+        const microseconds wait = deny_wait(dom);
         d = {false, r.limit.count, 0, wait, wait};
         fallbacks_deny.fetch_add(1, std::memory_order_relaxed);
         break;
@@ -167,27 +203,40 @@ struct limiter::failover {
       }
     }
     count(d);
-    warn_about(p, cause);
+    warn_about(dom, p, cause);
     return d;
   }
 
-  // Settles a store call's result: tells the breaker, and falls back on a store failure.
-  result<decision> settle(const policy& p, const request& r, mode m, result<decision> got) {
+  // Settles a store call's result: tells the breaker of `dom` (the one that let the call
+  // through), and falls back on a store failure.
+  result<decision> settle(domain& dom, const policy& p, const request& r, mode m,
+                          result<decision> got) {
     if (got) {
-      breaker.on_success();
+      dom.breaker.on_success();
       count(*got);
       return got;
     }
     if (!is_store_failure(got.error().code)) {
-      breaker.on_abandoned();
+      dom.breaker.on_abandoned();
       return got;
     }
-    store_failed(got.error());
-    return fall_back(p, r, m, &got.error());
+    store_failed(dom, got.error());
+    return fall_back(dom, p, r, m, &got.error());
   }
 
-  // Calls `warn` when the last warning is `warn_interval` old, else counts the event.
-  void warn_about(const policy& p, const error* cause) {
+  // Returns "store URI", with the failure domain when the store has more than one.
+  std::string store_name(const domain& d) const {
+    std::string out = "store " + remote->describe();
+    if (!single) {
+      out += " (failure domain " + std::to_string(d.index) + " of " +
+             std::to_string(domains.size()) + ")";
+    }
+    return out;
+  }
+
+  // Calls `warn` when the last warning is `warn_interval` old, else counts the event. One
+  // interval for all domains: a cluster losing a master warns once, not once per master.
+  void warn_about(domain& dom, const policy& p, const error* cause) {
     if (!warn) return;
     const std::int64_t now = time->now().count();
     std::int64_t last = last_warn_at.load(std::memory_order_relaxed);
@@ -202,14 +251,14 @@ struct limiter::failover {
     }
     const std::uint64_t quiet = suppressed.exchange(0, std::memory_order_relaxed);
 
-    std::string text = "sluice: store " + remote->describe();
+    std::string text = "sluice: " + store_name(dom);
     if (cause != nullptr) {
       text += " failed: " + describe_error(*cause);
     } else {
       text += " not called: circuit breaker ";
-      text += to_string(breaker.state());
-      const std::lock_guard lock(last_error_mu);
-      if (!last_error.empty()) text += " after: " + last_error;
+      text += to_string(dom.breaker.state());
+      const std::lock_guard lock(dom.last_error_mu);
+      if (!dom.last_error.empty()) text += " after: " + dom.last_error;
     }
     text += "; policy ";
     text += p.name.empty() ? std::string("(inline)") : quote(p.name);
@@ -221,7 +270,9 @@ struct limiter::failover {
 
   const clock* time;
   sluice::store* remote;
-  circuit_breaker breaker;
+  // Sized once, never resized: completions in flight point at the domains.
+  const std::vector<std::unique_ptr<domain>> domains;
+  const bool single;  // one domain: `failure_domain` is not called
   memory_store local;
   const std::function<void(std::string_view)> warn;
   const std::int64_t warn_interval;  // µs
@@ -236,8 +287,6 @@ struct limiter::failover {
 
   std::atomic<std::int64_t> last_warn_at{kNever};  // µs
   std::atomic<std::uint64_t> suppressed{0};        // events not warned about since then
-  std::mutex last_error_mu;
-  std::string last_error;  // the last store failure, for warnings while the breaker is open
 };
 
 limiter::limiter(limiter_options options)
@@ -255,7 +304,12 @@ limiter::~limiter() = default;
 limiter::limiter(limiter&&) noexcept = default;
 limiter& limiter::operator=(limiter&&) noexcept = default;
 
-const circuit_breaker& limiter::breaker() const noexcept { return failover_->breaker; }
+std::size_t limiter::breakers() const noexcept { return failover_->domains.size(); }
+
+const circuit_breaker& limiter::breaker(std::size_t domain) const noexcept {
+  const auto& d = failover_->domains;
+  return d[domain % d.size()]->breaker;
+}
 
 limiter_stats limiter::stats() const noexcept {
   const failover& f = *failover_;
@@ -267,8 +321,17 @@ limiter_stats limiter::stats() const noexcept {
   s.fallbacks_allow = f.fallbacks_allow.load(std::memory_order_relaxed);
   s.fallbacks_deny = f.fallbacks_deny.load(std::memory_order_relaxed);
   s.fallbacks_local = f.fallbacks_local.load(std::memory_order_relaxed);
-  s.breaker_opened = f.breaker.stats().opened;
-  s.breaker = f.breaker.state();
+  s.breakers = f.domains.size();
+  bool half_open = false;
+  for (const auto& d : f.domains) {
+    s.breaker_opened += d->breaker.stats().opened;
+    const breaker_state state = d->breaker.state();
+    if (state == breaker_state::closed) continue;
+    ++s.breakers_open;
+    half_open = half_open || state == breaker_state::half_open;
+    if (state == breaker_state::open) s.breaker = breaker_state::open;
+  }
+  if (s.breaker != breaker_state::open && half_open) s.breaker = breaker_state::half_open;
   return s;
 }
 
@@ -319,8 +382,9 @@ result<decision> limiter::decide(const policy& p, std::string_view key, std::int
   const scoped_key k(p.name, key);
   const request r{k.view(), p.limit, p.algorithm, cost, now};
   failover& f = *failover_;
-  if (!f.breaker.allow()) return f.fall_back(p, r, m, nullptr);
-  return f.settle(p, r, m, m == mode::acquire ? store_->acquire(r) : store_->peek(r));
+  failover::domain& d = f.domain_of(r.key);
+  if (!d.breaker.allow()) return f.fall_back(d, p, r, m, nullptr);
+  return f.settle(d, p, r, m, m == mode::acquire ? store_->acquire(r) : store_->peek(r));
 }
 
 void limiter::async_decide(const policy& p, std::string_view key, std::int64_t cost, mode m,
@@ -329,14 +393,17 @@ void limiter::async_decide(const policy& p, std::string_view key, std::int64_t c
   const scoped_key k(p.name, key);
   const request r{k.view(), p.limit, p.algorithm, cost, {}};
   failover* f = failover_.get();
-  if (!f->breaker.allow()) return done(f->fall_back(p, r, m, nullptr));
+  failover::domain* d = &f->domain_of(r.key);
+  if (!d->breaker.allow()) return done(f->fall_back(*d, p, r, m, nullptr));
   // The store may complete after this frame is gone. Only the local fallback needs the key
   // then; allow and deny decide from the limit alone.
   std::string owned = p.on_failure == failure_mode::local ? std::string(k.view()) : std::string();
-  completion settle = [f, pp = &p, cost, m, owned = std::move(owned),
+  // The result goes to the breaker that let the call through, even if the key has moved to
+  // another domain by then.
+  completion settle = [f, d, pp = &p, cost, m, owned = std::move(owned),
                        done = std::move(done)](result<decision> got) {
     const request later{owned, pp->limit, pp->algorithm, cost, {}};
-    done(f->settle(*pp, later, m, std::move(got)));
+    done(f->settle(*d, *pp, later, m, std::move(got)));
   };
   if (m == mode::acquire) {
     store_->async_acquire(r, std::move(settle));
@@ -361,17 +428,18 @@ result<void> limiter::reset(const policy& p, std::string_view key) {
   failover& f = *failover_;
   // State the local store kept through an outage goes too (a key too long for it has none).
   (void)f.local.reset(k.view());
-  if (!f.breaker.allow()) {
+  failover::domain& d = f.domain_of(k.view());
+  if (!d.breaker.allow()) {
     return make_error(errc::store_unavailable,
-                      "store " + store_->describe() + " not called: circuit breaker open");
+                      f.store_name(d) + " not called: circuit breaker open");
   }
   result<void> r = store_->reset(k.view());
   if (r) {
-    f.breaker.on_success();
+    d.breaker.on_success();
   } else if (is_store_failure(r.error().code)) {
-    f.store_failed(r.error());
+    f.store_failed(d, r.error());
   } else {
-    f.breaker.on_abandoned();
+    d.breaker.on_abandoned();
   }
   return r;
 }

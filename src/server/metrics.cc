@@ -151,9 +151,17 @@ std::string metrics::render(const limiter_stats& stats) const {
   sample(out, "sluice_fallbacks_total", "mode=\"deny\"", stats.fallbacks_deny);
   sample(out, "sluice_fallbacks_total", "mode=\"local\"", stats.fallbacks_local);
   header(out, "sluice_breaker_state", "gauge",
-         "The store's circuit breaker: 0 closed, 1 open, 2 half_open.");
+         "The worst of the store's circuit breakers (one per failure domain): 0 closed, 1 open "
+         "(any is open), 2 half_open (none open, some probing).");
   sample(out, "sluice_breaker_state", "", static_cast<std::uint64_t>(stats.breaker));
-  header(out, "sluice_breaker_opened_total", "counter", "Times the circuit breaker opened.");
+  header(out, "sluice_breakers", "gauge",
+         "Circuit breakers: one per failure domain of the store (a cluster's masters).");
+  sample(out, "sluice_breakers", "", stats.breakers);
+  header(out, "sluice_breakers_open", "gauge",
+         "Circuit breakers that are not closed (open or half_open).");
+  sample(out, "sluice_breakers_open", "", stats.breakers_open);
+  header(out, "sluice_breaker_opened_total", "counter",
+         "Times a circuit breaker opened, summed over the failure domains.");
   sample(out, "sluice_breaker_opened_total", "", stats.breaker_opened);
 
   header(out, "sluice_http_requests_total", "counter", "HTTP responses by route and status.");

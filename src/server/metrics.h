@@ -74,10 +74,11 @@ class metrics {
   std::uint64_t requests(route r, unsigned status) const noexcept;
 
   // Returns every metric in the text format, with the limiter's counters (`stats`) for store
-  // errors, fallbacks and the breaker:
+  // errors, fallbacks and the breakers (one per failure domain of the store):
   //   sluice_decisions_total{policy,outcome}      sluice_store_errors_total
-  //   sluice_fallbacks_total{mode}                sluice_breaker_state (0 closed, 1 open,
-  //   sluice_breaker_opened_total                                       2 half_open)
+  //   sluice_fallbacks_total{mode}                sluice_breaker_opened_total (sum)
+  //   sluice_breaker_state (the worst: 0 closed, 1 open, 2 half_open; open is worst)
+  //   sluice_breakers                             sluice_breakers_open (not closed)
   //   sluice_http_requests_total{route,code}      sluice_request_duration_seconds{route}
   //   sluice_open_connections                     sluice_connections_refused_total
   std::string render(const limiter_stats& stats) const;

@@ -45,8 +45,9 @@ TEST(Metrics, DecisionsByPolicyAndOutcome) {
 }
 
 TEST(Metrics, LimiterCountersAndBreaker) {
-  // Verifies that store errors, fallbacks by mode and the breaker come from the limiter's
-  // stats, the breaker state as 0/1/2.
+  // Verifies that store errors, fallbacks by mode and the breakers come from the limiter's
+  // stats: the worst breaker state as 0/1/2, how many breakers there are and how many are
+  // not closed.
   metrics m({});
   limiter_stats s;
   s.store_errors = 7;
@@ -55,6 +56,8 @@ TEST(Metrics, LimiterCountersAndBreaker) {
   s.fallbacks_local = 3;
   s.breaker_opened = 4;
   s.breaker = sluice::breaker_state::half_open;
+  s.breakers = 64;
+  s.breakers_open = 3;
   const std::string text = m.render(s);
   EXPECT_TRUE(has_line(text, "sluice_store_errors_total 7"));
   EXPECT_TRUE(has_line(text, R"(sluice_fallbacks_total{mode="allow"} 1)"));
@@ -62,6 +65,9 @@ TEST(Metrics, LimiterCountersAndBreaker) {
   EXPECT_TRUE(has_line(text, R"(sluice_fallbacks_total{mode="local"} 3)"));
   EXPECT_TRUE(has_line(text, "sluice_breaker_opened_total 4"));
   EXPECT_TRUE(has_line(text, "sluice_breaker_state 2"));
+  EXPECT_TRUE(has_line(text, "sluice_breakers 64"));
+  EXPECT_TRUE(has_line(text, "sluice_breakers_open 3"));
+  EXPECT_TRUE(has_line(text, "# TYPE sluice_breakers_open gauge"));
   s.breaker = sluice::breaker_state::open;
   EXPECT_TRUE(has_line(m.render(s), "sluice_breaker_state 1"));
 }
