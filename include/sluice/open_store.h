@@ -14,9 +14,10 @@ namespace sluice {
 //   memory://[?shards=64&max_keys=10000000&max_key_length=1024]
 //   redis://[user:password@]host[:port][/db][?timeout=50ms&pool=2&prefix=sluice...]
 //   rediss://...  (TLS)   unix:///path/to/redis.sock[?db=0...]
-// (see parse_redis_uri for every Redis option). `c` is the memory store's clock and must
-// outlive it; Redis stores use the server's clock. Fails with `errc::invalid_store_uri`
-// naming the problem, or `errc::unsupported_store` for another scheme.
+//   redis+cluster://host:port[,host:port...][?...]   rediss+cluster://...  (TLS)
+// (see parse_redis_uri and parse_redis_cluster_uri for every option). `c` is the memory
+// store's clock and must outlive it; Redis stores use the server's clock. Fails with
+// `errc::invalid_store_uri` naming the problem (an unknown scheme too).
 result<std::shared_ptr<store>> open_store(std::string_view uri, const clock& c = system_clock());
 
 }  // namespace sluice

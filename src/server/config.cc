@@ -5,7 +5,7 @@
 //
 //   listen: 127.0.0.1:8080        # host:port, [v6]:port; port 0 picks a free one
 //   io_threads: 0                 # 0: one per core
-//   store: memory://              # or redis://..., rediss://..., unix://... (see open_store)
+//   store: memory://              # or redis://, rediss://, unix://, redis+cluster:// (see open_store)
 //   breaker: {failures_to_open: 5, open_for: 1s, max_open_for: 30s}
 //   warn_interval: 10s
 //   limits: {max_connections: 10000, max_body_bytes: 16384, max_key_bytes: 1024,
@@ -48,6 +48,7 @@
 
 #include "core/text.h"
 #include "sluice/open_store.h"
+#include "sluice/redis_cluster_store.h"
 #include "sluice/redis_store.h"
 
 namespace sluice::server {
@@ -414,15 +415,15 @@ class reader {
       if (auto o = parse_redis_uri(uri); !o) fail(e, path, o.error());
       return;
     }
-    if (scheme == "redis+cluster") {
-      fail(e, path, "redis+cluster:// is not available yet; use redis:// or memory://",
-           make_error_code(errc::unsupported_store));
+    if (scheme == "redis+cluster" || scheme == "rediss+cluster") {
+      if (auto o = parse_redis_cluster_uri(uri); !o) fail(e, path, o.error());
+      return;
     }
     // Only the scheme is shown: the rest of a URI may hold a password.
     fail(e, path,
          (sep == std::string_view::npos ? std::string("expected SCHEME://...")
                                         : "unknown scheme " + quote(scheme)) +
-             "; use memory://, redis://, rediss:// or unix://",
+             "; use memory://, redis://, rediss://, unix:// or redis+cluster://",
          make_error_code(errc::invalid_store_uri));
   }
 

@@ -18,6 +18,7 @@
 #include "server/http_server.h"
 #include "server/metrics.h"
 #include "sluice/open_store.h"
+#include "sluice/redis_cluster_store.h"
 #include "sluice/redis_store.h"
 
 namespace sluice::server {
@@ -70,8 +71,11 @@ service::service(const server_config& config, bool handle_signals) : config_(con
   }
   std::shared_ptr<store> s = std::move(*opened);
   handler_hooks hooks;
+  // The limiter owns the store, and outlives the handler.
   if (const auto* redis = dynamic_cast<const redis_store*>(s.get())) {
-    hooks.ready = [redis] { return redis->ready(); };  // the limiter owns the store
+    hooks.ready = [redis] { return redis->ready(); };
+  } else if (const auto* cluster = dynamic_cast<const redis_cluster_store*>(s.get())) {
+    hooks.ready = [cluster] { return cluster->ready(); };
   }
   limiter_ = make_limiter(config_, std::move(s),
                           [](std::string_view message) { spdlog::warn("{}", message); });

@@ -379,16 +379,18 @@ TEST(Config, StoreUris) {
             "to 65535");  // parse_redis_uri hides the URI: it may hold a password
   e = bad(std::string(kPolicies) + "store: mongo://db\n");
   EXPECT_EQ(e.message(),
-            "t.yaml:2: store: unknown scheme \"mongo\"; use memory://, redis://, rediss:// or "
-            "unix://");
+            "t.yaml:2: store: unknown scheme \"mongo\"; use memory://, redis://, rediss://, "
+            "unix:// or redis+cluster://");
   EXPECT_EQ(
       message(std::string(kPolicies) + "store: localhost:6379\n"),
-      "t.yaml:2: store: expected SCHEME://...; use memory://, redis://, rediss:// or unix://");
+      "t.yaml:2: store: expected SCHEME://...; use memory://, redis://, rediss://, unix:// or "
+      "redis+cluster://");
   e = bad(std::string(kPolicies) + "store: memory://?shards=0\n");
   EXPECT_EQ(e.message(),
             "t.yaml:2: store: store \"memory://?shards=0\": shards must be between 1 and 4096");
-  e = bad(std::string(kPolicies) + "store: redis+cluster://a:1,b:2\n");
-  EXPECT_EQ(e.code, errc::unsupported_store);
+  e = bad(std::string(kPolicies) + "store: redis+cluster://a:1,b:2/4\n");
+  EXPECT_EQ(e.code, errc::invalid_store_uri);
+  EXPECT_NE(e.message().find("only database 0"), std::string::npos) << e.message();
   e = bad(std::string(kPolicies) + "store: redis://h:1?colour=red\n");
   EXPECT_EQ(e.code, errc::invalid_store_uri);
 }
