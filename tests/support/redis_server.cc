@@ -210,26 +210,27 @@ std::string encode_command(const std::vector<std::string>& args) {
   return out;
 }
 
-std::string printable(const redisReply* r) {
+redis_reply tree(const redisReply* r) {
+  redis_reply out;
   switch (r->type) {
     case REDIS_REPLY_STRING:
     case REDIS_REPLY_STATUS:
-      return std::string(r->str, r->len);
+      out.text.assign(r->str, r->len);
+      break;
     case REDIS_REPLY_ERROR:
-      return "(error) " + std::string(r->str, r->len);
+      out.text = "(error) " + std::string(r->str, r->len);
+      break;
     case REDIS_REPLY_INTEGER:
-      return std::to_string(r->integer);
-    case REDIS_REPLY_ARRAY: {
-      std::string out = "[";
-      for (std::size_t i = 0; i < r->elements; ++i) {
-        if (i > 0) out += ", ";
-        out += printable(r->element[i]);
-      }
-      return out + "]";
-    }
+      out.text = std::to_string(r->integer);
+      break;
+    case REDIS_REPLY_ARRAY:
+      out.array = true;
+      for (std::size_t i = 0; i < r->elements; ++i) out.elements.push_back(tree(r->element[i]));
+      break;
     default:
-      return "(nil)";
+      out.text = "(nil)";
   }
+  return out;
 }
 
 std::string openssl_errors() {
@@ -320,17 +321,17 @@ class session {
     }
   }
 
-  // Returns the next reply, printable().
-  std::string receive() {
+  // Returns the next reply.
+  redis_reply receive() {
     for (;;) {
       void* reply = nullptr;
       if (redisReaderGetReply(reader_.get(), &reply) != REDIS_OK) {
         fail(std::string("malformed reply: ") + reader_->errstr);
       }
       if (reply != nullptr) {
-        std::string text = printable(static_cast<redisReply*>(reply));
+        redis_reply out = tree(static_cast<redisReply*>(reply));
         freeReplyObject(reply);
-        return text;
+        return out;
       }
       char buf[16384];
       if (ssl_ != nullptr) {
@@ -430,6 +431,34 @@ std::filesystem::path make_temp_dir() {
 
 }  // namespace
 
+// ---- one session of commands --------------------------------------------------------------
+
+std::string printable(const redis_reply& reply) {
+  if (!reply.array) return reply.text;
+  std::string out = "[";
+  for (std::size_t i = 0; i < reply.elements.size(); ++i) {
+    if (i > 0) out += ", ";
+    out += printable(reply.elements[i]);
+  }
+  return out + "]";
+}
+
+std::vector<redis_reply> send_commands(const redis_endpoint& to,
+                                       const std::vector<std::vector<std::string>>& list) {
+  session s(to.port, to.ca_file, steady_clock::now() + to.timeout);
+  std::string out = to.auth.empty() ? std::string() : encode_command(to.auth);
+  for (const auto& args : list) out += encode_command(args);
+  s.send(out);
+  if (!to.auth.empty()) {
+    if (const redis_reply reply = s.receive(); printable(reply) != "OK") {
+      fail("AUTH failed: " + printable(reply));
+    }
+  }
+  std::vector<redis_reply> replies;
+  for (std::size_t i = 0; i < list.size(); ++i) replies.push_back(s.receive());
+  return replies;
+}
+
 // ---- redis_server ------------------------------------------------------------------------
 
 redis_server::redis_server(redis_server_options options)
@@ -524,30 +553,22 @@ std::string redis_server::command(const std::vector<std::string>& args) const {
 std::vector<std::string> redis_server::commands(
     const std::vector<std::vector<std::string>>& list,
     const redis_session_options& session_options) const {
-  const std::string where = "redis_server " + uri() + ": ";
-  try {
-    session s(port_, options_.tls ? ca_file() : std::filesystem::path(),
-              steady_clock::now() + session_options.timeout);
-    std::string out;
-    bool auth = false;
-    if (session_options.authenticate && !options_.acl_user.empty()) {
-      out = encode_command({"AUTH", options_.acl_user, options_.acl_password});
-      auth = true;
-    } else if (session_options.authenticate && !options_.password.empty()) {
-      out = encode_command({"AUTH", options_.password});
-      auth = true;
-    }
-    for (const auto& args : list) out += encode_command(args);
-    s.send(out);
-    if (auth) {
-      if (const std::string reply = s.receive(); reply != "OK") fail("AUTH failed: " + reply);
-    }
-    std::vector<std::string> replies;
-    for (std::size_t i = 0; i < list.size(); ++i) replies.push_back(s.receive());
-    return replies;
-  } catch (const std::runtime_error& e) {
-    fail(where + e.what());
+  redis_endpoint to;
+  to.port = port_;
+  if (options_.tls) to.ca_file = ca_file();
+  if (session_options.authenticate && !options_.acl_user.empty()) {
+    to.auth = {"AUTH", options_.acl_user, options_.acl_password};
+  } else if (session_options.authenticate && !options_.password.empty()) {
+    to.auth = {"AUTH", options_.password};
   }
+  to.timeout = session_options.timeout;
+  std::vector<std::string> replies;
+  try {
+    for (const redis_reply& r : send_commands(to, list)) replies.push_back(printable(r));
+  } catch (const std::runtime_error& e) {
+    fail("redis_server " + uri() + ": " + e.what());
+  }
+  return replies;
 }
 
 void redis_server::make_tls_files() const {

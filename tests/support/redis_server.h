@@ -127,6 +127,39 @@ class redis_server {
   pid_t pid_ = 0;
 };
 
+// One reply, as a tree. Arrays have `array` and their `elements`; any other reply is `text`,
+// as redis_server::command() prints it: a status or bulk string as it is, an integer in
+// decimal, "(nil)", "(error) <message>".
+struct redis_reply {
+  bool array = false;
+  std::string text;
+  std::vector<redis_reply> elements;
+};
+
+// Returns `reply` as redis_server::command() prints it: arrays as "[a, b, [c]]".
+std::string printable(const redis_reply& reply);
+
+// Where send_commands() goes, and how.
+struct redis_endpoint {
+  // The server's port on 127.0.0.1.
+  std::uint16_t port = 0;
+  // Speak TLS and verify the server (as 127.0.0.1) against this CA; plain when empty.
+  std::filesystem::path ca_file;
+  // A command sent first, e.g. {"AUTH", "user", "password"}, that has to answer OK; none
+  // when empty.
+  std::vector<std::string> auth;
+  // Deadline of the whole session: connect, TLS handshake, every command.
+  std::chrono::milliseconds timeout = std::chrono::seconds(5);
+};
+
+// Returns the replies to `list`, sent pipelined on one fresh connection, in order. Throws
+// std::runtime_error when the server cannot be reached, refuses `auth` ("AUTH failed: ..."),
+// or has not answered by the deadline. Thread-safe.
+//   send_commands(redis_endpoint{.port = 6379, .ca_file = {}, .auth = {}},
+//                 {{"CLUSTER", "SLOTS"}}).front().elements  // one element a slot range
+std::vector<redis_reply> send_commands(const redis_endpoint& to,
+                                       const std::vector<std::vector<std::string>>& list);
+
 // What a fake_resp_server does with a connection.
 enum class fake_resp_behaviour {
   reply_to_each_read,     // sends the reply after every read, until the client closes
