@@ -56,3 +56,12 @@ target_link_libraries(redis_failure_test PRIVATE sluice_test_support)
 sluice_gtest(reference_compat_test ${CMAKE_CURRENT_SOURCE_DIR}/store/redis/reference_compat_test.cc)
 target_link_libraries(reference_compat_test PRIVATE sluice_test_support
   nlohmann_json::nlohmann_json)
+
+# The Redis Cluster store against real 3-master / 3-replica clusters (scripts/redis-cluster.sh).
+# One cluster at a time: six servers each, and failover timing wants the CPU.
+add_executable(cluster_test ${CMAKE_CURRENT_SOURCE_DIR}/store/redis/cluster_test.cc)
+target_include_directories(cluster_test PRIVATE ${PROJECT_SOURCE_DIR}/src ${CMAKE_CURRENT_SOURCE_DIR})
+target_link_libraries(cluster_test PRIVATE sluice::redis sluice_test_support GTest::gtest
+  GTest::gtest_main sluice_warnings)
+gtest_discover_tests(cluster_test DISCOVERY_MODE PRE_TEST DISCOVERY_TIMEOUT 60
+  PROPERTIES RESOURCE_LOCK redis_cluster TIMEOUT 240 LABELS redis)

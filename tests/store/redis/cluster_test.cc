@@ -1,0 +1,416 @@
+// The Redis Cluster store against a real 3-master / 3-replica cluster on loopback ports
+// (scripts/redis-cluster.sh, through tests/support/redis_cluster.h). Each test starts its
+// own cluster; ctest runs them one at a time (RESOURCE_LOCK redis_cluster).
+#include "sluice/redis_cluster_store.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sluice/limiter.h"
+#include "sluice/memory_store.h"
+#include "support/redis_cluster.h"
+#include "support/test_util.h"
+
+namespace sluice {
+namespace {
+
+using namespace std::chrono_literals;
+using std::chrono::microseconds;
+using steady = std::chrono::steady_clock;
+using test::redis_cluster;
+
+constexpr algorithm kAlgorithms[] = {algorithm::sliding_log, algorithm::sliding_counter,
+                                     algorithm::gcra};
+
+redis_cluster_options options_for(const redis_cluster& cluster,
+                                  std::chrono::milliseconds timeout = 1000ms) {
+  auto o = parse_redis_cluster_uri(cluster.uri());
+  EXPECT_TRUE(o) << o.error().message();
+  o->connection.timeout = timeout;  // generous: sanitizer builds on a busy machine are slow
+  o->connection.reconnect_min = 5ms;
+  o->connection.reconnect_max = 100ms;
+  return *o;
+}
+
+request req(std::string_view key, std::int64_t count, microseconds window, algorithm a,
+            std::int64_t cost = 1, std::optional<microseconds> now = {}) {
+  return request{key, limit{count, window}, a, cost, now};
+}
+
+// Returns `n` keys (`<stem><i>`) whose slots the master on `port` serves.
+std::vector<std::string> keys_on(const redis_cluster& cluster, const redis_cluster_store& store,
+                                 std::uint16_t port, std::size_t n, const std::string& stem) {
+  std::vector<std::string> out;
+  std::map<int, std::uint16_t> owner;
+  for (int i = 0; out.size() < n && i < 100000; ++i) {
+    std::string key = stem + std::to_string(i);
+    const int slot = store.slot_of(key);
+    if (!owner.contains(slot)) owner[slot] = cluster.master_of_slot(slot);
+    if (owner[slot] == port) out.push_back(std::move(key));
+  }
+  return out;
+}
+
+// Verifies that random sequences with explicit times get exactly the memory store's
+// decisions on the cluster, for every algorithm (the conformance suite of the single Redis).
+TEST(ClusterStore, ConformsToTheMemoryStore) {
+  redis_cluster cluster;
+  redis_cluster_store redis(options_for(cluster));
+  memory_store memory;
+  std::mt19937_64 rng(2024);
+  int compared = 0;
+  for (int k = 0; k < 90; ++k) {
+    const algorithm a = kAlgorithms[k % 3];
+    const std::string key = "conf:" + std::to_string(k);
+    const std::int64_t count = std::vector<std::int64_t>{1, 3, 10, 100}[rng() % 4];
+    const microseconds window{std::vector<std::int64_t>{1000, 1000000, 3600000000}[rng() % 3]};
+    std::int64_t now = k % 2 == 0 ? 1'800'000'000'000'000 : 0;
+    for (int i = 0; i < 25; ++i) {
+      now += static_cast<std::int64_t>(rng() % (window.count() / 3 + 1));
+      const std::int64_t cost = 1 + static_cast<std::int64_t>(rng() % count);
+      const request r = req(key, count, window, a, cost, microseconds{now});
+      const bool peek = rng() % 3 == 0;
+      auto from_redis = peek ? redis.peek(r) : redis.acquire(r);
+      auto from_memory = peek ? memory.peek(r) : memory.acquire(r);
+      ASSERT_TRUE(from_redis) << from_redis.error().message();
+      ASSERT_TRUE(from_memory);
+      ASSERT_EQ(*from_redis, *from_memory) << to_string(a) << " key " << key << " step " << i;
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, 90 * 25);
+  EXPECT_EQ(redis.stats().errors, 0u);
+}
+
+// Verifies that 1,000 acquires racing on one key from 8 threads over 2 connections per
+// master admit exactly the limit, for every algorithm.
+TEST(ClusterStore, ExactUnderConcurrency) {
+  redis_cluster cluster;
+  auto o = options_for(cluster);
+  o.connection.pool = 2;
+  redis_cluster_store redis(o);
+  for (const algorithm a : kAlgorithms) {
+    const std::string key = "race:" + std::string(to_string(a));
+    std::atomic<int> admitted{0}, failed{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t) {
+      threads.emplace_back([&] {
+        for (int i = 0; i < 125; ++i) {
+          auto d = redis.acquire(req(key, 100, 3600s, a));
+          if (!d) {
+            ++failed;
+          } else if (d->allowed) {
+            ++admitted;
+          }
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(failed.load(), 0) << to_string(a);
+    EXPECT_EQ(admitted.load(), 100) << to_string(a);
+  }
+}
+
+// Verifies that keys land on every master, each on the master Redis itself says serves its
+// slot (CLUSTER KEYSLOT agrees with the store's own hashing), under `<prefix>:{<key>}`.
+TEST(ClusterStore, KeysSpreadOverEveryMaster) {
+  redis_cluster cluster;
+  redis_cluster_store redis(options_for(cluster));
+  const auto masters = cluster.masters();
+  ASSERT_EQ(masters.size(), 3u);
+  constexpr int kKeys = 300;
+  for (int i = 0; i < kKeys; ++i) {
+    const std::string key = "spread:" + std::to_string(i);
+    ASSERT_TRUE(redis.acquire(req(key, 5, 60s, kAlgorithms[i % 3])));
+    const std::string full = redis.redis_key(key);
+    ASSERT_EQ(full, "sluice:{" + key + "}");
+    if (i % 10 == 0) {  // a sample: each check is a round trip of its own
+      const int slot = redis.slot_of(key);
+      EXPECT_EQ(cluster.keyslot(full), slot) << full;
+      EXPECT_EQ(cluster.command(cluster.master_of_slot(slot), {"EXISTS", full}), "1") << full;
+    }
+  }
+  long long total = 0;
+  for (const auto& m : masters) {
+    const long long n = std::stoll(cluster.command(m.port, {"DBSIZE"}));
+    EXPECT_GT(n, kKeys / 6) << "master " << m.port << " holds too few keys";
+    total += n;
+  }
+  EXPECT_EQ(total, kKeys);
+  const auto s = redis.stats();
+  EXPECT_EQ(s.masters, 3u);
+  EXPECT_EQ(s.slots_served, 16384u);
+  EXPECT_EQ(redis.failure_domains(), 65u);
+  // Keys of different masters are in different failure domains.
+  std::map<std::uint16_t, std::size_t> domain_of_master;
+  for (int i = 0; i < 60; ++i) {
+    const std::string key = "spread:" + std::to_string(i);
+    const std::uint16_t port = cluster.master_of_slot(redis.slot_of(key));
+    const std::size_t domain = redis.failure_domain(key);
+    EXPECT_GT(domain, 0u);
+    EXPECT_LT(domain, redis.failure_domains());
+    const auto [it, fresh] = domain_of_master.emplace(port, domain);
+    EXPECT_EQ(it->second, domain) << "one master, two domains";
+  }
+  EXPECT_EQ(domain_of_master.size(), 3u);
+}
+
+// Verifies that `hash_tag=0` keeps the reference limiter's layout: the sliding_log of
+// `chat:u1` is the sorted set `chrysopedia:ratelimit:chat:u1`, on the master of that
+// key's own slot, and reset deletes it there.
+TEST(ClusterStore, ReferenceLayoutWithoutHashTag) {
+  redis_cluster cluster;
+  auto o = options_for(cluster);
+  o.hash_tag = false;
+  o.connection.key_prefix = "chrysopedia:ratelimit";
+  redis_cluster_store redis(o);
+  const std::string full = "chrysopedia:ratelimit:chat:u1";
+  ASSERT_EQ(redis.redis_key("chat:u1"), full);
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(redis.acquire(req("chat:u1", 5, 3600s, algorithm::sliding_log)));
+  const std::uint16_t port = cluster.master_of_slot(cluster.keyslot(full));
+  EXPECT_EQ(cluster.command(port, {"TYPE", full}), "zset");
+  EXPECT_EQ(cluster.command(port, {"ZCARD", full}), "3");
+  ASSERT_TRUE(redis.reset("chat:u1"));
+  EXPECT_EQ(cluster.command(port, {"EXISTS", full}), "0");
+}
+
+// Verifies that scripts flushed from every master are sent again (NOSCRIPT), unseen by
+// callers.
+TEST(ClusterStore, ScriptFlushIsTransparent) {
+  redis_cluster cluster;
+  redis_cluster_store redis(options_for(cluster));
+  for (const auto& m : cluster.masters())
+    ASSERT_EQ(cluster.command(m.port, {"SCRIPT", "FLUSH"}), "OK");
+  for (int i = 0; i < 30; ++i) {
+    auto d = redis.acquire(req("flush:" + std::to_string(i), 5, 60s, kAlgorithms[i % 3]));
+    ASSERT_TRUE(d) << d.error().message();
+    EXPECT_TRUE(d->allowed);
+  }
+  EXPECT_GE(redis.stats().script_loads, 3u);
+}
+
+// Verifies what a store with no reachable seed does: it comes back after connect_timeout,
+// and calls fail at once, saying why.
+TEST(ClusterStore, NoReachableSeedIsAnError) {
+  auto o = parse_redis_cluster_uri("redis+cluster://127.0.0.1:1?connect_timeout=200ms");
+  ASSERT_TRUE(o);
+  const auto start = steady::now();
+  redis_cluster_store redis(*o);
+  EXPECT_LT(steady::now() - start, 2s);
+  EXPECT_FALSE(redis.ready());
+  auto d = redis.acquire(req("k", 5, 60s, algorithm::gcra));
+  ASSERT_FALSE(d);
+  EXPECT_EQ(d.error().code, errc::store_unavailable);
+  EXPECT_NE(d.error().message().find("no known master"), std::string::npos) << d.error().message();
+}
+
+struct outcome {
+  bool ok = false;
+  steady::duration took{};
+  steady::time_point at{};
+};
+
+// Verifies failover: under a steady stream of decisions, one master is killed. Decisions on
+// the other masters' keys never fail; no call takes past its deadline; the dead master's
+// keys fail fast until its replica is promoted, then work again on their own.
+TEST(ClusterStore, SurvivesAMasterFailover) {
+  redis_cluster cluster;
+  constexpr auto kTimeout = 300ms;
+  redis_cluster_store redis(options_for(cluster, kTimeout));
+  const auto masters = cluster.masters();
+  ASSERT_EQ(masters.size(), 3u);
+  const std::uint16_t victim = masters[0].port;
+  std::vector<std::string> doomed = keys_on(cluster, redis, victim, 10, "fo:");
+  std::vector<std::string> others = keys_on(cluster, redis, masters[1].port, 5, "fo:");
+  const auto more = keys_on(cluster, redis, masters[2].port, 5, "fo:");
+  others.insert(others.end(), more.begin(), more.end());
+
+  std::vector<outcome> doomed_calls, other_calls;
+  std::atomic<bool> stop{false};
+  std::thread driver([&] {
+    for (std::size_t i = 0; !stop; ++i) {
+      for (auto* group : {&doomed, &others}) {
+        const std::string& key = (*group)[i % group->size()];
+        const auto start = steady::now();
+        auto d = redis.acquire(req(key, 1'000'000, 3600s, kAlgorithms[i % 3]));
+        const auto end = steady::now();
+        (group == &doomed ? doomed_calls : other_calls)
+            .push_back({d && d->allowed, end - start, end});
+      }
+      std::this_thread::sleep_for(1ms);
+    }
+  });
+  std::this_thread::sleep_for(500ms);
+  const auto killed_at = steady::now();
+  cluster.kill(victim);
+  const std::uint16_t promoted = cluster.wait_for_failover(victim, 30s);
+  const auto promoted_at = steady::now();
+  // Give the store its refresh (it reads the map every 100 ms while a master is down).
+  std::this_thread::sleep_for(1500ms);
+  stop = true;
+  driver.join();
+
+  ASSERT_NE(promoted, victim);
+  ASSERT_FALSE(other_calls.empty());
+  int other_failures = 0;
+  for (const auto& c : other_calls) other_failures += c.ok ? 0 : 1;
+  EXPECT_EQ(other_failures, 0) << "of " << other_calls.size() << " calls on the other masters";
+  const auto slack = 500ms;  // scheduling on a shared, sanitized machine
+  for (const auto* calls : {&doomed_calls, &other_calls}) {
+    for (const auto& c : *calls) {
+      EXPECT_LT(c.took, kTimeout + slack) << "a call took past its deadline";
+    }
+  }
+  int failed_while_down = 0, ok_after = 0, calls_after = 0;
+  for (const auto& c : doomed_calls) {
+    if (c.at > killed_at && c.at < promoted_at && !c.ok) ++failed_while_down;
+    if (c.at > promoted_at + 1000ms) {
+      ++calls_after;
+      ok_after += c.ok ? 1 : 0;
+    }
+  }
+  EXPECT_GT(failed_while_down, 0) << "the kill went unnoticed";
+  ASSERT_GT(calls_after, 0);
+  EXPECT_EQ(ok_after, calls_after) << "the dead master's keys did not come back";
+  EXPECT_GE(redis.stats().refreshes, 2u);
+  EXPECT_TRUE(redis.ready());
+  std::printf(
+      "%zu calls on the other masters, %zu on the dead one's keys (%d failed while it "
+      "was down, %d after the promotion)\n",
+      other_calls.size(), doomed_calls.size(), failed_while_down, calls_after - ok_after);
+}
+
+// Verifies the failure policy per master: with a master gone for good (no replica), the
+// limiter denies its keys from the fallback, after its breaker opens without calling the
+// store, while the keys of the other masters are still decided by Redis.
+TEST(ClusterStore, FailurePolicyAppliesToTheDeadMastersKeysOnly) {
+  test::redis_cluster_options co;
+  co.replicas = 0;
+  redis_cluster cluster(co);
+  auto store = std::make_shared<redis_cluster_store>(options_for(cluster, 300ms));
+  const auto masters = cluster.masters();
+  ASSERT_EQ(masters.size(), 3u);
+  const auto doomed = keys_on(cluster, *store, masters[0].port, 3, "fp:");
+  const auto healthy = keys_on(cluster, *store, masters[1].port, 3, "fp:");
+  limiter_options lo;
+  lo.store = store;
+  limiter lim(lo);
+  policy p;  // unnamed: the store sees the keys as they are
+  p.limit = limit{1000, std::chrono::hours(1)};
+  p.algorithm = algorithm::gcra;
+  p.on_failure = failure_mode::deny;
+  cluster.kill(masters[0].port);
+
+  std::int64_t last_remaining = 1000;
+  for (int i = 0; i < 30; ++i) {
+    auto bad = lim.acquire(p, doomed[static_cast<std::size_t>(i) % doomed.size()]);
+    ASSERT_TRUE(bad) << bad.error().message();
+    EXPECT_FALSE(bad->allowed) << "the failure mode is deny";
+    auto good = lim.acquire(p, healthy[0]);
+    ASSERT_TRUE(good) << good.error().message();
+    EXPECT_TRUE(good->allowed);
+    EXPECT_EQ(good->remaining, last_remaining - 1) << "decided by Redis, not by the fallback";
+    last_remaining = good->remaining;
+  }
+  const auto s = lim.stats();
+  EXPECT_EQ(s.fallbacks_deny, 30u);
+  EXPECT_EQ(s.breakers_open, 1u);
+  EXPECT_EQ(lim.breaker(store->failure_domain(doomed[0])).state(), breaker_state::open);
+  EXPECT_EQ(lim.breaker(store->failure_domain(healthy[0])).state(), breaker_state::closed);
+  // Once open, the dead master's breaker keeps the calls away from the store.
+  EXPECT_LT(s.store_errors, 30u);
+}
+
+// Verifies resharding under load: `redis-cli --cluster reshard` moves the slot holding
+// three live keys (one per algorithm) and 20,000 others to another master while threads
+// decide on those keys. Every ASK / MOVED is followed: no call fails, and each key admits
+// exactly its limit.
+TEST(ClusterStore, ExactWhileItsSlotIsResharded) {
+  redis_cluster cluster;
+  redis_cluster_store redis(options_for(cluster, 2000ms));
+  // redis-cli moves a source's lowest slots first: find a tag in slot 0, so that moving one
+  // slot moves these keys. "{<tag>}:..." keys share the tag "{<tag>" inside
+  // "sluice:{{<tag>}:...}".
+  std::string tag;
+  for (int i = 0; tag.empty() && i < 1'000'000; ++i) {
+    if (redis.slot_of("{hot" + std::to_string(i) + "}:log") == 0) tag = "hot" + std::to_string(i);
+  }
+  ASSERT_FALSE(tag.empty());
+  const std::vector<std::string> keys = {"{" + tag + "}:log", "{" + tag + "}:counter",
+                                         "{" + tag + "}:gcra"};
+  for (const auto& k : keys) ASSERT_EQ(redis.slot_of(k), 0);
+  const std::uint16_t source = cluster.master_of_slot(0);
+  std::string source_id, target_id;
+  std::uint16_t target = 0;
+  for (const auto& m : cluster.masters()) {
+    if (m.port == source) {
+      source_id = m.id;
+    } else if (target == 0) {
+      target = m.port;
+      target_id = m.id;
+    }
+  }
+  ASSERT_FALSE(source_id.empty());
+  ASSERT_NE(target, 0);
+  // Thousands of keys in the slot make the migration take a while, with the live keys
+  // moving at some point in the middle of it.
+  ASSERT_EQ(cluster.command(source, {"DEBUG", "POPULATE", "20000", "{{" + tag + "}"}), "OK");
+  ASSERT_EQ(cluster.command(source, {"CLUSTER", "COUNTKEYSINSLOT", "0"}), "20000");
+
+  constexpr std::int64_t kLimit = 400;
+  std::atomic<int> admitted[3] = {0, 0, 0};
+  std::atomic<int> denied{0}, failed{0}, calls{0};
+  std::atomic<bool> stop{false};
+  std::string first_error;
+  std::mutex error_mu;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; !stop || i < 600; ++i) {
+        const std::size_t k = static_cast<std::size_t>(i + t) % 3;
+        auto d = redis.acquire(req(keys[k], kLimit, 3600s, kAlgorithms[k]));
+        ++calls;
+        if (!d) {
+          ++failed;
+          std::lock_guard lock(error_mu);
+          if (first_error.empty()) first_error = d.error().message();
+        } else if (d->allowed) {
+          ++admitted[k];
+        } else {
+          ++denied;
+        }
+      }
+    });
+  }
+  std::this_thread::sleep_for(100ms);
+  cluster.reshard(source_id, target_id, 1);
+  stop = true;
+  for (auto& t : threads) t.join();
+
+  EXPECT_EQ(failed.load(), 0) << first_error;
+  EXPECT_EQ(admitted[0] + admitted[1] + admitted[2] + denied.load(), calls.load());
+  for (std::size_t k = 0; k < 3; ++k) EXPECT_EQ(admitted[k].load(), kLimit) << keys[k];
+  EXPECT_EQ(cluster.master_of_slot(0), target);
+  for (const auto& k : keys) {
+    EXPECT_EQ(cluster.command(target, {"EXISTS", redis.redis_key(k)}), "1") << k;
+  }
+  const auto s = redis.stats();
+  EXPECT_GT(s.asks + s.moved, 0u) << "the move was never seen";
+  std::printf("%d calls, %d admitted, %d denied; %llu ASK, %llu MOVED followed\n", calls.load(),
+              admitted[0] + admitted[1] + admitted[2], denied.load(),
+              static_cast<unsigned long long>(s.asks), static_cast<unsigned long long>(s.moved));
+}
+
+}  // namespace
+}  // namespace sluice
