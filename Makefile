@@ -6,6 +6,7 @@
 #   make bench         build release and run the benchmarks (BENCH_ARGS=... passes flags)
 #   make bench-redis   build release; Redis store vs redis-benchmark vs the reference
 #   make bench-server  build release; sluice serve vs nginx under wrk
+#   make bench-cluster build release; the Redis Cluster store vs a single Redis
 #   make fuzz          build the libFuzzer targets with clang, run each FUZZ_SECONDS (60)
 #   make format        clang-format every C++ file in place
 #   make format-check  fail if any C++ file is not clang-formatted
@@ -25,7 +26,7 @@ export ASAN_OPTIONS := detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS := print_stacktrace=1:halt_on_error=1
 export TSAN_OPTIONS := halt_on_error=1:second_deadlock_stack=1
 
-.PHONY: run test build bench bench-redis bench-server fuzz deps format format-check clean \
+.PHONY: run test build bench bench-redis bench-server bench-cluster fuzz deps format format-check clean \
 	$(addprefix build-,$(PRESETS)) $(addprefix test-,$(PRESETS))
 
 # SLUICE_DEPS_DONE is set for the sub-makes of `test`, which checked the packages already.
@@ -76,6 +77,10 @@ bench-redis: build-release
 # One run of benchmarks/server_compare.sh: nginx `return 204` vs sluice serve, under wrk.
 bench-server: build-release
 	SLUICE=./build/release/sluice bash benchmarks/server_compare.sh
+
+# One run of benchmarks/cluster_compare.sh: a 3-master Redis Cluster vs one redis-server.
+bench-cluster: build-release
+	SLUICE=./build/release/sluice bash benchmarks/cluster_compare.sh
 
 # TSan needs the low-entropy address layout it was built for; `setarch -R` turns ASLR
 # off for the tests (harmless when the kernel's layout is already fine).

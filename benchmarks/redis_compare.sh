@@ -50,30 +50,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-for _ in $(seq 10); do
-  port=$((20000 + RANDOM % 40000))
-  port_is_free "$port" || continue
-  "$redis_server" --port "$port" --bind 127.0.0.1 --dir "$tmp" --save '' --appendonly no \
-    --logfile "$tmp/redis.log" --daemonize no >/dev/null 2>&1 &
-  redis_pid=$!
-  for _ in $(seq 50); do
-    if redis-cli -p "$port" ping >/dev/null 2>&1; then break 2; fi
-    kill -0 "$redis_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill "$redis_pid" 2>/dev/null || true
-  wait "$redis_pid" 2>/dev/null || true
-  redis_pid=
-done
+# shellcheck source=benchmarks/lib.sh
+source benchmarks/lib.sh
+start_redis "$redis_server"
 [[ -n $redis_pid ]] || die "could not start redis-server"
 cli() { redis-cli -p "$port" "$@"; }
 store="redis://127.0.0.1:$port"
 
 # --- measuring -------------------------------------------------------------------------------
-tick=$(getconf CLK_TCK)
-redis_cpu() { awk -v t="$tick" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$redis_pid/stat"; }
+redis_cpu() { cpu_seconds "$redis_pid"; }
 now() { date +%s.%N; }
 # Runs "$@" with its output in $out; sets redis_pct and client_pct for the run.
 measure() {
@@ -89,8 +74,6 @@ measure() {
   client_pct=$(awk -v u="${times% *}" -v s="${times#* }" -v a="$t0" -v b="$t1" \
     'BEGIN { printf "%.0f", 100 * (u + s) / (b - a) }')
 }
-# Prints the number of field $1 of the flat JSON object in file $2.
-field() { sed -nE "s/.*\"$1\": ?([0-9.eE+-]+).*/\1/p" "$2" | head -n 1; }
 # Prints how many error replies Redis has sent (redis-benchmark counts them as answers).
 error_replies() { cli INFO stats | sed -nE 's/^total_error_replies:([0-9]+).*/\1/p'; }
 ms() { awk -v v="$1" 'BEGIN { printf "%.3f", v / 1000 }'; }

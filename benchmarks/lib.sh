@@ -1,0 +1,35 @@
+# Shell pieces the benchmark scripts share; sourced, not run. Needs `tmp` (a scratch
+# directory) set by the caller.
+
+# True when nothing listens on 127.0.0.1:$1.
+port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Starts a private redis-server (binary $1, extra arguments after it) on a free loopback
+# port, with no persistence, in $tmp; sets `port` and `redis_pid`, or leaves redis_pid
+# empty when it could not. The caller stops it by its pid.
+start_redis() {
+  local server=$1
+  shift
+  redis_pid=
+  for _ in $(seq 10); do
+    port=$((20000 + RANDOM % 40000))
+    port_is_free "$port" || continue
+    "$server" --port "$port" --bind 127.0.0.1 --dir "$tmp" --save '' --appendonly no \
+      --logfile "$tmp/redis-$port.log" --daemonize no "$@" >/dev/null 2>&1 &
+    redis_pid=$!
+    for _ in $(seq 50); do
+      if redis-cli -p "$port" ping >/dev/null 2>&1; then return 0; fi
+      kill -0 "$redis_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
+    redis_pid=
+  done
+}
+
+# Prints the CPU seconds (user + system) process $1 has used so far.
+cpu_seconds() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"; }
+
+# Prints the number of field $1 of the flat JSON object in file $2.
+field() { sed -nE "s/.*\"$1\": ?([0-9.eE+-]+).*/\1/p" "$2" | head -n 1; }
