@@ -116,6 +116,7 @@ struct redis_cluster_store::impl {
   std::optional<asio::steady_timer> tick;
   std::set<std::shared_ptr<asio::steady_timer>> waits;  // calls waiting to be tried again
   std::vector<node*> masters;                           // of the map applied last
+  bool mapped = false;                                  // a map has been applied
   bool refreshing = false;
   bool closing = false;
   std::size_t refresh_cursor = 0;
@@ -218,7 +219,10 @@ struct redis_cluster_store::impl {
     std::string command;
     if (asking) redis::append_command(command, {"ASKING"});
     if (c->script) {
-      redis::append_script_call(command, *c->script, shared->script_for(c->script->algo).sha);
+      // After ASKING, the script goes with its source (EVAL): the importing node may not
+      // have it cached, and a NOSCRIPT resend would go without ASKING and be sent back.
+      const redis::script& s = shared->script_for(c->script->algo);
+      redis::append_script_call(command, *c->script, s.sha, asking ? s.source : std::string_view{});
     } else {
       redis::append_command(command, {"DEL", c->key});
     }
@@ -368,6 +372,7 @@ struct redis_cluster_store::impl {
                                                std::memory_order_release);
     }
     masters = std::move(now_masters);
+    mapped = true;
     master_count = masters.size();
     set_problem({});
     ++refreshes;
@@ -384,10 +389,10 @@ struct redis_cluster_store::impl {
 
   void arm_tick() {
     // Until there is a map, look again soon: the seeds are still connecting.
-    tick->expires_after(masters.empty() ? kRetryDelay * 5 : kTick);
+    tick->expires_after(mapped ? kTick : kRetryDelay * 5);
     tick->async_wait([this](auto ec) {
       if (ec || closing) return;
-      const bool due = refresh_wanted || masters.empty() || degraded() ||
+      const bool due = refresh_wanted || !mapped || degraded() ||
                        steady::now() - last_refresh >= options.refresh_interval;
       if (due) refresh();
       arm_tick();

@@ -19,6 +19,7 @@
 #include "sluice/limiter.h"
 #include "sluice/memory_store.h"
 #include "support/redis_cluster.h"
+#include "support/redis_server.h"
 #include "support/test_util.h"
 
 namespace sluice {
@@ -213,6 +214,22 @@ TEST(ClusterStore, NoReachableSeedIsAnError) {
   ASSERT_FALSE(d);
   EXPECT_EQ(d.error().code, errc::store_unavailable);
   EXPECT_NE(d.error().message().find("no known master"), std::string::npos) << d.error().message();
+}
+
+// Verifies that a redis+cluster:// store pointed at a Redis without cluster support says so
+// in the errors of its calls.
+TEST(ClusterStore, StandaloneRedisIsAClearError) {
+  test::redis_server standalone;
+  auto o = parse_redis_cluster_uri(
+      "redis+cluster://127.0.0.1:" + std::to_string(standalone.port()) + "?connect_timeout=300ms");
+  ASSERT_TRUE(o);
+  redis_cluster_store redis(*o);
+  EXPECT_FALSE(redis.ready());
+  auto d = redis.acquire(req("k", 5, 60s, algorithm::gcra));
+  ASSERT_FALSE(d);
+  EXPECT_EQ(d.error().code, errc::store_unavailable);
+  EXPECT_NE(d.error().message().find("cluster support disabled"), std::string::npos)
+      << d.error().message();
 }
 
 struct outcome {
