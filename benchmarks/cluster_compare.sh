@@ -10,7 +10,9 @@
 # Each pair of runs is repeated BENCH_ROUNDS times, alternating, for sliding_log and gcra;
 # the table gives the medians. redis% is the CPU time of the Redis masters over wall time
 # (100 = one core, summed over the masters for the cluster); replicas% the same for the
-# cluster's replicas, which apply every write too. Everything is stopped by pid on exit.
+# cluster's replicas, which apply every write too; "per master-CPU" is decisions/s per core
+# of master CPU (decisions/s * 100 / redis%): what a master would do if it had a core to
+# itself and the client kept up. Everything is stopped by pid on exit.
 #
 # Environment: SLUICE (./build/release/sluice), BENCH_SECONDS (5), BENCH_KEYS (10000),
 # BENCH_INFLIGHT (256), BENCH_ROUNDS (3), REDIS_SERVER (redis-server).
@@ -118,14 +120,17 @@ done
 echo
 echo "medians of $rounds runs; $keys keys, $inflight in flight, ${run_seconds}s each; $(nproc) CPUs," \
   "load average now $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-36s %12s %9s %9s %8s %10s\n' "" decisions/s "p50 ms" "p99 ms" "redis%" "replicas%"
+printf '%-36s %12s %9s %9s %8s %10s %14s\n' "" decisions/s "p50 ms" "p99 ms" "redis%" \
+  "replicas%" "per master-CPU"
 for algo in "${algos[@]}"; do
   for target in single single3 cluster; do
     lines=${results["$algo $target"]}
-    printf '%-36s %12.0f %9.3f %9.3f %8s %10s\n' "$algo: $target" "$(median "$lines" 1)" \
+    printf '%-36s %12.0f %9.3f %9.3f %8s %10s %14.0f\n' "$algo: $target" "$(median "$lines" 1)" \
       "$(awk -v v="$(median "$lines" 2)" 'BEGIN { print v / 1000 }')" \
       "$(awk -v v="$(median "$lines" 3)" 'BEGIN { print v / 1000 }')" \
-      "$(median "$lines" 4)" "$([[ $target == cluster ]] && median "$lines" 5 || echo -)"
+      "$(median "$lines" 4)" "$([[ $target == cluster ]] && median "$lines" 5 || echo -)" \
+      "$(awk -v r="$(median "$lines" 1)" -v p="$(median "$lines" 4)" \
+        'BEGIN { print (p > 0 ? 100 * r / p : 0) }')"
   done
   c=$(median "${results["$algo cluster"]}" 1)
   s=$(median "${results["$algo single"]}" 1)
