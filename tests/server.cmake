@@ -13,3 +13,14 @@ if(TARGET sluice_server)
   target_compile_definitions(server_e2e_test PRIVATE SLUICE_CLI_PATH="$<TARGET_FILE:sluice_cli>")
   add_dependencies(server_e2e_test sluice_cli)
 endif()
+
+# sluice serve on a real Redis Cluster; under the cluster lock like every cluster test.
+if(TARGET sluice_server)
+  add_executable(server_cluster_test ${CMAKE_CURRENT_LIST_DIR}/server/server_cluster_test.cc)
+  target_include_directories(server_cluster_test PRIVATE ${PROJECT_SOURCE_DIR}/src
+    ${CMAKE_CURRENT_SOURCE_DIR})
+  target_link_libraries(server_cluster_test PRIVATE sluice_server sluice_test_support
+    GTest::gtest GTest::gtest_main sluice_warnings)
+  gtest_discover_tests(server_cluster_test DISCOVERY_MODE PRE_TEST DISCOVERY_TIMEOUT 60
+    PROPERTIES RESOURCE_LOCK redis_cluster TIMEOUT 240 LABELS redis)
+endif()
