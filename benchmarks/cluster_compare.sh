@@ -10,9 +10,10 @@
 # Each pair of runs is repeated BENCH_ROUNDS times, alternating, for sliding_log and gcra;
 # the table gives the medians. redis% is the CPU time of the Redis masters over wall time
 # (100 = one core, summed over the masters for the cluster); replicas% the same for the
-# cluster's replicas, which apply every write too; "per master-CPU" is decisions/s per core
-# of master CPU (decisions/s * 100 / redis%): what a master would do if it had a core to
-# itself and the client kept up. Everything is stopped by pid on exit.
+# cluster's replicas, which apply every write too; client% the same for `sluice bench`.
+# "per master-CPU" is decisions/s * 100 / redis%: decisions per second of master CPU, a
+# rough bound on what one master would do with a core of its own and a client that keeps
+# up. Everything is stopped by pid on exit.
 #
 # Environment: SLUICE (./build/release/sluice), BENCH_SECONDS (5), BENCH_KEYS (10000),
 # BENCH_INFLIGHT (256), BENCH_ROUNDS (3), REDIS_SERVER (redis-server).
@@ -83,7 +84,8 @@ declare -A results # "<algo> <target>" -> "rps p50 p99 redis% replicas%" lines
 warnings=()
 # One `sluice bench` of `algo` against `target`; appends a result line.
 run() {
-  local algo=$1 target=$2 store pids=() out=$tmp/bench.json m0 m1 r0 r1 t0 t1 failed
+  local algo=$1 target=$2 store pids=() out=$tmp/bench.json m0 m1 r0 r1 t0 t1 failed times
+  local TIMEFORMAT='%U %S'
   case $target in
     single) store="redis://127.0.0.1:$single_port?timeout=1s" pids=("$redis_pid") ;;
     single3) store="redis://127.0.0.1:$single_port?timeout=1s&pool=3" pids=("$redis_pid") ;;
@@ -92,8 +94,9 @@ run() {
   m0=$(cpu_of "${pids[@]}")
   r0=$(cpu_of "${replica_pids[@]}")
   t0=$(now)
-  "$sluice" bench --store "$store" --algorithm "$algo" --limit "$count/1s" --keys "$keys" \
-    --seconds "$run_seconds" --inflight "$inflight" >"$out" 2>"$out.err" || true
+  times=$({ time "$sluice" bench --store "$store" --algorithm "$algo" --limit "$count/1s" \
+    --keys "$keys" --seconds "$run_seconds" --inflight "$inflight" >"$out" 2>"$out.err"; } 2>&1) ||
+    true
   t1=$(now)
   m1=$(cpu_of "${pids[@]}")
   r1=$(cpu_of "${replica_pids[@]}")
@@ -101,7 +104,7 @@ run() {
   echo "$algo $target: $(cat "$out")"
   failed=$(($(field errors "$out") + $(field timeouts "$out")))
   ((failed == 0)) || warnings+=("$failed calls of $algo on $target failed (errors + timeouts)")
-  results["$algo $target"]+="$(field per_second "$out") $(field p50_us "$out") $(field p99_us "$out") $(pct "$m0" "$m1" "$t0" "$t1") $(pct "$r0" "$r1" "$t0" "$t1")"$'\n'
+  results["$algo $target"]+="$(field per_second "$out") $(field p50_us "$out") $(field p99_us "$out") $(pct "$m0" "$m1" "$t0" "$t1") $(pct "$r0" "$r1" "$t0" "$t1") $(pct 0 "$(awk -v u="${times% *}" -v s="${times#* }" 'BEGIN { print u + s }')" "$t0" "$t1")"$'\n'
   flush
 }
 
@@ -120,16 +123,16 @@ done
 echo
 echo "medians of $rounds runs; $keys keys, $inflight in flight, ${run_seconds}s each; $(nproc) CPUs," \
   "load average now $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-36s %12s %9s %9s %8s %10s %14s\n' "" decisions/s "p50 ms" "p99 ms" "redis%" \
-  "replicas%" "per master-CPU"
+printf '%-36s %12s %9s %9s %8s %10s %8s %14s\n' "" decisions/s "p50 ms" "p99 ms" "redis%" \
+  "replicas%" "client%" "per master-CPU"
 for algo in "${algos[@]}"; do
   for target in single single3 cluster; do
     lines=${results["$algo $target"]}
-    printf '%-36s %12.0f %9.3f %9.3f %8s %10s %14.0f\n' "$algo: $target" "$(median "$lines" 1)" \
+    printf '%-36s %12.0f %9.3f %9.3f %8s %10s %8s %14.0f\n' "$algo: $target" "$(median "$lines" 1)" \
       "$(awk -v v="$(median "$lines" 2)" 'BEGIN { print v / 1000 }')" \
       "$(awk -v v="$(median "$lines" 3)" 'BEGIN { print v / 1000 }')" \
       "$(median "$lines" 4)" "$([[ $target == cluster ]] && median "$lines" 5 || echo -)" \
-      "$(awk -v r="$(median "$lines" 1)" -v p="$(median "$lines" 4)" \
+      "$(median "$lines" 6)" "$(awk -v r="$(median "$lines" 1)" -v p="$(median "$lines" 4)" \
         'BEGIN { print (p > 0 ? 100 * r / p : 0) }')"
   done
   c=$(median "${results["$algo cluster"]}" 1)
