@@ -6,7 +6,8 @@
 #   single   one redis-server (one connection, the default pool);
 #   single3  the same redis-server with pool=3 (as many connections as the cluster client);
 #   cluster  a 3-master / 3-replica Redis Cluster on loopback (scripts/redis-cluster.sh),
-#            one connection per master.
+#            one connection per master;
+#   cluster0 a 3-master cluster without replicas, to show what replication costs.
 # Each pair of runs is repeated BENCH_ROUNDS times, alternating, for sliding_log and gcra;
 # the table gives the medians. redis% is the CPU time of the Redis masters over wall time
 # (100 = one core, summed over the masters for the cluster); replicas% the same for the
@@ -45,6 +46,7 @@ cleanup() {
     wait "$redis_pid" 2>/dev/null || true
   fi
   bash scripts/redis-cluster.sh stop "$tmp/cluster" >/dev/null 2>&1 || true
+  bash scripts/redis-cluster.sh stop "$tmp/cluster0" >/dev/null 2>&1 || true
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -55,10 +57,12 @@ source benchmarks/lib.sh
 start_redis "$redis_server"
 [[ -n $redis_pid ]] || die "could not start redis-server"
 single_port=$port
-mkdir -p "$tmp/cluster"
+mkdir -p "$tmp/cluster" "$tmp/cluster0"
 seeds=$(bash scripts/redis-cluster.sh start "$tmp/cluster" --owner-pid $$ | tail -n 1) ||
   die "could not start the cluster"
-master_pids=() replica_pids=() master_ports=()
+seeds0=$(bash scripts/redis-cluster.sh start "$tmp/cluster0" --replicas 0 --owner-pid $$ |
+  tail -n 1) || die "could not start the cluster without replicas"
+master_pids=() replica_pids=() master_ports=() master0_pids=()
 while read -r p pid role _; do
   if [[ $role == master ]]; then
     master_pids+=("$pid")
@@ -67,6 +71,10 @@ while read -r p pid role _; do
     replica_pids+=("$pid")
   fi
 done <"$tmp/cluster/nodes"
+while read -r p pid _ _; do
+  master0_pids+=("$pid")
+  master_ports+=("$p")
+done <"$tmp/cluster0/nodes"
 
 cpu_of() { # pids...: their CPU seconds, summed
   local total=0 pid
@@ -80,7 +88,7 @@ flush() {
   for p in "${master_ports[@]}"; do redis-cli -p "$p" FLUSHALL >/dev/null; done
 }
 
-declare -A results # "<algo> <target>" -> "rps p50 p99 redis% replicas%" lines
+declare -A results # "<algo> <target>" -> "rps p50 p99 redis% replicas% client%" lines
 warnings=()
 # One `sluice bench` of `algo` against `target`; appends a result line.
 run() {
@@ -90,6 +98,7 @@ run() {
     single) store="redis://127.0.0.1:$single_port?timeout=1s" pids=("$redis_pid") ;;
     single3) store="redis://127.0.0.1:$single_port?timeout=1s&pool=3" pids=("$redis_pid") ;;
     cluster) store="redis+cluster://$seeds?timeout=1s" pids=("${master_pids[@]}") ;;
+    cluster0) store="redis+cluster://$seeds0?timeout=1s" pids=("${master0_pids[@]}") ;;
   esac
   m0=$(cpu_of "${pids[@]}")
   r0=$(cpu_of "${replica_pids[@]}")
@@ -112,11 +121,11 @@ run() {
 median() { printf '%s' "$1" | awk -v c="$2" 'NF { print $c }' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 echo "redis-server $(redis-cli -p "$single_port" INFO server | sed -nE 's/^redis_version:([^\r]*).*/\1/p')," \
-  "single on :$single_port, cluster $seeds; $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  "single on :$single_port, cluster $seeds, cluster0 $seeds0; $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 algos=(sliding_log gcra)
 for algo in "${algos[@]}"; do
   for ((i = 1; i <= rounds; i++)); do
-    for target in single single3 cluster; do run "$algo" "$target"; done
+    for target in single single3 cluster cluster0; do run "$algo" "$target"; done
   done
 done
 
@@ -126,7 +135,7 @@ echo "medians of $rounds runs; $keys keys, $inflight in flight, ${run_seconds}s 
 printf '%-36s %12s %9s %9s %8s %10s %8s %14s\n' "" decisions/s "p50 ms" "p99 ms" "redis%" \
   "replicas%" "client%" "per master-CPU"
 for algo in "${algos[@]}"; do
-  for target in single single3 cluster; do
+  for target in single single3 cluster cluster0; do
     lines=${results["$algo $target"]}
     printf '%-36s %12.0f %9.3f %9.3f %8s %10s %8s %14.0f\n' "$algo: $target" "$(median "$lines" 1)" \
       "$(awk -v v="$(median "$lines" 2)" 'BEGIN { print v / 1000 }')" \
@@ -136,10 +145,11 @@ for algo in "${algos[@]}"; do
         'BEGIN { print (p > 0 ? 100 * r / p : 0) }')"
   done
   c=$(median "${results["$algo cluster"]}" 1)
+  c0=$(median "${results["$algo cluster0"]}" 1)
   s=$(median "${results["$algo single"]}" 1)
   s3=$(median "${results["$algo single3"]}" 1)
-  awk -v c="$c" -v s="$s" -v s3="$s3" -v a="$algo" 'BEGIN {
-    printf "%s: cluster / single = %.2f, cluster / single3 = %.2f, per master = %.0f decisions/s\n",
-      a, c / s, c / s3, c / 3 }'
+  awk -v c="$c" -v c0="$c0" -v s="$s" -v s3="$s3" -v a="$algo" 'BEGIN {
+    printf "%s: cluster / single = %.2f, cluster / single3 = %.2f, per master = %.0f decisions/s;", a, c / s, c / s3, c / 3
+    printf " without replicas: / single = %.2f, per master = %.0f\n", c0 / s, c0 / 3 }'
 done
 for w in "${warnings[@]}"; do echo "warning: $w"; done
