@@ -52,23 +52,31 @@ struct node {
   bool up() const {
     return std::any_of(pool.begin(), pool.end(), [](const auto& c) { return c->ready(); });
   }
-  // True while no connection has finished its first attempt: the node is brand new.
-  bool connecting() const {
-    return std::none_of(pool.begin(), pool.end(),
-                        [](const auto& c) { return c->first_attempt_done(); });
+  // True while no connection has finished its first attempt: the node is brand new. Asked
+  // on every call, so the answer is kept once it is false (it stays false).
+  bool connecting() {
+    if (settled.load(std::memory_order_relaxed)) return false;
+    const bool any = std::any_of(pool.begin(), pool.end(),
+                                 [](const auto& c) { return c->first_attempt_done(); });
+    if (any) settled.store(true, std::memory_order_relaxed);
+    return !any;
   }
+
+  std::atomic<bool> settled{false};  // some connection has finished its first attempt
 };
 
 // One decision or reset on its way, kept whole so that it can be sent again after a
-// redirection. `script` is set for decisions; resets are DEL of `key`.
+// redirection or a NOSCRIPT. `script` is set for decisions; resets are DEL of `key`.
 struct call {
   std::optional<script_call> script;
   std::string key;
   int slot = 0;
   steady::time_point deadline;
   int redirects = 0;
-  std::string last_redirect;  // for the error when there are too many
-  std::function<void(result<reply>)> finish;
+  bool with_source = false;  // send EVAL with the script's source (after NOSCRIPT)
+  std::int64_t count = 0;    // the limit's count, to check the script's reply
+  store::completion decided;
+  store::reset_completion was_reset;
 };
 
 error unavailable(const std::string& why) {
@@ -175,11 +183,8 @@ struct redis_cluster_store::impl {
     c->script = redis::make_script_call(*shared, r, redis_key(r.key), acquire);
     c->slot = redis::key_slot(c->script->key);
     c->deadline = steady::now() + shared->options.timeout;
-    c->finish = [count = r.limit.count, done = std::move(done), s = shared](result<reply> rep) {
-      auto d = redis::to_decision(rep, count);
-      if (!d) ++s->errors;
-      done(std::move(d));
-    };
+    c->count = r.limit.count;
+    c->decided = std::move(done);
     route(std::move(c));
   }
 
@@ -190,12 +195,20 @@ struct redis_cluster_store::impl {
     c->key = redis_key(key);
     c->slot = redis::key_slot(c->key);
     c->deadline = steady::now() + shared->options.timeout;
-    c->finish = [done = std::move(done), s = shared](result<reply> rep) {
-      auto r = redis::to_reset_result(rep);
-      if (!r) ++s->errors;
-      done(std::move(r));
-    };
+    c->was_reset = std::move(done);
     route(std::move(c));
+  }
+
+  // Answers the caller of `c` with `r`, the reply to its last try (or why there is none).
+  void finish(call& c, const result<reply>& r) {
+    if (c.script) {
+      auto d = redis::to_decision(r, c.count);
+      if (!d) ++shared->errors;
+      return c.decided(std::move(d));
+    }
+    auto done = redis::to_reset_result(r);
+    if (!done) ++shared->errors;
+    c.was_reset(std::move(done));
   }
 
   // Sends `c` to the master of its slot.
@@ -203,8 +216,8 @@ struct redis_cluster_store::impl {
     node* n = owner_of(c->slot);
     if (n == nullptr) {
       want_refresh();
-      return c->finish(unavailable("slot " + std::to_string(c->slot) + " has no known master" +
-                                   refresh_problem()));
+      return finish(*c, unavailable("slot " + std::to_string(c->slot) + " has no known master" +
+                                    refresh_problem()));
     }
     send(*n, std::move(c), false);
   }
@@ -212,7 +225,7 @@ struct redis_cluster_store::impl {
   // Sends `c` to `n`; with `asking`, after ASKING (an ASK redirection).
   void send(node& n, std::shared_ptr<call> c, bool asking) {
     if (steady::now() >= c->deadline) {
-      return c->finish(make_error(errc::timeout, "redis cluster: no reply before the deadline"));
+      return finish(*c, make_error(errc::timeout, "redis cluster: no reply before the deadline"));
     }
     // A node heard of a moment ago is still connecting: wait for it rather than fail.
     if (n.connecting()) return later(std::move(c), &n, asking);
@@ -222,13 +235,14 @@ struct redis_cluster_store::impl {
       // After ASKING, the script goes with its source (EVAL): the importing node may not
       // have it cached, and a NOSCRIPT resend would go without ASKING and be sent back.
       const redis::script& s = shared->script_for(c->script->algo);
-      redis::append_script_call(command, *c->script, s.sha, asking ? s.source : std::string_view{});
+      redis::append_script_call(command, *c->script, s.sha,
+                                asking || c->with_source ? s.source : std::string_view{});
     } else {
       redis::append_command(command, {"DEL", c->key});
     }
+    // The pending holds no script: NOSCRIPT comes back here (on_reply), which has the call.
     pending p;
     p.deadline = c->deadline;
-    if (c->script) p.script = *c->script;
     node* from = &n;
     p.done = [this, from, c](result<reply> r) { on_reply(*from, c, std::move(r)); };
     if (!asking) return n.pick().submit(std::move(command), std::move(p));
@@ -243,20 +257,21 @@ struct redis_cluster_store::impl {
   void on_reply(node& from, const std::shared_ptr<call>& c, result<reply> r) {
     if (!r) {
       if (r.error().code == errc::store_unavailable) want_refresh();
-      return c->finish(std::move(r));
+      return finish(*c, std::move(r));
     }
-    if (!r->is_error()) return c->finish(std::move(r));
+    if (!r->is_error()) return finish(*c, std::move(r));
     const std::string& text = r->text;
     if (auto to = redis::parse_redirect(text)) {
       if (c->redirects >= options.max_redirects) {
-        return c->finish(make_error(
-            errc::store_error, "redis cluster: more than " + std::to_string(options.max_redirects) +
-                                   " redirections (last: " + text.substr(0, 100) + ")"));
+        return finish(
+            *c, make_error(errc::store_error,
+                           "redis cluster: more than " + std::to_string(options.max_redirects) +
+                               " redirections (last: " + text.substr(0, 100) + ")"));
       }
       ++c->redirects;
       node* target = node_at(to->host.empty() ? from.where.host : to->host, to->port);
       if (target == nullptr) {
-        return c->finish(unavailable("too many nodes to follow " + text.substr(0, 100)));
+        return finish(*c, unavailable("too many nodes to follow " + text.substr(0, 100)));
       }
       if (to->ask) {
         ++asks;
@@ -267,6 +282,12 @@ struct redis_cluster_store::impl {
       }
       return send(*target, c, to->ask);
     }
+    if (text.starts_with("NOSCRIPT") && c->script && !c->with_source) {
+      // A restarted node, SCRIPT FLUSH: EVAL with the source caches it again.
+      ++shared->script_loads;
+      c->with_source = true;
+      return send(from, c, false);
+    }
     if (text.starts_with("TRYAGAIN")) {
       ++retries;
       return later(c, nullptr, false);
@@ -274,20 +295,20 @@ struct redis_cluster_store::impl {
     if (text.starts_with("CLUSTERDOWN") || text.starts_with("MASTERDOWN") ||
         text.starts_with("LOADING") || text.starts_with("READONLY")) {
       want_refresh();
-      return c->finish(unavailable(from.where.text() + ": " + text.substr(0, 200)));
+      return finish(*c, unavailable(from.where.text() + ": " + text.substr(0, 200)));
     }
-    c->finish(std::move(r));
+    finish(*c, std::move(r));
   }
 
   // Tries `c` again in a moment: on `n` (asking again when `asking`), or routed afresh.
   void later(std::shared_ptr<call> c, node* n, bool asking) {
     asio::post(io, [this, c = std::move(c), n, asking]() mutable {
-      if (closing) return c->finish(unavailable("the store was closed"));
+      if (closing) return finish(*c, unavailable("the store was closed"));
       auto timer = std::make_shared<asio::steady_timer>(io, kRetryDelay);
       waits.insert(timer);
       timer->async_wait([this, timer, c = std::move(c), n, asking](auto ec) {
         waits.erase(timer);
-        if (ec || closing) return c->finish(unavailable("the store was closed"));
+        if (ec || closing) return finish(*c, unavailable("the store was closed"));
         if (n != nullptr) return send(*n, c, asking);
         route(c);
       });
@@ -331,7 +352,12 @@ struct redis_cluster_store::impl {
     }
     ++refresh_cursor;
     if (ask == nullptr) {  // the tick tries again
-      if (masters.empty()) set_problem("no node reachable to read the slot map from");
+      // With the reason of a node (AUTH refused, TLS handshake, ...): often all fail alike.
+      if (masters.empty()) {
+        set_problem("no node reachable to read the slot map from" +
+                    (known.empty() ? std::string()
+                                   : "; " + known.front()->pool.front()->unavailable_reason()));
+      }
       return;
     }
     refreshing = true;
