@@ -109,7 +109,7 @@ class asio_connection final : public connection,
     return true;
   }
 
-  std::string unavailable_reason() const {
+  std::string unavailable_reason() const override {
     std::lock_guard lock(mu_);
     return "redis " + where_ + " is not connected" +
            (last_error_.empty() ? std::string() : " (" + last_error_ + ")");

@@ -89,6 +89,9 @@ class connection {
   virtual bool ready() const = 0;
   // True once the first connection attempt has succeeded or failed.
   virtual bool first_attempt_done() const = 0;
+  // Why calls fail while the connection is not up, with its last error:
+  // "redis 127.0.0.1:6379 is not connected (AUTH refused: WRONGPASS ...)".
+  virtual std::string unavailable_reason() const = 0;
   // Waits until the first attempt is done, at most `limit`.
   virtual void wait_first_attempt(std::chrono::milliseconds limit) = 0;
   // Closes for good (the store is going away); answers everything waiting.
