@@ -3,6 +3,7 @@
 # node a plain `redis-server` child with no persistence, in its own directory under DIR.
 #
 #   redis-cluster.sh start DIR [--masters N] [--replicas R] [--node-timeout MS] [--owner-pid PID]
+#                              [--password P] [--tls CERT_DIR]
 #   redis-cluster.sh stop DIR
 #
 # start  starts N*(R+1) servers (defaults: 3 masters, 1 replica each, cluster-node-timeout
@@ -16,6 +17,14 @@
 #        and prints the seed list `127.0.0.1:p1,127.0.0.1:p2,...` (masters first) as the last
 #        line on stdout. On failure it prints why, with the tail of the log that says so, on
 #        stderr, stops whatever it started and exits non-zero.
+#        --password P    every node requires P (requirepass) and replicas use it to reach
+#                        their master (masterauth); the script's redis-cli calls pass it.
+#        --tls CERT_DIR  every node serves TLS only: its port is a tls-port (no plain port),
+#                        and the cluster bus and replication links are TLS too. CERT_DIR holds
+#                        ca.crt, server.crt and server.key (the certificate must be valid for
+#                        IP 127.0.0.1 and usable for clientAuth as well as serverAuth: nodes
+#                        present it to each other on the cluster bus). Clients are not asked
+#                        for a certificate.
 # stop   SIGTERM to the pids in DIR/pids and the watcher, SIGKILL to any still there after
 #        5 s, and waits until they are gone. Leaves DIR in place; safe to run again.
 #
@@ -39,7 +48,7 @@ readonly STOP_GRACE=5         # seconds between SIGTERM and SIGKILL
 readonly PORT_ATTEMPTS=20     # start-ups of one node on fresh ports before giving up
 
 usage() {
-  sed -n '2,6p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,8p' "$SELF" | sed 's/^# \{0,1\}//' >&2
   echo "(more in the header of $SELF)" >&2
   exit 2
 }
@@ -118,11 +127,14 @@ running_in_dir() {
 
 # ---- talking to the nodes ------------------------------------------------------------------
 
+CLI_OPTIONS=()  # --password and --tls, as redis-cli options (set by cmd_start)
+
 # Runs one redis-cli command against 127.0.0.1:`port`; prints the reply (--raw, no CRs).
 cli() {
   local port=$1
   shift
-  timeout "$CLI_TIMEOUT" redis-cli -h 127.0.0.1 -p "$port" --raw "$@" 2>/dev/null | tr -d '\r'
+  timeout "$CLI_TIMEOUT" redis-cli -h 127.0.0.1 -p "$port" "${CLI_OPTIONS[@]}" --raw "$@" \
+    2>/dev/null | tr -d '\r'
 }
 
 # Prints the last lines of a node's logs, for error messages.
@@ -132,6 +144,16 @@ node_logs() {
     [[ -s $log ]] || continue
     echo "--- last lines of $log:"
     tail -n 20 "$log"
+  done
+}
+
+# Prints every node's view of the cluster and the tail of its log, for error messages.
+describe_nodes() {
+  local port
+  for port in "${PORTS[@]}"; do
+    echo "--- CLUSTER NODES as 127.0.0.1:$port sees it:"
+    cli "$port" CLUSTER NODES || true
+    node_logs "$DIR/$port"
   done
 }
 
@@ -163,12 +185,35 @@ pick_port() {
   fail "no unused port left to pick in 20000-59999"
 }
 
+# Prints `value` as a redis.conf argument: in double quotes, with \ and " escaped.
+conf_quote() {
+  local value=${1//\\/\\\\}
+  printf '"%s"' "${value//\"/\\\"}"
+}
+
 # Writes the config of a node on `port` with cluster bus `bus` into `node_dir`.
 write_config() {
   local port=$1 bus=$2 node_dir=$3
+  local listen="port $port"
+  if [[ -n $TLS_DIR ]]; then
+    listen="port 0
+tls-port $port
+tls-cluster yes
+tls-replication yes
+tls-cert-file $(conf_quote "$TLS_DIR/server.crt")
+tls-key-file $(conf_quote "$TLS_DIR/server.key")
+tls-ca-cert-file $(conf_quote "$TLS_DIR/ca.crt")
+tls-auth-clients no"
+  fi
+  local auth=""
+  if [[ -n $PASSWORD ]]; then
+    auth="requirepass $(conf_quote "$PASSWORD")
+masterauth $(conf_quote "$PASSWORD")"
+  fi
   cat >"$node_dir/redis.conf" <<EOF
 bind 127.0.0.1
-port $port
+$listen
+$auth
 protected-mode no
 daemonize no
 dir "$node_dir"
@@ -356,12 +401,16 @@ cmd_start() {
   REPLICAS=1
   NODE_TIMEOUT=1000
   OWNER_PID=""
+  PASSWORD=""
+  TLS_DIR=""
   while (($# > 0)); do
     case $1 in
       --masters) MASTERS=${2:?}; shift 2 ;;
       --replicas) REPLICAS=${2:?}; shift 2 ;;
       --node-timeout) NODE_TIMEOUT=${2:?}; shift 2 ;;
       --owner-pid) OWNER_PID=${2:?}; shift 2 ;;
+      --password) PASSWORD=${2:?}; shift 2 ;;
+      --tls) TLS_DIR=${2:?}; shift 2 ;;
       *) usage ;;
     esac
   done
@@ -370,6 +419,19 @@ cmd_start() {
   [[ $REPLICAS =~ ^[0-9]+$ ]] || fail "--replicas must be a number"
   [[ $NODE_TIMEOUT =~ ^[0-9]+$ ]] || fail "--node-timeout must be a number of ms"
   [[ -z $OWNER_PID || $OWNER_PID =~ ^[0-9]+$ ]] || fail "--owner-pid must be a pid"
+  [[ $PASSWORD != *$'\n'* ]] || fail "--password must be one line"
+  if [[ -n $PASSWORD ]]; then
+    CLI_OPTIONS+=(-a "$PASSWORD" --no-auth-warning)
+  fi
+  if [[ -n $TLS_DIR ]]; then
+    [[ -d $TLS_DIR ]] || fail "--tls: no directory $TLS_DIR"
+    TLS_DIR=$(cd "$TLS_DIR" && pwd -P)
+    local file
+    for file in ca.crt server.crt server.key; do
+      [[ -r $TLS_DIR/$file ]] || fail "--tls: $TLS_DIR/$file is missing"
+    done
+    CLI_OPTIONS+=(--tls --cacert "$TLS_DIR/ca.crt")
+  fi
   command -v redis-server >/dev/null || fail "redis-server is needed (scripts/install-deps.sh)"
   command -v redis-cli >/dev/null ||
     fail "redis-cli is needed (scripts/install-deps.sh)"
@@ -397,8 +459,8 @@ cmd_start() {
     addresses+=("127.0.0.1:$i")
   done
 
-  if ! timeout 60 redis-cli --cluster create "${addresses[@]}" --cluster-replicas "$REPLICAS" \
-    --cluster-yes </dev/null >"$DIR/create.log" 2>&1; then
+  if ! timeout 60 redis-cli "${CLI_OPTIONS[@]}" --cluster create "${addresses[@]}" \
+    --cluster-replicas "$REPLICAS" --cluster-yes </dev/null >"$DIR/create.log" 2>&1; then
     fail "redis-cli --cluster create failed; last lines of $DIR/create.log:" \
       "$(tail -n 30 "$DIR/create.log")"
   fi

@@ -96,17 +96,6 @@ std::uint16_t owner(const std::vector<redis_cluster::slot_range>& view, int slot
   return 0;
 }
 
-// Returns the reply of the node on `port` to one command.
-redis_reply ask(std::uint16_t port, const std::vector<std::string>& args) {
-  redis_endpoint to;
-  to.port = port;
-  try {
-    return send_commands(to, {args}).front();
-  } catch (const std::runtime_error& e) {
-    fail("node " + port_text(port) + ": " + e.what());
-  }
-}
-
 bool state_ok(const std::string& cluster_info) {
   return cluster_info.find("cluster_state:ok") != std::string::npos;
 }
@@ -115,7 +104,17 @@ bool state_ok(const std::string& cluster_info) {
 
 redis_cluster::redis_cluster(redis_cluster_options options)
     : options_(std::move(options)), dir_(make_temp_dir()) {
-  const std::vector<std::string> argv = {
+  if (options_.tls) {
+    try {
+      std::filesystem::create_directory(dir_ / "tls");
+      make_test_tls_files(dir_ / "tls");
+    } catch (...) {
+      std::error_code ignored;
+      std::filesystem::remove_all(dir_, ignored);
+      throw;
+    }
+  }
+  std::vector<std::string> argv = {
       SLUICE_TEST_CLUSTER_SCRIPT,
       "start",
       dir_.string(),
@@ -128,6 +127,8 @@ redis_cluster::redis_cluster(redis_cluster_options options)
       "--owner-pid",
       std::to_string(::getpid()),
   };
+  if (!options_.password.empty()) argv.insert(argv.end(), {"--password", options_.password});
+  if (options_.tls) argv.insert(argv.end(), {"--tls", (dir_ / "tls").string()});
   // The servers and the watcher outlive the script: as its orphans they come to this
   // process rather than to init, so that we reap them and their pids are free once stopped.
   int was_subreaper = 0;
@@ -213,11 +214,29 @@ void redis_cluster::run_script_stop() const {
 std::filesystem::path redis_cluster::script() { return SLUICE_TEST_CLUSTER_SCRIPT; }
 
 std::string redis_cluster::uri() const {
-  std::string out = "redis+cluster://";
+  std::string out = options_.tls ? "rediss+cluster://" : "redis+cluster://";
   for (std::size_t i = 0; i < seeds_.size(); ++i) {
     out += (i > 0 ? "," : "") + port_text(seeds_[i]);
   }
   return out;
+}
+
+std::string redis_cluster::full_uri() const {
+  std::string out = uri();
+  if (!options_.password.empty()) {
+    const std::size_t hosts = out.find("://") + 3;
+    out.insert(hosts, ":" + percent_encode(options_.password) + "@");
+  }
+  if (options_.tls) out += "?tls_ca=" + percent_encode(ca_file().string());
+  return out;
+}
+
+std::filesystem::path redis_cluster::ca_file() const {
+  return options_.tls ? dir_ / "tls" / "ca.crt" : std::filesystem::path();
+}
+
+std::filesystem::path redis_cluster::other_ca_file() const {
+  return options_.tls ? dir_ / "tls" / "other_ca.crt" : std::filesystem::path();
 }
 
 std::vector<redis_cluster::node> redis_cluster::nodes() const {
@@ -397,10 +416,11 @@ bool redis_cluster::wait_ok(milliseconds timeout) const {
 }
 
 void redis_cluster::reshard(const std::string& from_id, const std::string& to_id, int slots) {
-  const std::vector<std::string> argv = {
-      "redis-cli",    "--cluster",    "reshard", port_text(any_live_port()), "--cluster-from",
-      from_id,        "--cluster-to", to_id,     "--cluster-slots",          std::to_string(slots),
-      "--cluster-yes"};
+  std::vector<std::string> argv = {"redis-cli"};
+  for (std::string& o : cli_options()) argv.push_back(std::move(o));
+  argv.insert(argv.end(),
+              {"--cluster", "reshard", port_text(any_live_port()), "--cluster-from", from_id,
+               "--cluster-to", to_id, "--cluster-slots", std::to_string(slots), "--cluster-yes"});
   const process_result r = run_process(argv, std::chrono::seconds(120));
   if (r.timed_out || r.exit_code != 0) {
     fail("redis-cli --cluster reshard " + from_id + " -> " + to_id + " (" + std::to_string(slots) +
@@ -430,8 +450,10 @@ void redis_cluster::move_slot(int slot, std::uint16_t from_port, std::uint16_t t
         ask(from_port, {"CLUSTER", "GETKEYSINSLOT", s, std::to_string(keys_per_batch)});
     if (!keys.array) fail(port_text(from_port) + " CLUSTER GETKEYSINSLOT: " + printable(keys));
     if (keys.elements.empty()) break;
-    std::vector<std::string> migrate = {"MIGRATE", "127.0.0.1", std::to_string(to_port), "", "0",
-                                        "5000",    "KEYS"};
+    std::vector<std::string> migrate = {"MIGRATE", "127.0.0.1", std::to_string(to_port),
+                                        "",        "0",         "5000"};
+    if (!options_.password.empty()) migrate.insert(migrate.end(), {"AUTH", options_.password});
+    migrate.push_back("KEYS");
     for (const redis_reply& k : keys.elements) migrate.push_back(k.text);
     // NOKEY: the keys expired or went meanwhile; the loop asks again.
     if (const std::string reply = command(from_port, migrate); reply != "OK" && reply != "NOKEY") {
@@ -447,6 +469,25 @@ void redis_cluster::move_slot(int slot, std::uint16_t from_port, std::uint16_t t
     }
   }
   wait_agreed(std::chrono::seconds(10), "moving slot " + s);
+}
+
+redis_reply redis_cluster::ask(std::uint16_t port, const std::vector<std::string>& args) const {
+  redis_endpoint to;
+  to.port = port;
+  to.ca_file = ca_file();
+  if (!options_.password.empty()) to.auth = {"AUTH", options_.password};
+  try {
+    return send_commands(to, {args}).front();
+  } catch (const std::runtime_error& e) {
+    fail("node " + port_text(port) + ": " + e.what());
+  }
+}
+
+std::vector<std::string> redis_cluster::cli_options() const {
+  std::vector<std::string> out;
+  if (!options_.password.empty()) out = {"-a", options_.password, "--no-auth-warning"};
+  if (options_.tls) out.insert(out.end(), {"--tls", "--cacert", ca_file().string()});
+  return out;
 }
 
 const redis_cluster::node& redis_cluster::static_node(std::uint16_t port) const {

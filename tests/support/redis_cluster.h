@@ -9,6 +9,9 @@
 //   cluster.kill(port);
 //   const auto promoted = cluster.wait_for_failover(port, std::chrono::seconds(20));
 //
+//   sluice::test::redis_cluster secured({.password = "s3cret", .tls = true});
+//   auto o = sluice::parse_redis_cluster_uri(secured.full_uri());  // rediss+cluster://...
+//
 // Every ctest test that starts a cluster takes RESOURCE_LOCK redis_cluster, so that no two
 // clusters run at once; the ports are picked so that two could anyway.
 #pragma once
@@ -26,6 +29,8 @@
 
 namespace sluice::test {
 
+struct redis_reply;
+
 // How a redis_cluster is made. The defaults give 3 masters with one replica each.
 struct redis_cluster_options {
   // Masters, 3 or more (redis-cli --cluster create refuses fewer).
@@ -37,6 +42,13 @@ struct redis_cluster_options {
   std::chrono::milliseconds node_timeout = std::chrono::milliseconds(1000);
   // How long the start script may take before the constructor gives up.
   std::chrono::milliseconds start_timeout = std::chrono::seconds(90);
+  // The password every node requires (requirepass; masterauth for the replicas); empty
+  // for none. command() and the other calls authenticate with it.
+  std::string password;
+  // Serve TLS only, on every link (clients, cluster bus, replication), with a throwaway CA
+  // and node certificate (IP:127.0.0.1) made by the `openssl` command. Clients need no
+  // certificate.
+  bool tls = false;
 };
 
 // A Redis Cluster on 127.0.0.1, all of whose servers are stopped by the destructor, or by a
@@ -79,9 +91,18 @@ class redis_cluster {
   redis_cluster(const redis_cluster&) = delete;
   redis_cluster& operator=(const redis_cluster&) = delete;
 
-  // Returns "redis+cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,..." with the masters as they
-  // were at start, in slot order: what a sluice store needs to reach the cluster.
+  // Returns "redis+cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,..." ("rediss+cluster://" with
+  // `tls`) with the masters as they were at start, in slot order, without credentials.
   std::string uri() const;
+  // uri() with the password (%-encoded) and, with `tls`, `?tls_ca=<ca_file()>`: what a
+  // sluice store needs to reach the cluster.
+  //   "rediss+cluster://:s%40cret@127.0.0.1:20001,127.0.0.1:20002,...?tls_ca=%2Ftmp%2F..."
+  std::string full_uri() const;
+  // The CA that signed the nodes' certificate, and an unrelated CA (for "wrong CA" tests).
+  // Empty paths unless `tls`.
+  std::filesystem::path ca_file() const;
+  std::filesystem::path other_ca_file() const;
+  const redis_cluster_options& options() const { return options_; }
   // Returns every node, masters at start first (in slot order), then their replicas. The
   // roles are read now: ROLE from each live node, CLUSTER NODES (as a live node sees it)
   // for nodes that are killed or paused.
@@ -99,7 +120,8 @@ class redis_cluster {
 
   // Returns the reply to one command sent to the node on `port`, as text, exactly like
   // redis_server::command(): "OK", "12182", "(nil)", "(error) MOVED 12182 127.0.0.1:20001",
-  // "[a, b]". Throws std::runtime_error when the node does not answer in 5 s.
+  // "[a, b]". Authenticates and speaks TLS as the cluster requires. Throws
+  // std::runtime_error when the node does not answer in 5 s.
   std::string command(std::uint16_t port, const std::vector<std::string>& args) const;
   // Returns the slot table as the node on `port` sees it, in slot order.
   std::vector<slot_range> slots(std::uint16_t port) const;
@@ -144,6 +166,8 @@ class redis_cluster {
   std::vector<slot_range> ranges_of(std::uint16_t master_port) const;
   void wait_agreed(std::chrono::milliseconds timeout, const std::string& after) const;
   void run_script_stop() const;
+  redis_reply ask(std::uint16_t port, const std::vector<std::string>& args) const;
+  std::vector<std::string> cli_options() const;  // redis-cli's -a / --tls options
 
   redis_cluster_options options_;
   std::filesystem::path dir_;

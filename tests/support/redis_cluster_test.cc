@@ -1,6 +1,6 @@
 // Tests of the Redis Cluster fixture (scripts/redis-cluster.sh and redis_cluster): a real
 // 3-master / 3-replica cluster comes up whole, routes keys, stops exactly its own servers,
-// fails over, and moves slots by hand and with redis-cli.
+// fails over, moves slots by hand and with redis-cli, and can require a password and TLS.
 #include "support/redis_cluster.h"
 
 #include <errno.h>
@@ -293,6 +293,90 @@ TEST(RedisCluster, BadOptionsFailWithTheReason) {
     EXPECT_NE(std::string(e.what()).find("--masters must be 3 or more"), std::string::npos)
         << e.what();
   }
+}
+
+// Verifies that a cluster with a password refuses clients that do not give it, while
+// command(), move_slot() (MIGRATE ... AUTH) and reshard() (redis-cli -a) authenticate, and
+// that full_uri() carries the password %-encoded.
+TEST(RedisCluster, PasswordIsRequiredOnEveryNode) {
+  redis_cluster_options options;
+  options.password = "s3cret:@/% \"x";
+  redis_cluster cluster(options);
+  EXPECT_EQ(cluster.uri().rfind("redis+cluster://127.0.0.1:", 0), 0u) << cluster.uri();
+  EXPECT_EQ(cluster.full_uri(), "redis+cluster://:s3cret%3A%40%2F%25%20%22x@" +
+                                    cluster.uri().substr(std::string("redis+cluster://").size()));
+  EXPECT_TRUE(cluster.ca_file().empty());
+  for (const auto& n : cluster.nodes()) {
+    EXPECT_EQ(cluster.command(n.port, {"PING"}), "PONG") << n.port;
+    sluice::test::redis_endpoint anonymous;
+    anonymous.port = n.port;
+    EXPECT_EQ(sluice::test::printable(send_commands(anonymous, {{"PING"}}).front()),
+              "(error) NOAUTH Authentication required.")
+        << n.port;
+  }
+  // The replicas reached their masters with masterauth: the script waits for them in sync.
+  const std::uint16_t from = cluster.master_of_slot(cluster.keyslot("{foo}:0"));
+  std::uint16_t to = 0;
+  for (const auto& m : cluster.masters()) {
+    if (m.port != from) to = m.port;
+  }
+  ASSERT_EQ(cluster.command(from, {"SET", "{foo}:0", "v"}), "OK");
+  cluster.move_slot(cluster.keyslot("{foo}:0"), from, to);
+  EXPECT_EQ(cluster.command(to, {"GET", "{foo}:0"}), "v");
+  const auto masters = cluster.masters();
+  cluster.reshard(masters[1].id, masters[2].id, 1);
+  EXPECT_EQ(cluster.master_of_slot(5461), masters[2].port);
+  EXPECT_TRUE(cluster.wait_ok(seconds(5)));
+}
+
+// Verifies that a TLS cluster serves TLS only, on every node (replicas included, replicating
+// over TLS), that CLUSTER SLOTS gives the TLS ports, and that command(), move_slot() and
+// reshard() speak TLS; with a password on top.
+TEST(RedisCluster, TlsOnEveryNode) {
+  redis_cluster_options options;
+  options.tls = true;
+  options.password = "s3cret";
+  redis_cluster cluster(options);
+  ASSERT_TRUE(std::filesystem::exists(cluster.ca_file()));
+  ASSERT_TRUE(std::filesystem::exists(cluster.other_ca_file()));
+  const std::string hosts = cluster.uri().substr(std::string("rediss+cluster://").size());
+  EXPECT_EQ(cluster.uri(), "rediss+cluster://" + hosts);
+  EXPECT_EQ(cluster.full_uri(), "rediss+cluster://:s3cret@" + hosts + "?tls_ca=" +
+                                    sluice::test::percent_encode(cluster.ca_file().string()));
+  const auto nodes = cluster.nodes();
+  ASSERT_EQ(nodes.size(), 6u);
+  for (const auto& n : nodes) {
+    EXPECT_EQ(cluster.command(n.port, {"CONFIG", "GET", "port"}), "[port, 0]") << n.port;
+    EXPECT_EQ(cluster.command(n.port, {"CONFIG", "GET", "tls-cluster"}), "[tls-cluster, yes]");
+    sluice::test::redis_endpoint plain;
+    plain.port = n.port;
+    plain.auth = {"AUTH", "s3cret"};
+    plain.timeout = seconds(2);
+    EXPECT_THROW(send_commands(plain, {{"PING"}}), std::runtime_error) << n.port;
+    sluice::test::redis_endpoint wrong_ca = plain;
+    wrong_ca.ca_file = cluster.other_ca_file();
+    EXPECT_THROW(send_commands(wrong_ca, {{"PING"}}), std::runtime_error) << n.port;
+    if (!n.master) {
+      EXPECT_NE(cluster.command(n.port, {"INFO", "replication"}).find("master_link_status:up"),
+                std::string::npos)
+          << n.port;
+    }
+  }
+  std::set<std::uint16_t> serving;
+  for (const auto& r : cluster.slots(nodes[0].port)) serving.insert(r.master);
+  EXPECT_EQ(serving, ports(cluster.masters()));
+  const std::uint16_t from = cluster.master_of_slot(cluster.keyslot("{foo}:0"));
+  std::uint16_t to = 0;
+  for (const auto& m : cluster.masters()) {
+    if (m.port != from) to = m.port;
+  }
+  ASSERT_EQ(cluster.command(from, {"SET", "{foo}:0", "v"}), "OK");
+  cluster.move_slot(cluster.keyslot("{foo}:0"), from, to);
+  EXPECT_EQ(cluster.command(to, {"GET", "{foo}:0"}), "v");
+  const auto masters = cluster.masters();
+  cluster.reshard(masters[1].id, masters[2].id, 1);
+  EXPECT_EQ(cluster.master_of_slot(5461), masters[2].port);
+  EXPECT_TRUE(cluster.wait_ok(seconds(5)));
 }
 
 }  // namespace

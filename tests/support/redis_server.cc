@@ -186,21 +186,6 @@ std::string conf_quote(const std::string& s) {
   return out + "\"";
 }
 
-std::string percent_encode(const std::string& s) {
-  std::string out;
-  for (const char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (std::isalnum(u) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out += c;
-    } else {
-      char hex[4];
-      std::snprintf(hex, sizeof hex, "%%%02X", u);
-      out += hex;
-    }
-  }
-  return out;
-}
-
 std::string encode_command(const std::vector<std::string>& args) {
   std::string out = "*" + std::to_string(args.size()) + "\r\n";
   for (const std::string& a : args) {
@@ -459,12 +444,68 @@ std::vector<redis_reply> send_commands(const redis_endpoint& to,
   return replies;
 }
 
+std::string percent_encode(const std::string& s) {
+  std::string out;
+  for (const char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (std::isalnum(u) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out += c;
+    } else {
+      char hex[4];
+      std::snprintf(hex, sizeof hex, "%%%02X", u);
+      out += hex;
+    }
+  }
+  return out;
+}
+
+void make_test_tls_files(const std::filesystem::path& dir) {
+  const std::string openssl = find_program("openssl", {"/usr/bin/openssl"});
+  if (openssl.empty()) fail("openssl not found in PATH or /usr/bin (scripts/install-deps.sh)");
+  {
+    std::ofstream ext(dir / "server.ext");
+    ext << "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        << "basicConstraints=CA:FALSE\n"
+        // clientAuth too: cluster nodes present it to each other on the cluster bus.
+        << "extendedKeyUsage=serverAuth,clientAuth\n";
+  }
+  const std::string d = dir.string() + "/";
+  const std::vector<std::string> ec = {"-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                                       "-nodes"};
+  auto req = [&](std::vector<std::string> tail) {
+    std::vector<std::string> argv = {openssl, "req"};
+    argv.insert(argv.end(), ec.begin(), ec.end());
+    argv.insert(argv.end(), tail.begin(), tail.end());
+    return argv;
+  };
+  const std::vector<std::vector<std::string>> steps = {
+      req({"-x509", "-days", "2", "-keyout", d + "ca.key", "-out", d + "ca.crt", "-subj",
+           "/CN=sluice test CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
+           "keyUsage=critical,keyCertSign,cRLSign"}),
+      req({"-keyout", d + "server.key", "-out", d + "server.csr", "-subj", "/CN=localhost"}),
+      {openssl, "x509", "-req", "-in", d + "server.csr", "-CA", d + "ca.crt", "-CAkey",
+       d + "ca.key", "-CAcreateserial", "-CAserial", d + "ca.srl", "-days", "2", "-out",
+       d + "server.crt", "-extfile", d + "server.ext"},
+      req({"-x509", "-days", "2", "-keyout", d + "other_ca.key", "-out", d + "other_ca.crt",
+           "-subj", "/CN=sluice unrelated test CA"}),
+  };
+  for (const auto& argv : steps) {
+    const process_result r = run_process(argv, std::chrono::seconds(30));
+    if (r.exit_code != 0) {
+      std::string shown;
+      for (const std::string& a : argv) shown += (shown.empty() ? "" : " ") + a;
+      fail("making TLS files failed (exit " + std::to_string(r.exit_code) + "): " + shown + "\n" +
+           r.err);
+    }
+  }
+}
+
 // ---- redis_server ------------------------------------------------------------------------
 
 redis_server::redis_server(redis_server_options options)
     : options_(std::move(options)), dir_(make_temp_dir()) {
   try {
-    if (options_.tls) make_tls_files();
+    if (options_.tls) make_test_tls_files(dir_);
     std::string failure;
     // The port is free when picked but may be taken before Redis binds it: pick again.
     for (int attempt = 1;; ++attempt) {
@@ -569,46 +610,6 @@ std::vector<std::string> redis_server::commands(
     fail("redis_server " + uri() + ": " + e.what());
   }
   return replies;
-}
-
-void redis_server::make_tls_files() const {
-  const std::string openssl = find_program("openssl", {"/usr/bin/openssl"});
-  if (openssl.empty()) fail("openssl not found in PATH or /usr/bin (scripts/install-deps.sh)");
-  {
-    std::ofstream ext(dir_ / "server.ext");
-    ext << "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-        << "basicConstraints=CA:FALSE\n"
-        << "extendedKeyUsage=serverAuth\n";
-  }
-  const std::string d = dir_.string() + "/";
-  const std::vector<std::string> ec = {"-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                                       "-nodes"};
-  auto req = [&](std::vector<std::string> tail) {
-    std::vector<std::string> argv = {openssl, "req"};
-    argv.insert(argv.end(), ec.begin(), ec.end());
-    argv.insert(argv.end(), tail.begin(), tail.end());
-    return argv;
-  };
-  const std::vector<std::vector<std::string>> steps = {
-      req({"-x509", "-days", "2", "-keyout", d + "ca.key", "-out", d + "ca.crt", "-subj",
-           "/CN=sluice test CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
-           "keyUsage=critical,keyCertSign,cRLSign"}),
-      req({"-keyout", d + "server.key", "-out", d + "server.csr", "-subj", "/CN=localhost"}),
-      {openssl, "x509", "-req", "-in", d + "server.csr", "-CA", d + "ca.crt", "-CAkey",
-       d + "ca.key", "-CAcreateserial", "-CAserial", d + "ca.srl", "-days", "2", "-out",
-       d + "server.crt", "-extfile", d + "server.ext"},
-      req({"-x509", "-days", "2", "-keyout", d + "other_ca.key", "-out", d + "other_ca.crt",
-           "-subj", "/CN=sluice unrelated test CA"}),
-  };
-  for (const auto& argv : steps) {
-    const process_result r = run_process(argv, std::chrono::seconds(30));
-    if (r.exit_code != 0) {
-      std::string shown;
-      for (const std::string& a : argv) shown += (shown.empty() ? "" : " ") + a;
-      fail("making TLS files failed (exit " + std::to_string(r.exit_code) + "): " + shown + "\n" +
-           r.err);
-    }
-  }
 }
 
 void redis_server::write_config() const {

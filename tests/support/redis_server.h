@@ -117,7 +117,6 @@ class redis_server {
 
  private:
   void write_config() const;
-  void make_tls_files() const;
   bool launch(std::string& failure);  // false + failure text when the server did not come up
   void terminate(int signal);
 
@@ -159,6 +158,15 @@ struct redis_endpoint {
 //                 {{"CLUSTER", "SLOTS"}}).front().elements  // one element a slot range
 std::vector<redis_reply> send_commands(const redis_endpoint& to,
                                        const std::vector<std::vector<std::string>>& list);
+
+// Returns `s` with every byte but A-Z a-z 0-9 - . _ ~ as %XX, for URIs: "s@t" -> "s%40t".
+std::string percent_encode(const std::string& s);
+
+// Makes throwaway TLS files in `dir` with the `openssl` command: ca.crt and ca.key, a test
+// CA; server.crt and server.key, signed by it for IP:127.0.0.1 and DNS:localhost, usable
+// for serverAuth and clientAuth (cluster nodes present it to each other); other_ca.crt, an
+// unrelated CA for "wrong CA" tests. Throws std::runtime_error when openssl fails.
+void make_test_tls_files(const std::filesystem::path& dir);
 
 // What a fake_resp_server does with a connection.
 enum class fake_resp_behaviour {

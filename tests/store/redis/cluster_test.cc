@@ -429,5 +429,94 @@ TEST(ClusterStore, ExactWhileItsSlotIsResharded) {
               static_cast<unsigned long long>(s.asks), static_cast<unsigned long long>(s.moved));
 }
 
+// Returns the keys each master holds (DBSIZE), by port.
+std::map<std::uint16_t, long long> dbsize_by_master(const redis_cluster& cluster) {
+  std::map<std::uint16_t, long long> out;
+  for (const auto& m : cluster.masters()) {
+    out[m.port] = std::stoll(cluster.command(m.port, {"DBSIZE"}));
+  }
+  return out;
+}
+
+// Verifies that a store given the password in its URI authenticates on every master: it
+// decides on keys spread over all of them. With a wrong password every call fails as
+// unavailable, saying that AUTH was refused.
+TEST(ClusterStore, AuthenticatesOnEveryNode) {
+  test::redis_cluster_options co;
+  co.password = "s3cret:@/%";  // every character of it needs %-encoding in the URI
+  redis_cluster cluster(co);
+  auto o = parse_redis_cluster_uri(cluster.full_uri());
+  ASSERT_TRUE(o) << o.error().message();
+  EXPECT_EQ(o->connection.password, co.password);
+  {
+    redis_cluster_store redis(*o);
+    constexpr int kKeys = 60;
+    for (int i = 0; i < kKeys; ++i) {
+      auto d = redis.acquire(req("auth:" + std::to_string(i), 5, 60s, kAlgorithms[i % 3]));
+      ASSERT_TRUE(d) << d.error().message();
+      EXPECT_TRUE(d->allowed);
+    }
+    long long total = 0;
+    for (const auto& [port, n] : dbsize_by_master(cluster)) {
+      EXPECT_GT(n, 0) << "master " << port;
+      total += n;
+    }
+    EXPECT_EQ(total, kKeys);
+    EXPECT_EQ(redis.stats().masters, 3u);
+    EXPECT_EQ(redis.stats().slots_served, 16384u);
+    EXPECT_EQ(redis.stats().errors, 0u);
+  }
+  o->connection.password = "wrong";
+  o->connection.connect_timeout = 500ms;
+  redis_cluster_store wrong(*o);
+  EXPECT_FALSE(wrong.ready());
+  auto d = wrong.acquire(req("auth:0", 5, 60s, algorithm::gcra));
+  ASSERT_FALSE(d);
+  EXPECT_EQ(d.error().code, errc::store_unavailable);
+  EXPECT_NE(d.error().message().find("AUTH refused"), std::string::npos) << d.error().message();
+  EXPECT_NE(d.error().message().find("WRONGPASS"), std::string::npos) << d.error().message();
+}
+
+// Verifies that a rediss+cluster:// store speaks TLS to every master, checking each node's
+// certificate (IP 127.0.0.1) against the CA in tls_ca: it decides on keys spread over all
+// of them. With an unrelated CA every call fails as unavailable, saying the TLS handshake
+// failed on certificate verification.
+TEST(ClusterStore, TlsToEveryNode) {
+  test::redis_cluster_options co;
+  co.tls = true;
+  redis_cluster cluster(co);
+  auto o = parse_redis_cluster_uri(cluster.full_uri());
+  ASSERT_TRUE(o) << o.error().message();
+  ASSERT_TRUE(o->connection.tls);
+  {
+    redis_cluster_store redis(*o);
+    constexpr int kKeys = 60;
+    for (int i = 0; i < kKeys; ++i) {
+      auto d = redis.acquire(req("tls:" + std::to_string(i), 5, 60s, kAlgorithms[i % 3]));
+      ASSERT_TRUE(d) << d.error().message();
+      EXPECT_TRUE(d->allowed);
+    }
+    long long total = 0;
+    for (const auto& [port, n] : dbsize_by_master(cluster)) {
+      EXPECT_GT(n, 0) << "master " << port;
+      total += n;
+    }
+    EXPECT_EQ(total, kKeys);
+    EXPECT_EQ(redis.stats().masters, 3u);
+    EXPECT_EQ(redis.stats().slots_served, 16384u);
+    EXPECT_EQ(redis.stats().errors, 0u);
+  }
+  o->connection.tls_ca_file = cluster.other_ca_file().string();
+  o->connection.connect_timeout = 500ms;
+  redis_cluster_store wrong(*o);
+  EXPECT_FALSE(wrong.ready());
+  auto d = wrong.acquire(req("tls:0", 5, 60s, algorithm::gcra));
+  ASSERT_FALSE(d);
+  EXPECT_EQ(d.error().code, errc::store_unavailable);
+  EXPECT_NE(d.error().message().find("TLS handshake"), std::string::npos) << d.error().message();
+  EXPECT_NE(d.error().message().find("certificate verify failed"), std::string::npos)
+      << d.error().message();
+}
+
 }  // namespace
 }  // namespace sluice
