@@ -464,31 +464,19 @@ redis_cluster_store::~redis_cluster_store() {
   m.thread.join();
 }
 
-namespace {
-
-bool on_io_thread(const std::thread& t) { return std::this_thread::get_id() == t.get_id(); }
-
-}  // namespace
-
 result<decision> redis_cluster_store::acquire(const request& r) {
-  if (on_io_thread(impl_->thread)) return redis::io_thread_error();
-  redis::waiter<decision> w;
-  impl_->decide(r, true, w.completion());
-  return w.wait();
+  return redis::wait_for<decision>(
+      impl_->thread, [&](completion done) { impl_->decide(r, true, std::move(done)); });
 }
 
 result<decision> redis_cluster_store::peek(const request& r) {
-  if (on_io_thread(impl_->thread)) return redis::io_thread_error();
-  redis::waiter<decision> w;
-  impl_->decide(r, false, w.completion());
-  return w.wait();
+  return redis::wait_for<decision>(
+      impl_->thread, [&](completion done) { impl_->decide(r, false, std::move(done)); });
 }
 
 result<void> redis_cluster_store::reset(std::string_view key) {
-  if (on_io_thread(impl_->thread)) return redis::io_thread_error();
-  redis::waiter<void> w;
-  impl_->reset(key, w.completion());
-  return w.wait();
+  return redis::wait_for<void>(impl_->thread,
+                               [&](reset_completion done) { impl_->reset(key, std::move(done)); });
 }
 
 void redis_cluster_store::async_acquire(const request& r, completion done) {

@@ -15,6 +15,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "sluice/decision.h"
@@ -141,5 +143,15 @@ class waiter {
 // The error of a synchronous call made on a store's own I/O thread (from inside a
 // completion), which would wait for itself.
 error io_thread_error();
+
+// Runs an async call, `start(completion)`, and waits for its result: the synchronous form
+// of a store's calls. On the store's I/O thread `io` it returns io_thread_error() instead.
+template <class T, class Start>
+result<T> wait_for(const std::thread& io, Start&& start) {
+  if (std::this_thread::get_id() == io.get_id()) return io_thread_error();
+  waiter<T> w;
+  std::forward<Start>(start)(w.completion());
+  return w.wait();
+}
 
 }  // namespace sluice::redis

@@ -98,33 +98,19 @@ redis_store::~redis_store() {
   impl_->thread.join();
 }
 
-namespace {
-
-// A sync call made on the store's own I/O thread (from inside a completion) would wait for
-// itself; it gets an error instead.
-bool on_io_thread(const std::thread& t) { return std::this_thread::get_id() == t.get_id(); }
-
-}  // namespace
-
 result<decision> redis_store::acquire(const request& r) {
-  if (on_io_thread(impl_->thread)) return redis::io_thread_error();
-  redis::waiter<decision> w;
-  impl_->decide(r, true, w.completion());
-  return w.wait();
+  return redis::wait_for<decision>(
+      impl_->thread, [&](completion done) { impl_->decide(r, true, std::move(done)); });
 }
 
 result<decision> redis_store::peek(const request& r) {
-  if (on_io_thread(impl_->thread)) return redis::io_thread_error();
-  redis::waiter<decision> w;
-  impl_->decide(r, false, w.completion());
-  return w.wait();
+  return redis::wait_for<decision>(
+      impl_->thread, [&](completion done) { impl_->decide(r, false, std::move(done)); });
 }
 
 result<void> redis_store::reset(std::string_view key) {
-  if (on_io_thread(impl_->thread)) return redis::io_thread_error();
-  redis::waiter<void> w;
-  impl_->reset(key, w.completion());
-  return w.wait();
+  return redis::wait_for<void>(impl_->thread,
+                               [&](reset_completion done) { impl_->reset(key, std::move(done)); });
 }
 
 void redis_store::async_acquire(const request& r, completion done) {

@@ -18,6 +18,7 @@
 
 #include "sluice/limiter.h"
 #include "sluice/memory_store.h"
+#include "store/redis/store_checks.h"
 #include "support/redis_cluster.h"
 #include "support/redis_server.h"
 #include "support/test_util.h"
@@ -67,29 +68,7 @@ std::vector<std::string> keys_on(const redis_cluster& cluster, const redis_clust
 TEST(ClusterStore, ConformsToTheMemoryStore) {
   redis_cluster cluster;
   redis_cluster_store redis(options_for(cluster));
-  memory_store memory;
-  std::mt19937_64 rng(2024);
-  int compared = 0;
-  for (int k = 0; k < 90; ++k) {
-    const algorithm a = kAlgorithms[k % 3];
-    const std::string key = "conf:" + std::to_string(k);
-    const std::int64_t count = std::vector<std::int64_t>{1, 3, 10, 100}[rng() % 4];
-    const microseconds window{std::vector<std::int64_t>{1000, 1000000, 3600000000}[rng() % 3]};
-    std::int64_t now = k % 2 == 0 ? 1'800'000'000'000'000 : 0;
-    for (int i = 0; i < 25; ++i) {
-      now += static_cast<std::int64_t>(rng() % (window.count() / 3 + 1));
-      const std::int64_t cost = 1 + static_cast<std::int64_t>(rng() % count);
-      const request r = req(key, count, window, a, cost, microseconds{now});
-      const bool peek = rng() % 3 == 0;
-      auto from_redis = peek ? redis.peek(r) : redis.acquire(r);
-      auto from_memory = peek ? memory.peek(r) : memory.acquire(r);
-      ASSERT_TRUE(from_redis) << from_redis.error().message();
-      ASSERT_TRUE(from_memory);
-      ASSERT_EQ(*from_redis, *from_memory) << to_string(a) << " key " << key << " step " << i;
-      ++compared;
-    }
-  }
-  EXPECT_EQ(compared, 90 * 25);
+  test::expect_same_decisions_as_memory(redis);
   EXPECT_EQ(redis.stats().errors, 0u);
 }
 
@@ -101,24 +80,9 @@ TEST(ClusterStore, ExactUnderConcurrency) {
   o.connection.pool = 2;
   redis_cluster_store redis(o);
   for (const algorithm a : kAlgorithms) {
-    const std::string key = "race:" + std::string(to_string(a));
-    std::atomic<int> admitted{0}, failed{0};
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 8; ++t) {
-      threads.emplace_back([&] {
-        for (int i = 0; i < 125; ++i) {
-          auto d = redis.acquire(req(key, 100, 3600s, a));
-          if (!d) {
-            ++failed;
-          } else if (d->allowed) {
-            ++admitted;
-          }
-        }
-      });
-    }
-    for (auto& t : threads) t.join();
-    EXPECT_EQ(failed.load(), 0) << to_string(a);
-    EXPECT_EQ(admitted.load(), 100) << to_string(a);
+    const auto got = test::race_on_one_key(redis, a, "race:" + std::string(to_string(a)));
+    EXPECT_EQ(got.failed, 0) << to_string(a);
+    EXPECT_EQ(got.admitted, 100) << to_string(a);
   }
 }
 
@@ -438,6 +402,27 @@ std::map<std::uint16_t, long long> dbsize_by_master(const redis_cluster& cluster
   return out;
 }
 
+// Acquires on 60 keys `<stem><i>` and checks that each was allowed and that every master
+// holds some of them, with no error.
+void expect_decides_on_every_master(const redis_cluster& cluster, redis_cluster_store& redis,
+                                    const std::string& stem) {
+  constexpr int kKeys = 60;
+  for (int i = 0; i < kKeys; ++i) {
+    auto d = redis.acquire(req(stem + std::to_string(i), 5, 60s, kAlgorithms[i % 3]));
+    ASSERT_TRUE(d) << d.error().message();
+    EXPECT_TRUE(d->allowed);
+  }
+  long long total = 0;
+  for (const auto& [port, n] : dbsize_by_master(cluster)) {
+    EXPECT_GT(n, 0) << "master " << port;
+    total += n;
+  }
+  EXPECT_EQ(total, kKeys);
+  EXPECT_EQ(redis.stats().masters, 3u);
+  EXPECT_EQ(redis.stats().slots_served, 16384u);
+  EXPECT_EQ(redis.stats().errors, 0u);
+}
+
 // Verifies that a store given the password in its URI authenticates on every master: it
 // decides on keys spread over all of them. With a wrong password every call fails as
 // unavailable, saying that AUTH was refused.
@@ -450,21 +435,7 @@ TEST(ClusterStore, AuthenticatesOnEveryNode) {
   EXPECT_EQ(o->connection.password, co.password);
   {
     redis_cluster_store redis(*o);
-    constexpr int kKeys = 60;
-    for (int i = 0; i < kKeys; ++i) {
-      auto d = redis.acquire(req("auth:" + std::to_string(i), 5, 60s, kAlgorithms[i % 3]));
-      ASSERT_TRUE(d) << d.error().message();
-      EXPECT_TRUE(d->allowed);
-    }
-    long long total = 0;
-    for (const auto& [port, n] : dbsize_by_master(cluster)) {
-      EXPECT_GT(n, 0) << "master " << port;
-      total += n;
-    }
-    EXPECT_EQ(total, kKeys);
-    EXPECT_EQ(redis.stats().masters, 3u);
-    EXPECT_EQ(redis.stats().slots_served, 16384u);
-    EXPECT_EQ(redis.stats().errors, 0u);
+    expect_decides_on_every_master(cluster, redis, "auth:");
   }
   o->connection.password = "wrong";
   o->connection.connect_timeout = 500ms;
@@ -490,21 +461,7 @@ TEST(ClusterStore, TlsToEveryNode) {
   ASSERT_TRUE(o->connection.tls);
   {
     redis_cluster_store redis(*o);
-    constexpr int kKeys = 60;
-    for (int i = 0; i < kKeys; ++i) {
-      auto d = redis.acquire(req("tls:" + std::to_string(i), 5, 60s, kAlgorithms[i % 3]));
-      ASSERT_TRUE(d) << d.error().message();
-      EXPECT_TRUE(d->allowed);
-    }
-    long long total = 0;
-    for (const auto& [port, n] : dbsize_by_master(cluster)) {
-      EXPECT_GT(n, 0) << "master " << port;
-      total += n;
-    }
-    EXPECT_EQ(total, kKeys);
-    EXPECT_EQ(redis.stats().masters, 3u);
-    EXPECT_EQ(redis.stats().slots_served, 16384u);
-    EXPECT_EQ(redis.stats().errors, 0u);
+    expect_decides_on_every_master(cluster, redis, "tls:");
   }
   o->connection.tls_ca_file = cluster.other_ca_file().string();
   o->connection.connect_timeout = 500ms;

@@ -15,6 +15,7 @@
 
 #include "cli/bench.h"
 #include "sluice/memory_store.h"
+#include "store/redis/store_checks.h"
 #include "support/redis_server.h"
 
 #include "support/test_util.h"
@@ -51,32 +52,7 @@ using test::eventually;
 TEST(RedisStore, ConformsToTheMemoryStore) {
   redis_server server;
   redis_store redis(options_for(server));
-  memory_store memory;
-  std::mt19937_64 rng(2024);
-  int compared = 0;
-  for (int k = 0; k < 90; ++k) {
-    const algorithm a = kAlgorithms[k % 3];
-    const std::string key = "conf:" + std::to_string(k);
-    const std::int64_t count = std::vector<std::int64_t>{1, 3, 10, 100}[rng() % 4];
-    const microseconds window{std::vector<std::int64_t>{1000, 1000000, 3600000000}[rng() % 3]};
-    std::int64_t now = k % 2 == 0 ? 1'800'000'000'000'000 : 0;
-    for (int i = 0; i < 25; ++i) {
-      now += static_cast<std::int64_t>(rng() % (window.count() / 3 + 1));
-      const std::int64_t cost = 1 + static_cast<std::int64_t>(rng() % count);
-      const request r = req(key, count, window, a, cost, microseconds{now});
-      const bool peek = rng() % 3 == 0;
-      auto from_redis = peek ? redis.peek(r) : redis.acquire(r);
-      auto from_memory = peek ? memory.peek(r) : memory.acquire(r);
-      ASSERT_TRUE(from_redis) << from_redis.error().message();
-      ASSERT_TRUE(from_memory);
-      ASSERT_EQ(*from_redis, *from_memory)
-          << to_string(a) << " key " << key << " step " << i << " allowed " << from_redis->allowed
-          << "/" << from_memory->allowed << " remaining " << from_redis->remaining << "/"
-          << from_memory->remaining;
-      ++compared;
-    }
-  }
-  EXPECT_EQ(compared, 90 * 25);
+  test::expect_same_decisions_as_memory(redis);
 }
 
 // Verifies the reference's layout for sliding_log: `<prefix>:<key>` is a sorted set with one
@@ -119,24 +95,9 @@ TEST(RedisStore, ExactUnderConcurrency) {
   o.pool = 4;
   redis_store redis(o);
   for (const algorithm a : kAlgorithms) {
-    const std::string key = "race:" + std::string(to_string(a));
-    std::atomic<int> admitted{0}, failed{0};
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 8; ++t) {
-      threads.emplace_back([&] {
-        for (int i = 0; i < 125; ++i) {
-          auto d = redis.acquire(req(key, 100, 3600s, a));
-          if (!d) {
-            ++failed;
-          } else if (d->allowed) {
-            ++admitted;
-          }
-        }
-      });
-    }
-    for (auto& t : threads) t.join();
-    EXPECT_EQ(failed.load(), 0) << to_string(a);
-    EXPECT_EQ(admitted.load(), 100) << to_string(a);
+    const auto got = test::race_on_one_key(redis, a, "race:" + std::string(to_string(a)));
+    EXPECT_EQ(got.failed, 0) << to_string(a);
+    EXPECT_EQ(got.admitted, 100) << to_string(a);
   }
 }
 
