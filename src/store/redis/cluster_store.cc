@@ -256,7 +256,10 @@ struct redis_cluster_store::impl {
 
   void on_reply(node& from, const std::shared_ptr<call>& c, result<reply> r) {
     if (!r) {
-      if (r.error().code == errc::store_unavailable) want_refresh();
+      // A lost connection or a node that stopped answering: its slots may have moved.
+      if (r.error().code == errc::store_unavailable || r.error().code == errc::timeout) {
+        want_refresh();
+      }
       return finish(*c, std::move(r));
     }
     if (!r->is_error()) return finish(*c, std::move(r));
@@ -365,8 +368,12 @@ struct redis_cluster_store::impl {
     last_refresh = steady::now();
     std::string command;
     redis::append_command(command, {"CLUSTER", "SLOTS"});
+    // Long enough for a slot map, short enough that a hung node does not hold up the next
+    // try on another node for long.
+    const auto& o = shared->options;
     pending p;
-    p.deadline = steady::now() + shared->options.connect_timeout;
+    p.deadline = steady::now() + std::min(o.connect_timeout,
+                                          std::max(4 * o.timeout, std::chrono::milliseconds(200)));
     p.done = [this, ask](result<reply> r) {
       refreshing = false;
       if (!r) return refresh_failed(ask->where.text() + ": " + r.error().message());

@@ -44,12 +44,16 @@ result<void> pipeline::on_bytes(std::string_view bytes, std::vector<pending>& re
 
 std::size_t pipeline::expire(steady::time_point now) {
   std::size_t n = 0;
+  earliest_.reset();
   for (pending& p : waiting_) {
-    if (p.done && p.deadline <= now) {
+    if (!p.done) continue;
+    if (p.deadline <= now) {
       auto done = std::move(p.done);
       p.done = nullptr;
       done(make_error(errc::timeout, "redis: no reply before the deadline"));
       ++n;
+    } else if (!earliest_ || p.deadline < *earliest_) {
+      earliest_ = p.deadline;
     }
   }
   return n;
@@ -58,6 +62,7 @@ std::size_t pipeline::expire(steady::time_point now) {
 void pipeline::fail_all(const error& e) {
   std::deque<pending> gone;
   gone.swap(waiting_);
+  earliest_.reset();
   for (pending& p : gone) {
     if (p.done) p.done(e);
   }
@@ -68,13 +73,8 @@ bool pipeline::stalled(steady::time_point now, steady::duration limit) const {
 }
 
 std::optional<steady::time_point> pipeline::next_deadline() const {
-  // Calls are pushed in deadline order (one timeout per store), so the first call still
-  // waiting has the earliest. A call sent again after NOSCRIPT goes to the back with its
-  // old deadline; it may be answered late by at most one timeout.
-  for (const pending& p : waiting_) {
-    if (p.done) return p.deadline;
-  }
-  return std::nullopt;
+  if (waiting_.empty()) return std::nullopt;
+  return earliest_;
 }
 
 }  // namespace sluice::redis

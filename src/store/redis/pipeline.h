@@ -46,8 +46,12 @@ struct pending {
 // Not thread-safe: a connection drives it from its I/O thread.
 class pipeline {
  public:
-  // Adds a command that has been (or is being) written, after all earlier ones.
-  void push(pending p) { waiting_.push_back(std::move(p)); }
+  // Adds a command that has been (or is being) written, after all earlier ones. Deadlines
+  // need not come in order (a call sent again after a redirection keeps its own).
+  void push(pending p) {
+    if (p.done && (!earliest_ || p.deadline < *earliest_)) earliest_ = p.deadline;
+    waiting_.push_back(std::move(p));
+  }
 
   // Feeds bytes read from the connection and answers every call whose reply is complete.
   // Script calls answered NOSCRIPT are not answered: they are appended to `resend`.
@@ -66,7 +70,9 @@ class pipeline {
   // server is not answering.
   bool stalled(steady::time_point now, steady::duration limit) const;
 
-  // The deadline of the oldest call not yet answered, if any.
+  // When to call `expire` next: at or before the earliest deadline of a call not yet
+  // answered (early at times: answered calls are not taken out of it until `expire`
+  // runs), or nothing when no call is waiting for an answer.
   std::optional<steady::time_point> next_deadline() const;
 
   std::size_t size() const noexcept { return waiting_.size(); }
@@ -74,6 +80,9 @@ class pipeline {
  private:
   reader reader_;
   std::deque<pending> waiting_;
+  // At or before the earliest deadline of the waiting calls with a completion; exact after
+  // `expire`.
+  std::optional<steady::time_point> earliest_;
 };
 
 }  // namespace sluice::redis

@@ -69,6 +69,33 @@ TEST(Pipeline, TimedOutCallsAnswerOnceAndTheirRepliesAreDropped) {
   EXPECT_EQ(second.got[0]->integer, 2);
 }
 
+// Verifies that a call pushed after others with an earlier deadline (one sent again after a
+// redirection, or a short call behind a long one) is timed out at its own deadline.
+TEST(Pipeline, DeadlinesOutOfOrderAreEachKept) {
+  pipeline pl;
+  answers slow, quick, later;
+  const auto t0 = steady::now();
+  pl.push(call(slow, t0 + 1s));
+  pl.push(call(quick, t0 + 10ms));
+  pl.push(call(later, t0 + 500ms));
+  EXPECT_EQ(pl.next_deadline(), t0 + 10ms);
+  EXPECT_EQ(pl.expire(t0 + 10ms), 1u);
+  ASSERT_EQ(quick.got.size(), 1u);
+  EXPECT_EQ(quick.got[0].error().code, make_error_code(errc::timeout));
+  EXPECT_EQ(pl.next_deadline(), t0 + 500ms);
+  std::vector<pending> resend;
+  ASSERT_TRUE(pl.on_bytes(":1\r\n", resend));  // the slow call's reply
+  ASSERT_EQ(slow.got.size(), 1u);
+  // Answered calls leave the estimate early at worst: expire() makes it exact again.
+  EXPECT_LE(pl.next_deadline(), t0 + 500ms);
+  EXPECT_EQ(pl.expire(t0 + 400ms), 0u);
+  EXPECT_EQ(pl.next_deadline(), t0 + 500ms);
+  ASSERT_TRUE(pl.on_bytes(":2\r\n:3\r\n", resend));  // the quick call's late reply is dropped
+  EXPECT_TRUE(later.got.size() == 1 && later.got[0] && later.got[0]->integer == 3);
+  EXPECT_EQ(quick.got.size(), 1u);
+  EXPECT_EQ(pl.next_deadline(), std::nullopt);
+}
+
 // Verifies that a server that stops answering is detected once the oldest deadline is
 // far enough behind.
 TEST(Pipeline, DetectsAStalledServer) {
