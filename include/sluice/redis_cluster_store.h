@@ -38,8 +38,8 @@ struct redis_cluster_options {
   // How many MOVED / ASK redirections one call follows before it fails.
   int max_redirects = 5;
   // How often the slot map is read again when nothing asks for it. It is also read again
-  // after a MOVED, a CLUSTERDOWN, or a master's connection failing, and every 100 ms while
-  // some slot has no reachable master.
+  // after a MOVED, a CLUSTERDOWN, a master's connection failing or a call timing out, and
+  // every 100 ms while some master is unreachable.
   std::chrono::milliseconds refresh_interval{10000};
 };
 
