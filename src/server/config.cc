@@ -5,9 +5,8 @@
 //
 //   listen: 127.0.0.1:8080        # host:port, [v6]:port; port 0 picks a free one
 //   io_threads: 0                 # 0: one per core
-//   store: memory://              # or redis://, rediss://, unix://, redis+cluster:// (see open_store)
-//   breaker: {failures_to_open: 5, open_for: 1s, max_open_for: 30s}
-//   warn_interval: 10s
+//   store: memory://              # or redis://, rediss://, unix://, redis+cluster:// (see
+//   open_store) breaker: {failures_to_open: 5, open_for: 1s, max_open_for: 30s} warn_interval: 10s
 //   limits: {max_connections: 10000, max_body_bytes: 16384, max_key_bytes: 1024,
 //            header_timeout: 5s, body_timeout: 5s, idle_timeout: 60s, drain_timeout: 10s}
 //   auth:                         # per kind, one of: a list, an environment variable

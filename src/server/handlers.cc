@@ -388,6 +388,7 @@ void request_handler::handle(http_request req, respond done) const {
     http_response res{http::status::ok, 11};
     res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
     res.body() = metrics_.render(limiter_.stats());
+    if (hooks_.store_metrics) hooks_.store_metrics(res.body());
     return r(std::move(res));
   }
   if (path == "/healthz") {

@@ -42,6 +42,8 @@ struct handler_hooks {
   // Runs a call that may block on the store (a reset: the limiter has no async reset) off the
   // I/O threads; empty: runs it at once on the caller's thread.
   std::function<void(std::function<void()>)> run_blocking;
+  // Appends the store's own metrics to a `GET /metrics` body; empty: none.
+  std::function<void(std::string&)> store_metrics;
 };
 
 // Returns a JSON error response, `{"error": message, "field": field}` (no "field" when

@@ -74,8 +74,12 @@ service::service(const server_config& config, bool handle_signals) : config_(con
   // The limiter owns the store, and outlives the handler.
   if (const auto* redis = dynamic_cast<const redis_store*>(s.get())) {
     hooks.ready = [redis] { return redis->ready(); };
+    hooks.store_metrics = [redis](std::string& out) { render_store_stats(out, redis->stats()); };
   } else if (const auto* cluster = dynamic_cast<const redis_cluster_store*>(s.get())) {
     hooks.ready = [cluster] { return cluster->ready(); };
+    hooks.store_metrics = [cluster](std::string& out) {
+      render_store_stats(out, cluster->stats());
+    };
   }
   limiter_ = make_limiter(config_, std::move(s),
                           [](std::string_view message) { spdlog::warn("{}", message); });

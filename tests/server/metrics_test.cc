@@ -138,4 +138,51 @@ TEST(Metrics, CountsFromManyThreads) {
   EXPECT_EQ(m.requests(route::acquire, 200), 40000u);
 }
 
+TEST(Metrics, RedisStoreStats) {
+  // Verifies that the Redis store's counters are rendered under their names and types.
+  sluice::redis_store_stats r;
+  r.requests = 10;
+  r.errors = 2;
+  r.timeouts = 1;
+  r.reconnects = 3;
+  r.script_loads = 4;
+  r.connected = 2;
+  std::string text;
+  sluice::server::render_store_stats(text, r);
+  EXPECT_TRUE(has_line(text, "# TYPE sluice_redis_requests_total counter"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_requests_total 10"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_errors_total 2"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_timeouts_total 1"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_reconnects_total 3"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_script_loads_total 4"));
+  EXPECT_TRUE(has_line(text, "# TYPE sluice_redis_connections gauge"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_connections 2"));
+  EXPECT_EQ(text.find("cluster"), std::string::npos);
+}
+
+TEST(Metrics, RedisClusterStoreStats) {
+  // Verifies the cluster store's routing counters, besides the common ones.
+  sluice::redis_cluster_stats c;
+  c.requests = 7;
+  c.moved = 5;
+  c.asks = 6;
+  c.retries = 1;
+  c.refreshes = 9;
+  c.masters = 3;
+  c.slots_served = 10923;
+  c.connected = 4;
+  std::string text;
+  sluice::server::render_store_stats(text, c);
+  EXPECT_TRUE(has_line(text, "sluice_redis_requests_total 7"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_connections 4"));
+  EXPECT_TRUE(has_line(text, "# TYPE sluice_redis_cluster_redirects_total counter"));
+  EXPECT_TRUE(has_line(text, R"(sluice_redis_cluster_redirects_total{kind="moved"} 5)"));
+  EXPECT_TRUE(has_line(text, R"(sluice_redis_cluster_redirects_total{kind="ask"} 6)"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_cluster_retries_total 1"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_cluster_slot_map_reads_total 9"));
+  EXPECT_TRUE(has_line(text, "# TYPE sluice_redis_cluster_masters gauge"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_cluster_masters 3"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_cluster_slots_served 10923"));
+}
+
 }  // namespace

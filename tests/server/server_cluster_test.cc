@@ -38,6 +38,10 @@ TEST(ServerCluster, EndToEndOnARealCluster) {
   EXPECT_FALSE(r[http::field::retry_after].empty());
   EXPECT_EQ(cluster.command(home, {"ZCARD", full}), "2");
   EXPECT_EQ(c.call(http::verb::get, "/readyz").result(), http::status::ok);
+  const std::string before = c.call(http::verb::get, "/metrics").body();
+  EXPECT_EQ(sample(before, "sluice_redis_cluster_masters"), 3);
+  EXPECT_EQ(sample(before, "sluice_redis_cluster_slots_served"), 16384);
+  EXPECT_GE(sample(before, "sluice_redis_requests_total"), 3);
 
   EXPECT_EQ(c.call(http::verb::delete_, "/v1/keys/tiny/u").result(), http::status::no_content);
   EXPECT_EQ(cluster.command(home, {"EXISTS", full}), "0");
@@ -63,6 +67,8 @@ TEST(ServerCluster, EndToEndOnARealCluster) {
   const std::string text = c.call(http::verb::get, "/metrics").body();
   EXPECT_GE(sample(text, R"(sluice_fallbacks_total{mode="allow"})"), 1);
   EXPECT_GE(sample(text, "sluice_store_errors_total"), 1);
+  // Until the failover, the dead master's slots are not served.
+  EXPECT_LT(sample(text, "sluice_redis_cluster_slots_served"), 16384);
 
   // After the failover, the key is decided by Redis again (the replica has its state).
   cluster.wait_for_failover(home, seconds(30));

@@ -439,6 +439,9 @@ TEST(ServerRedis, EndToEndOnARealRedis) {
   EXPECT_FALSE(r[http::field::retry_after].empty());
   EXPECT_EQ(redis.command({"ZCARD", "sluice:tiny:u"}), "2");
   EXPECT_EQ(c.call(http::verb::get, "/readyz").result(), http::status::ok);
+  const std::string before = c.call(http::verb::get, "/metrics").body();
+  EXPECT_EQ(sample(before, "sluice_redis_connections"), 1);
+  EXPECT_EQ(sample(before, "sluice_redis_requests_total"), 3);
 
   EXPECT_EQ(c.call(http::verb::delete_, "/v1/keys/tiny/u").result(), http::status::no_content);
   EXPECT_EQ(redis.command({"EXISTS", "sluice:tiny:u"}), "0");
