@@ -42,11 +42,17 @@ struct check_args {
   std::int64_t cost = 1;
   bool peek = false;
   std::string now;
+  std::string on_failure;  // empty: a store failure is an error
   std::vector<std::string> keys;
 };
 
+std::uint64_t fallbacks(const sluice::limiter_stats& s) {
+  return s.fallbacks_allow + s.fallbacks_deny + s.fallbacks_local;
+}
+
 // Prints one decision per key; returns 0 when all were allowed, 1 when any was denied and
-// 2 when any failed.
+// 2 when any failed. With --on-failure, a store that fails gives the failure mode's
+// decision, marked "fallback", instead of an error.
 int run_check(const check_args& a) {
   auto lim = sluice::parse_limit(a.limit);
   if (!lim) throw CLI::ValidationError("--limit", lim.error().message());
@@ -57,12 +63,39 @@ int run_check(const check_args& a) {
   if (now) manual.emplace(*now);
   auto store = open(a.store, manual ? &*manual : nullptr);
 
+  // With --on-failure, decisions go through a limiter with an unnamed policy (the keys are
+  // the store's keys as they are), whose failure mode decides when the store fails.
+  std::optional<sluice::limiter> lim_with_policy;
+  sluice::policy p;
+  if (!a.on_failure.empty()) {
+    auto mode = sluice::parse_failure_mode(a.on_failure);
+    if (!mode) throw CLI::ValidationError("--on-failure", mode.error().message());
+    p.limit = *lim;
+    p.algorithm = *algo;
+    p.on_failure = *mode;
+    sluice::limiter_options o;
+    o.store = store;
+    if (manual) o.time_source = &*manual;
+    o.warn = [](std::string_view message) { std::cerr << message << '\n'; };
+    lim_with_policy.emplace(std::move(o));
+  }
+
   int status = 0;
   for (const std::string& key : a.keys) {
-    const sluice::request r{key, *lim, *algo, a.cost, {}};
-    auto d = a.peek ? store->peek(r) : store->acquire(r);
+    sluice::result<sluice::decision> d = sluice::make_error(sluice::errc::store_error);
+    std::uint64_t fallbacks_before = 0;
+    if (lim_with_policy) {
+      fallbacks_before = fallbacks(lim_with_policy->stats());
+      d = a.peek ? lim_with_policy->peek(p, key, a.cost) : lim_with_policy->acquire(p, key, a.cost);
+    } else {
+      const sluice::request r{key, *lim, *algo, a.cost, {}};
+      d = a.peek ? store->peek(r) : store->acquire(r);
+    }
     nlohmann::ordered_json j;
     j["key"] = key;
+    if (lim_with_policy && fallbacks(lim_with_policy->stats()) != fallbacks_before) {
+      j["fallback"] = std::string(sluice::to_string(p.on_failure));
+    }
     if (!d) {
       j["error"] = d.error().message();
       status = 2;
@@ -203,6 +236,9 @@ int main(int argc, char** argv) {
   check_cmd->add_option("--now", check.now,
                         "Fixed time since the Unix epoch (e.g. 0s, 1700000000s) instead of the "
                         "clock");
+  check_cmd->add_option("--on-failure", check.on_failure,
+                        "When the store fails: allow, deny or local (decide in-process); by "
+                        "default the key gets an error");
   check_cmd->add_option("KEY", check.keys, "Keys to decide for")->required();
 
   eval_args eval;

@@ -130,6 +130,34 @@ TEST(RedisStore, ExactAcrossProcesses) {
   EXPECT_EQ(admitted, 100);
 }
 
+// Verifies `sluice check --on-failure`: with Redis up the store decides (no "fallback");
+// with Redis down each key gets the failure mode's decision, marked "fallback", and the exit
+// status follows it; without the option a key gets an error (exit 2).
+TEST(RedisStore, CheckAppliesTheFailureModeWhenAsked) {
+  redis_server server;
+  const std::string uri = server.uri() + "?connect_timeout=200ms";
+  auto check = [&](std::vector<std::string> extra) {
+    std::vector<std::string> argv = {SLUICE_CLI_PATH, "check", "--store", uri, "--limit", "5/1m"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return test::run_process(argv);
+  };
+  auto up = check({"--on-failure", "deny", "k"});
+  EXPECT_EQ(up.exit_code, 0) << up.out << up.err;
+  EXPECT_EQ(up.out.find("fallback"), std::string::npos) << up.out;
+  EXPECT_NE(up.out.find(R"("remaining":4)"), std::string::npos) << up.out;
+  server.stop();
+  auto plain = check({"k"});
+  EXPECT_EQ(plain.exit_code, 2);
+  EXPECT_NE(plain.out.find(R"("error":)"), std::string::npos) << plain.out;
+  auto deny = check({"--on-failure", "deny", "k"});
+  EXPECT_EQ(deny.exit_code, 1);
+  EXPECT_NE(deny.out.find(R"("fallback":"deny","allowed":false)"), std::string::npos) << deny.out;
+  EXPECT_NE(deny.err.find("failed closed"), std::string::npos) << deny.err;  // the warning
+  auto allow = check({"--on-failure", "allow", "k"});
+  EXPECT_EQ(allow.exit_code, 0);
+  EXPECT_NE(allow.out.find(R"("fallback":"allow","allowed":true)"), std::string::npos) << allow.out;
+}
+
 // Verifies that with Redis stopped, calls fail at once with store_unavailable (well under
 // the deadline), and that the store reconnects on its own within a second of Redis coming
 // back (its handshake loads the scripts into the new, empty server).
