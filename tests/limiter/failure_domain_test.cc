@@ -100,15 +100,7 @@ class domain_store final : public sluice::store {
   }
 
   // Completes the deferred calls. Returns how many ran.
-  std::size_t run_deferred() {
-    std::vector<std::function<void()>> batch;
-    {
-      const std::lock_guard lock(mu_);
-      batch.swap(pending_);
-    }
-    for (auto& f : batch) f();
-    return batch.size();
-  }
+  std::size_t run_deferred() { return deferred_.run(); }
 
  private:
   static sluice::memory_store_options options(const sluice::clock& c) {
@@ -141,8 +133,7 @@ class domain_store final : public sluice::store {
       return;
     }
     const std::size_t d = count_call(r.key);
-    const std::lock_guard lock(mu_);
-    pending_.push_back([this, d, key = std::string(r.key), r, spend, done = std::move(done)] {
+    deferred_.push([this, d, key = std::string(r.key), r, spend, done = std::move(done)] {
       if (is_down(d)) return done(injected(d));
       sluice::request copy = r;
       copy.key = key;
@@ -152,8 +143,7 @@ class domain_store final : public sluice::store {
 
   const std::size_t domains_;
   sluice::memory_store inner_;
-  std::mutex mu_;
-  std::vector<std::function<void()>> pending_;
+  sluice::test::deferred_calls deferred_;
 };
 
 decision must(const result<decision>& r) {

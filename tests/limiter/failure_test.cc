@@ -89,15 +89,7 @@ class flaky_store final : public sluice::store {
   }
 
   // Completes the deferred calls. Returns how many ran.
-  std::size_t run_deferred() {
-    std::vector<std::function<void()>> batch;
-    {
-      const std::lock_guard lock(mu_);
-      batch.swap(pending_);
-    }
-    for (auto& f : batch) f();
-    return batch.size();
-  }
+  std::size_t run_deferred() { return deferred_.run(); }
 
  private:
   static sluice::memory_store_options options(const sluice::clock& c) {
@@ -122,8 +114,7 @@ class flaky_store final : public sluice::store {
       done(spend ? acquire(r) : peek(r));
       return;
     }
-    const std::lock_guard lock(mu_);
-    pending_.push_back([this, key = std::string(r.key), r, spend, done = std::move(done)] {
+    deferred_.push([this, key = std::string(r.key), r, spend, done = std::move(done)] {
       sluice::request copy = r;
       copy.key = key;
       done(spend ? acquire(copy) : peek(copy));
@@ -132,8 +123,7 @@ class flaky_store final : public sluice::store {
 
   const sluice::clock* clock_;
   sluice::memory_store inner_;
-  std::mutex mu_;
-  std::vector<std::function<void()>> pending_;
+  sluice::test::deferred_calls deferred_;
 };
 
 using sluice::test::make;

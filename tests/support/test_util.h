@@ -4,10 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <ostream>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "sluice/decision.h"
 #include "sluice/error.h"
@@ -33,6 +37,30 @@ inline limit make(std::int64_t count, std::chrono::microseconds window) {
   EXPECT_TRUE(l) << l.error().message();
   return l ? *l : limit{1, std::chrono::microseconds(1)};
 }
+
+// Completions a test double holds back, as a store's I/O thread would, until the test runs
+// them. Thread-safe.
+class deferred_calls {
+ public:
+  void push(std::function<void()> call) {
+    const std::lock_guard lock(mu_);
+    pending_.push_back(std::move(call));
+  }
+  // Runs the calls held so far, on this thread; returns how many ran.
+  std::size_t run() {
+    std::vector<std::function<void()>> batch;
+    {
+      const std::lock_guard lock(mu_);
+      batch.swap(pending_);
+    }
+    for (auto& call : batch) call();
+    return batch.size();
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::function<void()>> pending_;
+};
 
 // Polls `ready` every 5 ms for up to `limit`: bounded waiting for something another process
 // or thread does (a reconnect), never a measurement of time.
