@@ -11,6 +11,7 @@ namespace sluice {
 namespace {
 
 using internal::parse_number;
+constexpr std::size_t npos = std::string_view::npos;
 using internal::percent_decode;
 
 error bad(std::string_view uri, const std::string& problem) {
@@ -80,7 +81,7 @@ result<redis_store_options> parse_redis_uri(std::string_view uri) {
       o.host = std::string(hostport.substr(1, close - 1));
       hostport = hostport.substr(close + 1);
       if (!hostport.empty() && hostport.front() != ':') return bad(uri, "expected :port");
-      if (!hostport.empty() && !parse_number(hostport.substr(1), o.port)) {
+      if (!hostport.empty() && (!parse_number(hostport.substr(1), o.port) || o.port == 0)) {
         return bad(uri, "port must be a number from 1 to 65535");
       }
     } else {
@@ -94,6 +95,12 @@ result<redis_store_options> parse_redis_uri(std::string_view uri) {
       if (!hostport.empty()) o.host = std::string(hostport);
     }
     if (o.host.empty()) return bad(uri, "host is empty");
+    for (const char c : o.host) {
+      const auto byte = static_cast<unsigned char>(c);
+      if (byte <= ' ' || byte >= 0x7f || std::string_view("/?#@,&=[]{}").find(c) != npos) {
+        return bad(uri, "host has a character no host name or address has");
+      }
+    }
   } else {
     return bad(uri, "unknown scheme (use redis://, rediss:// or unix://)");
   }

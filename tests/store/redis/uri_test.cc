@@ -63,6 +63,10 @@ TEST(RedisUri, RejectsBadUrisWithoutLeakingPasswords) {
   };
   for (const auto& c : std::vector<bad_case>{
            {"redis://host:0", "port"},
+           {"redis://[::1]:0", "port"},
+           {"redis://bad host:6379", "character"},
+           {"redis://h\x01st", "character"},
+           {"redis://a&b=c", "character"},
            {"redis://host:99999", "port"},
            {"redis://host:abc", "port"},
            {"redis://host/x", "database"},
