@@ -515,7 +515,21 @@ std::string redis_cluster_store::redis_key(std::string_view key) const {
 }
 
 int redis_cluster_store::slot_of(std::string_view key) const {
-  return redis::key_slot(impl_->redis_key(key));
+  // Asked by the limiter on every decision (failure_domain): keys of usual length are put
+  // together on the stack rather than in a new string.
+  const std::string& prefix = impl_->shared->options.key_prefix;
+  const bool tag = impl_->options.hash_tag;
+  std::array<char, 256> buffer;
+  if (prefix.size() + key.size() + 3 > buffer.size()) {
+    return redis::key_slot(impl_->redis_key(key));
+  }
+  char* end = std::copy(prefix.begin(), prefix.end(), buffer.data());
+  *end++ = ':';
+  if (tag) *end++ = '{';
+  end = std::copy(key.begin(), key.end(), end);
+  if (tag) *end++ = '}';
+  return redis::key_slot(
+      std::string_view(buffer.data(), static_cast<std::size_t>(end - buffer.data())));
 }
 
 std::string redis_cluster_store::describe() const {

@@ -18,6 +18,7 @@
 
 #include "sluice/limiter.h"
 #include "sluice/memory_store.h"
+#include "store/redis/cluster.h"
 #include "store/redis/store_checks.h"
 #include "support/redis_cluster.h"
 #include "support/redis_server.h"
@@ -178,6 +179,14 @@ TEST(ClusterStore, NoReachableSeedIsAnError) {
   ASSERT_FALSE(d);
   EXPECT_EQ(d.error().code, errc::store_unavailable);
   EXPECT_NE(d.error().message().find("no known master"), std::string::npos) << d.error().message();
+  // The slot of a key is that of its Redis key, for keys of every length (short ones are
+  // put together on the stack, long ones in a string), with and without braces.
+  for (const std::size_t n : {1, 200, 246, 247, 248, 249, 300, 5000}) {
+    for (const char* shape : {"", "{", "}", "{x}"}) {
+      const std::string key = std::string(shape) + std::string(n, 'k');
+      EXPECT_EQ(redis.slot_of(key), redis::key_slot(redis.redis_key(key))) << n << shape;
+    }
+  }
 }
 
 // Verifies that a redis+cluster:// store pointed at a Redis without cluster support says so
