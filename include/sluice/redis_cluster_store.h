@@ -72,7 +72,7 @@ struct redis_cluster_stats {
 // which master a key is on, so that its circuit breaker and failure policy act on that
 // master's keys alone. The async forms call their completion on the I/O thread, exactly
 // once, at the latest when the call's deadline passes.
-class redis_cluster_store final : public store {
+class redis_cluster_store final : public async_store {
  public:
   // Starts connecting to the seeds and waits up to `connect_timeout` for the first slot
   // map, then returns either way (calls fail as unavailable until a map is read).
@@ -81,13 +81,13 @@ class redis_cluster_store final : public store {
   redis_cluster_store(const redis_cluster_store&) = delete;
   redis_cluster_store& operator=(const redis_cluster_store&) = delete;
 
-  result<decision> acquire(const request& r) override;
-  result<decision> peek(const request& r) override;
-  result<void> reset(std::string_view key) override;
-  std::string describe() const override;
   void async_acquire(const request& r, completion done) override;
   void async_peek(const request& r, completion done) override;
   void async_reset(std::string_view key, reset_completion done) override;
+  std::string describe() const override;
+  store_health health() const override;
+  // Reports the counters of `stats()` as sluice_redis_* metrics (and the routing as sluice_redis_cluster_*).
+  void visit_metrics(const metric_visitor& visit) const override;
 
   // One domain per master (by the node's address, up to 64 apart; more share) plus one
   // for slots with no known master.
@@ -104,6 +104,8 @@ class redis_cluster_store final : public store {
   bool ready() const;
 
  private:
+  bool on_io_thread() const noexcept override;
+
   struct impl;
   std::shared_ptr<impl> impl_;
 };

@@ -105,7 +105,7 @@ class flaky_store final : public sluice::store {
     if (!failing.load()) return std::nullopt;
     if (r.key.empty()) return sluice::make_error(errc::invalid_key, "key is empty");
     const result<void> ok = sluice::check_request(r.limit, r.cost, r.now.value_or(clock_->now()));
-    if (!ok) return ok.error();
+    if (!ok) return fail(ok.error());
     return injected();
   }
 
