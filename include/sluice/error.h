@@ -89,16 +89,14 @@ class [[nodiscard]] expected {
   using error_type = E;
 
   // Holds a value-initialised T, so that a result can be declared before it is assigned.
-  expected()
-    requires std::is_default_constructible_v<T>
-      : v_(std::in_place_index<0>) {}
+  expected() requires std::is_default_constructible_v<T> : v_(std::in_place_index<0>) {}
   expected(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit
   template <class G>
-    requires std::is_constructible_v<E, const G&>
-  expected(const unexpected<G>& e) : v_(std::in_place_index<1>, e.error()) {}  // NOLINT
+  requires std::is_constructible_v<E, const G&> expected(const unexpected<G>& e)
+      : v_(std::in_place_index<1>, e.error()) {}  // NOLINT
   template <class G>
-    requires std::is_constructible_v<E, G&&>
-  expected(unexpected<G>&& e) : v_(std::in_place_index<1>, std::move(e).error()) {}  // NOLINT
+  requires std::is_constructible_v<E, G&&> expected(unexpected<G>&& e)
+      : v_(std::in_place_index<1>, std::move(e).error()) {}  // NOLINT
 
   bool has_value() const noexcept { return v_.index() == 0; }
   explicit operator bool() const noexcept { return has_value(); }
@@ -148,11 +146,11 @@ class [[nodiscard]] expected<void, E> {
 
   expected() = default;
   template <class G>
-    requires std::is_constructible_v<E, const G&>
-  expected(const unexpected<G>& e) : e_(e.error()), failed_(true) {}  // NOLINT: implicit
+  requires std::is_constructible_v<E, const G&> expected(const unexpected<G>& e)
+      : e_(e.error()), failed_(true) {}  // NOLINT: implicit
   template <class G>
-    requires std::is_constructible_v<E, G&&>
-  expected(unexpected<G>&& e) : e_(std::move(e).error()), failed_(true) {}  // NOLINT
+  requires std::is_constructible_v<E, G&&> expected(unexpected<G>&& e)
+      : e_(std::move(e).error()), failed_(true) {}  // NOLINT
 
   bool has_value() const noexcept { return !failed_; }
   explicit operator bool() const noexcept { return has_value(); }

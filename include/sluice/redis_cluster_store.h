@@ -86,7 +86,8 @@ class redis_cluster_store final : public async_store {
   void async_reset(std::string_view key, reset_completion done) override;
   std::string describe() const override;
   store_health health() const override;
-  // Reports the counters of `stats()` as sluice_redis_* metrics (and the routing as sluice_redis_cluster_*).
+  // Reports the counters of `stats()` as sluice_redis_* metrics (and the routing as
+  // sluice_redis_cluster_*).
   void visit_metrics(const metric_visitor& visit) const override;
 
   // One domain per master (by the node's address, up to 64 apart; more share) plus one

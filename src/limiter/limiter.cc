@@ -185,7 +185,11 @@ struct limiter::failover {
     decision d;
     switch (p.on_failure) {
       case failure_mode::allow:
-        d = {true, r.limit.count, r.limit.count, microseconds(0), microseconds(0),
+        d = {true,
+             r.limit.count,
+             r.limit.count,
+             microseconds(0),
+             microseconds(0),
              decision_source::fallback_allow};
         fallbacks_allow.fetch_add(1, std::memory_order_relaxed);
         break;
@@ -250,8 +254,7 @@ struct limiter::failover {
 
   // The error of a reset that the breaker of `d` kept from the store.
   unexpected<error> breaker_open(const domain& d) const {
-    return make_error(errc::store_unavailable,
-                      store_name(d) + " not called: circuit breaker open");
+    return make_error(errc::store_unavailable, store_name(d) + " not called: circuit breaker open");
   }
 
   // Returns "store URI", with the failure domain when the store has more than one.

@@ -698,7 +698,8 @@ result<server_config> parse(std::string_view yaml, const std::string& name,
     const int line = e.mark.line >= 0 ? e.mark.line + 1 : 1;
     std::string problem = "malformed YAML: " + e.msg;
     if (e.mark.column >= 0) problem += " (column " + std::to_string(e.mark.column + 1) + ")";
-    return fail(sluice::error{invalid_config(), name + ":" + std::to_string(line) + ": " + problem});
+    return fail(
+        sluice::error{invalid_config(), name + ":" + std::to_string(line) + ": " + problem});
   } catch (const std::exception& e) {
     return fail(sluice::error{invalid_config(), name + ": cannot read the config: " + e.what()});
   }
@@ -721,11 +722,11 @@ result<server_config> load_config(const std::filesystem::path& path) {
     }
     if (!std::filesystem::is_regular_file(status)) {
       return fail(sluice::error{std::make_error_code(std::errc::invalid_argument),
-                           name + ": cannot read the config: not a regular file"});
+                                name + ": cannot read the config: not a regular file"});
     }
     if (std::filesystem::file_size(path) > kMaxFileBytes) {
       return fail(sluice::error{std::make_error_code(std::errc::file_too_large),
-                           name + ": cannot read the config: larger than 1 MiB"});
+                                name + ": cannot read the config: larger than 1 MiB"});
     }
     std::ifstream in(path, std::ios::binary);
     std::stringstream content;
@@ -737,7 +738,7 @@ result<server_config> load_config(const std::filesystem::path& path) {
     return parse(content.str(), name, path.parent_path());
   } catch (const std::exception& e) {
     return fail(sluice::error{std::make_error_code(std::errc::io_error),
-                         name + ": cannot read the config: " + e.what()});
+                              name + ": cannot read the config: " + e.what()});
   }
 }
 

@@ -59,9 +59,10 @@ class request_handler {
   request_handler& operator=(const request_handler&) = delete;
 
   // Calls `done` exactly once with the response to `req`: before returning when the store
-  // answers at once (memory), else later on the store's I/O thread. The handler owns `done` until then; nothing cancels a call (the
-  // store's deadline bounds it). The response has its status, header fields and body; the
-  // caller sets the version, keep-alive and Content-Length. Counts it in the metrics.
+  // answers at once (memory), else later on the store's I/O thread. The handler owns `done` until
+  // then; nothing cancels a call (the store's deadline bounds it). The response has its status,
+  // header fields and body; the caller sets the version, keep-alive and Content-Length. Counts it
+  // in the metrics.
   void handle(http_request req, respond done) const;
 
  private:

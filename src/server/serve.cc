@@ -108,7 +108,8 @@ std::string service::summary() const {
     if (i > 0) out += ", ";
     out += sp.policy.name + " (" + to_string(sp.policy.limit) + " " +
            std::string(to_string(sp.policy.algorithm)) + ", on_failure " +
-           std::string(to_string(sp.policy.on_failure)) + (sp.policy.shadow ? ", shadow" : "") + ")";
+           std::string(to_string(sp.policy.on_failure)) + (sp.policy.shadow ? ", shadow" : "") +
+           ")";
   }
   if (!config_.api_tokens.empty()) out += "; API tokens required";
   if (!config_.admin_tokens.empty()) out += "; admin tokens required";

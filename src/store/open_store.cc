@@ -22,8 +22,8 @@ unexpected<error> bad_uri(std::string_view uri, const std::string& problem) {
 }
 
 // The schemes of sluice::redis, named in the error of a program linked without it.
-constexpr std::string_view kRedisSchemes[] = {"redis",         "rediss",        "unix",
-                                              "redis+unix",    "redis+cluster", "rediss+cluster"};
+constexpr std::string_view kRedisSchemes[] = {"redis",      "rediss",        "unix",
+                                              "redis+unix", "redis+cluster", "rediss+cluster"};
 
 struct registry {
   std::mutex mu;

@@ -580,14 +580,25 @@ void redis_cluster_store::visit_metrics(const metric_visitor& visit) const {
   constexpr std::string_view redirects_help = "MOVED and ASK redirections followed.";
   visit({redirects, redirects_help, kind::counter, "kind", "moved", s.moved});
   visit({redirects, redirects_help, kind::counter, "kind", "ask", s.asks});
-  visit({"sluice_redis_cluster_retries_total", "TRYAGAIN replies tried again.", kind::counter, {},
-         {}, s.retries});
-  visit({"sluice_redis_cluster_slot_map_reads_total", "Slot maps read (CLUSTER SLOTS) and applied.",
-         kind::counter, {}, {}, s.refreshes});
-  visit({"sluice_redis_cluster_masters", "Masters in the slot map.", kind::gauge, {}, {},
-         s.masters});
+  visit({"sluice_redis_cluster_retries_total",
+         "TRYAGAIN replies tried again.",
+         kind::counter,
+         {},
+         {},
+         s.retries});
+  visit({"sluice_redis_cluster_slot_map_reads_total",
+         "Slot maps read (CLUSTER SLOTS) and applied.",
+         kind::counter,
+         {},
+         {},
+         s.refreshes});
+  visit(
+      {"sluice_redis_cluster_masters", "Masters in the slot map.", kind::gauge, {}, {}, s.masters});
   visit({"sluice_redis_cluster_slots_served",
-         "Slots (of 16384) whose master has a connection up now.", kind::gauge, {}, {},
+         "Slots (of 16384) whose master has a connection up now.",
+         kind::gauge,
+         {},
+         {},
          s.slots_served});
 }
 

@@ -121,18 +121,41 @@ script_call make_script_call(shared_state& shared, const request& r, std::string
 template <class Stats>
 void visit_common_metrics(const store::metric_visitor& visit, const Stats& s) {
   using kind = store_metric::kind;
-  visit({"sluice_redis_requests_total", "Decisions and resets sent to Redis.", kind::counter, {},
-         {}, s.requests});
-  visit({"sluice_redis_errors_total", "Redis calls that ended in an error.", kind::counter, {}, {},
+  visit({"sluice_redis_requests_total",
+         "Decisions and resets sent to Redis.",
+         kind::counter,
+         {},
+         {},
+         s.requests});
+  visit({"sluice_redis_errors_total",
+         "Redis calls that ended in an error.",
+         kind::counter,
+         {},
+         {},
          s.errors});
-  visit({"sluice_redis_timeouts_total", "Redis calls that got no reply before their deadline.",
-         kind::counter, {}, {}, s.timeouts});
-  visit({"sluice_redis_reconnects_total", "Connections to Redis made again after a failure.",
-         kind::counter, {}, {}, s.reconnects});
+  visit({"sluice_redis_timeouts_total",
+         "Redis calls that got no reply before their deadline.",
+         kind::counter,
+         {},
+         {},
+         s.timeouts});
+  visit({"sluice_redis_reconnects_total",
+         "Connections to Redis made again after a failure.",
+         kind::counter,
+         {},
+         {},
+         s.reconnects});
   visit({"sluice_redis_script_loads_total",
-         "NOSCRIPT replies answered by sending the script's source.", kind::counter, {}, {},
+         "NOSCRIPT replies answered by sending the script's source.",
+         kind::counter,
+         {},
+         {},
          s.script_loads});
-  visit({"sluice_redis_connections", "Connections to Redis up now.", kind::gauge, {}, {},
+  visit({"sluice_redis_connections",
+         "Connections to Redis up now.",
+         kind::gauge,
+         {},
+         {},
          s.connected});
 }
 
