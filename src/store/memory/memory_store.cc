@@ -15,6 +15,8 @@
 #include "sluice/algorithms.h"
 
 namespace sluice {
+
+using std::chrono::microseconds;
 namespace {
 
 // A key's node, allocated from its shard's pool: the algorithm's state, then the key's

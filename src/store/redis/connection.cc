@@ -486,8 +486,8 @@ result<decision> to_decision(const result<reply>& r, std::int64_t count) {
   d.allowed = e[0].integer == 1;
   d.limit = count;
   d.remaining = e[1].integer;
-  d.retry_after = microseconds{e[2].integer};
-  d.reset_after = microseconds{e[3].integer};
+  d.retry_after = std::chrono::microseconds{e[2].integer};
+  d.reset_after = std::chrono::microseconds{e[3].integer};
   if (d.remaining < 0 || d.remaining > count || d.retry_after.count() < 0 ||
       d.reset_after.count() < 0 || (e[0].integer != 0 && e[0].integer != 1)) {
     return make_error(errc::store_error, "redis: script reply out of range");
@@ -512,7 +512,7 @@ result<void> check_key(std::string_view key) {
 
 result<void> check_redis_request(const request& r) {
   if (auto ok = check_key(r.key); !ok) return ok;
-  const microseconds now = r.now.value_or(microseconds{0});
+  const std::chrono::microseconds now = r.now.value_or(std::chrono::microseconds{0});
   if (auto ok = check_request(r.limit, r.cost, now); !ok) return ok;
   if (now.count() > kMaxScriptTime) {
     return make_error(errc::invalid_time, "time past 2^52us cannot be sent to Redis");
