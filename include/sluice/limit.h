@@ -50,7 +50,7 @@ result<std::chrono::microseconds> parse_duration(std::string_view text, bool all
 // Returns `d` as `<n><unit>` with the largest unit that divides it exactly.
 std::string format_duration(std::chrono::microseconds d);
 
-// How a limit is enforced. See DESIGN.md for the trade-offs.
+// How a limit is enforced. docs/DESIGN.md, "The algorithms", weighs them.
 enum class algorithm : std::uint8_t {
   sliding_log,      // exact sliding window; memory O(count) per key
   sliding_counter,  // two aligned fixed windows, the previous one weighted; O(1)
