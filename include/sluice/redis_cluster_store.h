@@ -51,19 +51,15 @@ struct redis_cluster_options {
 // refresh_interval (a duration: 10s).
 result<redis_cluster_options> parse_redis_cluster_uri(std::string_view uri);
 
-struct redis_cluster_stats {
-  std::uint64_t requests = 0;      // decisions and resets asked for
-  std::uint64_t errors = 0;        // calls that ended in an error (of any kind)
-  std::uint64_t timeouts = 0;      // calls that ended past their deadline
-  std::uint64_t reconnects = 0;    // connections made after a node's first
-  std::uint64_t script_loads = 0;  // NOSCRIPT replies answered by sending the script again
-  std::uint64_t moved = 0;         // MOVED redirections followed
-  std::uint64_t asks = 0;          // ASK redirections followed
-  std::uint64_t retries = 0;       // TRYAGAIN replies retried
-  std::uint64_t refreshes = 0;     // slot maps read and applied
-  std::size_t connected = 0;       // connections up now, over every node
-  std::size_t masters = 0;         // masters in the current slot map
-  std::size_t slots_served = 0;    // slots whose master has a connection up now
+// The counters of a single Redis store (requests, errors, timeouts, reconnects, script loads,
+// connections up), over every node, and the routing's.
+struct redis_cluster_stats : redis_store_stats {
+  std::uint64_t moved = 0;       // MOVED redirections followed
+  std::uint64_t asks = 0;        // ASK redirections followed
+  std::uint64_t retries = 0;     // TRYAGAIN replies retried
+  std::uint64_t refreshes = 0;   // slot maps read and applied
+  std::size_t masters = 0;       // masters in the current slot map
+  std::size_t slots_served = 0;  // slots whose master has a connection up now
 };
 
 // Thread-safe. Owns one I/O thread and a pipelined connection (or `pool` of them) per

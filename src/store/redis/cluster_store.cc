@@ -529,14 +529,8 @@ std::string redis_cluster_store::describe() const {
 
 redis_cluster_stats redis_cluster_store::stats() const {
   const impl& m = *impl_;
-  const auto& s = *m.shared;
   redis_cluster_stats out;
-  out.requests = s.requests.load();
-  out.errors = s.errors.load();
-  out.timeouts = s.timeouts.load();
-  out.reconnects = s.reconnects.load();
-  out.script_loads = s.script_loads.load();
-  out.connected = s.connected.load();
+  redis::read_common_stats(*m.shared, out);
   out.moved = m.moved.load();
   out.asks = m.asks.load();
   out.retries = m.retries.load();

@@ -116,6 +116,16 @@ result<void> check_redis_request(const request& r);
 // Returns the script call for `r` on the Redis key `key`, with a fresh token.
 script_call make_script_call(shared_state& shared, const request& r, std::string key, bool acquire);
 
+// Copies the counters both Redis stores keep into `out`.
+inline void read_common_stats(const shared_state& s, redis_store_stats& out) {
+  out.requests = s.requests.load();
+  out.errors = s.errors.load();
+  out.timeouts = s.timeouts.load();
+  out.reconnects = s.reconnects.load();
+  out.script_loads = s.script_loads.load();
+  out.connected = s.connected.load();
+}
+
 // Reports the counters both Redis stores keep (`Stats` is redis_store_stats or
 // redis_cluster_stats) to a store's metric visitor.
 template <class Stats>

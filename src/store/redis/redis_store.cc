@@ -118,14 +118,8 @@ std::string redis_store::describe() const {
 }
 
 redis_store_stats redis_store::stats() const {
-  const auto& s = *impl_->shared;
   redis_store_stats out;
-  out.requests = s.requests.load();
-  out.errors = s.errors.load();
-  out.timeouts = s.timeouts.load();
-  out.reconnects = s.reconnects.load();
-  out.script_loads = s.script_loads.load();
-  out.connected = s.connected.load();
+  redis::read_common_stats(*impl_->shared, out);
   return out;
 }
 
