@@ -976,7 +976,7 @@ TEST(SlidingCounter, MaxWindowAtMaxTime) {
 // Properties shared by the three algorithms.
 
 template <class State>
-class AlgorithmProperty : public ::testing::Test {};
+class Algorithms : public ::testing::Test {};
 
 using algorithm_states =
     ::testing::Types<sluice::sliding_log_state, sluice::gcra_state, sluice::counter_state>;
@@ -991,10 +991,10 @@ class state_names {
   }
 };
 
-TYPED_TEST_SUITE(AlgorithmProperty, algorithm_states, state_names);
+TYPED_TEST_SUITE(Algorithms, algorithm_states, state_names);
 
 // Verifies that every decision on random sequences equals a plain model of the spec.
-TYPED_TEST(AlgorithmProperty, MatchesModelOnRandomSequences) {
+TYPED_TEST(Algorithms, MatchesModelOnRandomSequences) {
   // Basic invariants are checked too: limit echoed, remaining in range, retry iff denied.
   using State = TypeParam;
   using Model = typename model_of<State>::type;
@@ -1022,7 +1022,7 @@ TYPED_TEST(AlgorithmProperty, MatchesModelOnRandomSequences) {
 }
 
 // Verifies that waiting retry_after admits the same request and one microsecond less does not.
-TYPED_TEST(AlgorithmProperty, WaitingRetryAfterIsEnoughAndNecessary) {
+TYPED_TEST(Algorithms, WaitingRetryAfterIsEnoughAndNecessary) {
   using State = TypeParam;
   std::mt19937_64 rng(12345);
   int checked = 0;
@@ -1055,7 +1055,7 @@ TYPED_TEST(AlgorithmProperty, WaitingRetryAfterIsEnoughAndNecessary) {
 }
 
 // Verifies that a state at or past its expiry decides exactly like a fresh state.
-TYPED_TEST(AlgorithmProperty, ExpiredStateDecidesLikeFresh) {
+TYPED_TEST(Algorithms, ExpiredStateDecidesLikeFresh) {
   using State = TypeParam;
   std::mt19937_64 rng(999);
   int checked = 0;
@@ -1084,7 +1084,7 @@ TYPED_TEST(AlgorithmProperty, ExpiredStateDecidesLikeFresh) {
 }
 
 // Verifies that expiry is not early: just before it, a full-cost request is still denied.
-TYPED_TEST(AlgorithmProperty, ExpiryIsNotEarly) {
+TYPED_TEST(Algorithms, ExpiryIsNotEarly) {
   using State = TypeParam;
   std::mt19937_64 rng(4242);
   for (int run = 0; run < 300; ++run) {
@@ -1104,7 +1104,7 @@ TYPED_TEST(AlgorithmProperty, ExpiryIsNotEarly) {
 }
 
 // Verifies that peeks leave no trace: interleaving them changes no acquire's decision.
-TYPED_TEST(AlgorithmProperty, PeekChangesNothing) {
+TYPED_TEST(Algorithms, PeekChangesNothing) {
   using State = TypeParam;
   std::mt19937_64 rng(31337);
   for (int run = 0; run < 300; ++run) {
@@ -1122,7 +1122,7 @@ TYPED_TEST(AlgorithmProperty, PeekChangesNothing) {
 }
 
 // Verifies that peek answers `allowed` and `retry_after` exactly as acquire would.
-TYPED_TEST(AlgorithmProperty, PeekAgreesWithAcquire) {
+TYPED_TEST(Algorithms, PeekAgreesWithAcquire) {
   using State = TypeParam;
   std::mt19937_64 rng(8080);
   for (int run = 0; run < 300; ++run) {

@@ -20,7 +20,7 @@ using std::chrono::microseconds;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-class BreakerTest : public ::testing::Test {
+class CircuitBreaker : public ::testing::Test {
  protected:
   // Fails `n` calls, each let through first.
   void fail(sluice::circuit_breaker& b, int n) {
@@ -34,7 +34,7 @@ class BreakerTest : public ::testing::Test {
 };
 
 // Verifies that a new breaker is closed, lets every call through and reports nothing yet.
-TEST_F(BreakerTest, StartsClosed) {
+TEST_F(CircuitBreaker, StartsClosed) {
   sluice::circuit_breaker b{{}, clock_};
   EXPECT_EQ(b.state(), breaker_state::closed);
   for (int i = 0; i < 100; ++i) EXPECT_TRUE(b.allow());
@@ -46,7 +46,7 @@ TEST_F(BreakerTest, StartsClosed) {
 }
 
 // Verifies the documented defaults.
-TEST_F(BreakerTest, DefaultOptions) {
+TEST_F(CircuitBreaker, DefaultOptions) {
   const sluice::breaker_options o;
   EXPECT_EQ(o.failures_to_open, 5u);
   EXPECT_EQ(o.open_for, seconds(1));
@@ -54,7 +54,7 @@ TEST_F(BreakerTest, DefaultOptions) {
 }
 
 // Verifies that the breaker opens at exactly `failures_to_open` consecutive failures.
-TEST_F(BreakerTest, OpensAtThreshold) {
+TEST_F(CircuitBreaker, OpensAtThreshold) {
   sluice::circuit_breaker b{{.failures_to_open = 3}, clock_};
   fail(b, 2);
   EXPECT_EQ(b.state(), breaker_state::closed);
@@ -66,7 +66,7 @@ TEST_F(BreakerTest, OpensAtThreshold) {
 }
 
 // Verifies that a success in between restarts the count: only consecutive failures open it.
-TEST_F(BreakerTest, SuccessRestartsTheCount) {
+TEST_F(CircuitBreaker, SuccessRestartsTheCount) {
   sluice::circuit_breaker b{{.failures_to_open = 3}, clock_};
   for (int round = 0; round < 5; ++round) {
     fail(b, 2);
@@ -78,7 +78,7 @@ TEST_F(BreakerTest, SuccessRestartsTheCount) {
 }
 
 // Verifies that calls that say nothing about the store neither count nor restart the count.
-TEST_F(BreakerTest, AbandonedCallsDoNotCount) {
+TEST_F(CircuitBreaker, AbandonedCallsDoNotCount) {
   sluice::circuit_breaker b{{.failures_to_open = 2}, clock_};
   fail(b, 1);
   for (int i = 0; i < 10; ++i) {
@@ -91,7 +91,7 @@ TEST_F(BreakerTest, AbandonedCallsDoNotCount) {
 }
 
 // Verifies that an open breaker refuses calls for exactly `open_for`, counting down.
-TEST_F(BreakerTest, RefusesForTheOpenPeriod) {
+TEST_F(CircuitBreaker, RefusesForTheOpenPeriod) {
   sluice::circuit_breaker b{{.failures_to_open = 1, .open_for = seconds(2)}, clock_};
   fail(b, 1);
   EXPECT_EQ(b.next_probe_in(), seconds(2));
@@ -109,7 +109,7 @@ TEST_F(BreakerTest, RefusesForTheOpenPeriod) {
 }
 
 // Verifies that half-open lets exactly one probe through, and nobody else until it reports.
-TEST_F(BreakerTest, HalfOpenLetsOneProbeThrough) {
+TEST_F(CircuitBreaker, HalfOpenLetsOneProbeThrough) {
   sluice::circuit_breaker b{{.failures_to_open = 1}, clock_};
   fail(b, 1);
   clock_.advance(seconds(1));
@@ -123,7 +123,7 @@ TEST_F(BreakerTest, HalfOpenLetsOneProbeThrough) {
 }
 
 // Verifies that a probe abandoned on bad input frees the slot for the next caller.
-TEST_F(BreakerTest, AbandonedProbeFreesTheSlot) {
+TEST_F(CircuitBreaker, AbandonedProbeFreesTheSlot) {
   sluice::circuit_breaker b{{.failures_to_open = 1}, clock_};
   fail(b, 1);
   clock_.advance(seconds(1));
@@ -136,7 +136,7 @@ TEST_F(BreakerTest, AbandonedProbeFreesTheSlot) {
 }
 
 // Verifies that of many threads asking at once when the probe is due, exactly one gets it.
-TEST_F(BreakerTest, OneProbeAmongConcurrentCallers) {
+TEST_F(CircuitBreaker, OneProbeAmongConcurrentCallers) {
   constexpr int kThreads = 8;
   constexpr int kAsksPerThread = 1000;
   for (int round = 0; round < 20; ++round) {
@@ -162,7 +162,7 @@ TEST_F(BreakerTest, OneProbeAmongConcurrentCallers) {
 }
 
 // Verifies that a successful probe closes the breaker and restores the initial period.
-TEST_F(BreakerTest, SuccessfulProbeCloses) {
+TEST_F(CircuitBreaker, SuccessfulProbeCloses) {
   sluice::circuit_breaker b{{.failures_to_open = 2}, clock_};
   fail(b, 2);
   clock_.advance(seconds(1));
@@ -183,7 +183,7 @@ TEST_F(BreakerTest, SuccessfulProbeCloses) {
 }
 
 // Verifies that each failed probe doubles the open period, up to max_open_for.
-TEST_F(BreakerTest, FailedProbesDoubleUpToTheCap) {
+TEST_F(CircuitBreaker, FailedProbesDoubleUpToTheCap) {
   sluice::circuit_breaker b{{.failures_to_open = 1}, clock_};
   fail(b, 1);
   const std::vector<seconds> periods = {seconds(1),  seconds(2),  seconds(4),  seconds(8),
@@ -205,7 +205,7 @@ TEST_F(BreakerTest, FailedProbesDoubleUpToTheCap) {
 }
 
 // Verifies that a success resets a doubled period to the initial one.
-TEST_F(BreakerTest, SuccessResetsTheDoubledPeriod) {
+TEST_F(CircuitBreaker, SuccessResetsTheDoubledPeriod) {
   sluice::circuit_breaker b{{.failures_to_open = 1, .open_for = milliseconds(100)}, clock_};
   fail(b, 1);
   for (int i = 0; i < 4; ++i) {  // 100 → 200 → 400 → 800 → 1600 ms
@@ -222,7 +222,7 @@ TEST_F(BreakerTest, SuccessResetsTheDoubledPeriod) {
 }
 
 // Verifies that failures of calls let through before it opened do not extend the period.
-TEST_F(BreakerTest, LateFailuresWhileOpenAreIgnored) {
+TEST_F(CircuitBreaker, LateFailuresWhileOpenAreIgnored) {
   sluice::circuit_breaker b{{.failures_to_open = 1}, clock_};
   fail(b, 1);
   clock_.advance(milliseconds(900));
@@ -233,7 +233,7 @@ TEST_F(BreakerTest, LateFailuresWhileOpenAreIgnored) {
 }
 
 // Verifies that any success, also while open, closes the breaker: the store answered.
-TEST_F(BreakerTest, LateSuccessWhileOpenCloses) {
+TEST_F(CircuitBreaker, LateSuccessWhileOpenCloses) {
   sluice::circuit_breaker b{{.failures_to_open = 1}, clock_};
   fail(b, 1);
   b.on_success();
@@ -243,7 +243,7 @@ TEST_F(BreakerTest, LateSuccessWhileOpenCloses) {
 
 // Verifies that a clock stepping back behind the opening lets a probe through rather than
 // holding the breaker open for as long as the step.
-TEST_F(BreakerTest, ClockSteppingBackDoesNotStrandIt) {
+TEST_F(CircuitBreaker, ClockSteppingBackDoesNotStrandIt) {
   sluice::circuit_breaker b{{.failures_to_open = 1}, clock_};
   fail(b, 1);
   clock_.advance(-std::chrono::hours(1));
@@ -253,7 +253,7 @@ TEST_F(BreakerTest, ClockSteppingBackDoesNotStrandIt) {
 }
 
 // Verifies that out-of-range options are raised to usable values.
-TEST_F(BreakerTest, OptionsAreNormalized) {
+TEST_F(CircuitBreaker, OptionsAreNormalized) {
   sluice::circuit_breaker b{
       {.failures_to_open = 0, .open_for = seconds(4), .max_open_for = seconds(1)}, clock_};
   EXPECT_EQ(b.options().failures_to_open, 1u);
@@ -279,7 +279,7 @@ TEST(BreakerState, Names) {
 
 // Verifies that threads hammering the breaker while calls fail and succeed at random leave
 // it consistent (TSan checks the synchronisation).
-TEST_F(BreakerTest, ConcurrentReportsStayConsistent) {
+TEST_F(CircuitBreaker, ConcurrentReportsStayConsistent) {
   sluice::circuit_breaker b{{.failures_to_open = 3, .open_for = microseconds(50)}, clock_};
   constexpr int kThreads = 4;
   std::atomic<std::uint64_t> let_through{0};

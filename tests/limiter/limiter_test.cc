@@ -33,9 +33,9 @@ using sluice::test::make;
 using sluice::test::must;
 
 // A limiter over a memory store driven by a manual clock.
-class LimiterTest : public ::testing::Test {
+class Limiter : public ::testing::Test {
  protected:
-  LimiterTest() : store_(std::make_shared<sluice::memory_store>(options())), lim_(store_) {}
+  Limiter() : store_(std::make_shared<sluice::memory_store>(options())), lim_(store_) {}
 
   sluice::memory_store_options options() {
     sluice::memory_store_options o;
@@ -49,7 +49,7 @@ class LimiterTest : public ::testing::Test {
 };
 
 // Verifies that well-formed names register and can be found again with their settings.
-TEST_F(LimiterTest, AddPolicyAcceptsValidNames) {
+TEST_F(Limiter, AddPolicyAcceptsValidNames) {
   const std::vector<std::string> names = {"chat", "a", "A-Z_a.z-0.9", std::string(64, 'x')};
   for (const std::string& name : names) {
     SCOPED_TRACE(name);
@@ -65,7 +65,7 @@ TEST_F(LimiterTest, AddPolicyAcceptsValidNames) {
 }
 
 // Verifies that empty, malformed, overlong and duplicate names are rejected as invalid_policy.
-TEST_F(LimiterTest, AddPolicyRejectsBadAndDuplicateNames) {
+TEST_F(Limiter, AddPolicyRejectsBadAndDuplicateNames) {
   ASSERT_TRUE(lim_.add_policy({"chat", make(30, hours(1))}));
   const std::vector<std::string> bad = {"",
                                         "bad name!",
@@ -88,14 +88,14 @@ TEST_F(LimiterTest, AddPolicyRejectsBadAndDuplicateNames) {
 }
 
 // Verifies that a policy whose limit was never validated is refused rather than used.
-TEST_F(LimiterTest, AddPolicyRejectsInvalidLimit) {
+TEST_F(Limiter, AddPolicyRejectsInvalidLimit) {
   const result<void> r = lim_.add_policy({"empty_limit", sluice::limit{}});
   EXPECT_FALSE(r);
   EXPECT_EQ(lim_.find_policy("empty_limit"), nullptr);
 }
 
 // Verifies that every call naming an unknown policy fails with unknown_policy.
-TEST_F(LimiterTest, UnknownPolicyIsAnError) {
+TEST_F(Limiter, UnknownPolicyIsAnError) {
   ASSERT_TRUE(lim_.add_policy({"chat", make(30, hours(1))}));
   const result<decision> a = lim_.acquire("nope", "u");
   ASSERT_FALSE(a);
@@ -112,7 +112,7 @@ TEST_F(LimiterTest, UnknownPolicyIsAnError) {
 }
 
 // Verifies that acquire by name spends from the policy's limit on the store's clock.
-TEST_F(LimiterTest, AcquireByNameUsesPolicyAndStoreClock) {
+TEST_F(Limiter, AcquireByNameUsesPolicyAndStoreClock) {
   for (const algorithm a : all_algorithms) {
     SCOPED_TRACE(std::string(sluice::to_string(a)));
     const std::string name = "p_" + std::string(sluice::to_string(a));
@@ -133,7 +133,7 @@ TEST_F(LimiterTest, AcquireByNameUsesPolicyAndStoreClock) {
 }
 
 // Verifies that the cost is checked as the store checks it.
-TEST_F(LimiterTest, BadCostIsAnError) {
+TEST_F(Limiter, BadCostIsAnError) {
   ASSERT_TRUE(lim_.add_policy({"chat", make(3, hours(1))}));
   const result<decision> zero = lim_.acquire("chat", "u", 0);
   ASSERT_FALSE(zero);
@@ -147,7 +147,7 @@ TEST_F(LimiterTest, BadCostIsAnError) {
 }
 
 // Verifies that the same key under two policies has two independent states.
-TEST_F(LimiterTest, KeysAreScopedByPolicyName) {
+TEST_F(Limiter, KeysAreScopedByPolicyName) {
   ASSERT_TRUE(lim_.add_policy({"chat", make(2, hours(1))}));
   ASSERT_TRUE(lim_.add_policy({"api", make(2, hours(1))}));
   EXPECT_TRUE(must(lim_.acquire("chat", "u", 2)).allowed);
@@ -158,7 +158,7 @@ TEST_F(LimiterTest, KeysAreScopedByPolicyName) {
 }
 
 // Verifies that an inline policy named like a registered one shares its keys' state.
-TEST_F(LimiterTest, InlinePolicyWithSameNameSharesState) {
+TEST_F(Limiter, InlinePolicyWithSameNameSharesState) {
   const sluice::policy chat{"chat", make(2, hours(1)), algorithm::sliding_log};
   ASSERT_TRUE(lim_.add_policy(chat));
   ASSERT_TRUE(must(lim_.acquire("chat", "u", 2)).allowed);
@@ -178,7 +178,7 @@ TEST_F(LimiterTest, InlinePolicyWithSameNameSharesState) {
 }
 
 // Verifies that an inline policy's explicit now replaces the store's clock.
-TEST_F(LimiterTest, InlinePolicyExplicitNow) {
+TEST_F(Limiter, InlinePolicyExplicitNow) {
   const sluice::policy p{"inline", make(1, seconds(1)), algorithm::gcra};
   const microseconds t = seconds(5);
   EXPECT_TRUE(must(lim_.acquire(p, "k", 1, t)).allowed);
@@ -191,7 +191,7 @@ TEST_F(LimiterTest, InlinePolicyExplicitNow) {
 }
 
 // Verifies that reset by policy forgets only that policy's state of that key.
-TEST_F(LimiterTest, ResetOnlyThatPolicyAndKey) {
+TEST_F(Limiter, ResetOnlyThatPolicyAndKey) {
   ASSERT_TRUE(lim_.add_policy({"chat", make(1, hours(1))}));
   ASSERT_TRUE(lim_.add_policy({"api", make(1, hours(1))}));
   for (const char* policy : {"chat", "api"}) {
@@ -210,7 +210,7 @@ TEST_F(LimiterTest, ResetOnlyThatPolicyAndKey) {
 }
 
 // Verifies that async_acquire completes exactly once with the decision acquire would give.
-TEST_F(LimiterTest, AsyncAcquireCompletesOnceWithAcquiresDecision) {
+TEST_F(Limiter, AsyncAcquireCompletesOnceWithAcquiresDecision) {
   for (const algorithm a : all_algorithms) {
     SCOPED_TRACE(std::string(sluice::to_string(a)));
     const std::string name = "async_" + std::string(sluice::to_string(a));
@@ -233,7 +233,7 @@ TEST_F(LimiterTest, AsyncAcquireCompletesOnceWithAcquiresDecision) {
 }
 
 // Verifies that async_peek completes once with peek's decision and spends nothing.
-TEST_F(LimiterTest, AsyncPeekCompletesOnceAndSpendsNothing) {
+TEST_F(Limiter, AsyncPeekCompletesOnceAndSpendsNothing) {
   ASSERT_TRUE(lim_.add_policy({"chat", make(2, hours(1))}));
   int calls = 0;
   for (int i = 0; i < 3; ++i) {
@@ -249,7 +249,7 @@ TEST_F(LimiterTest, AsyncPeekCompletesOnceAndSpendsNothing) {
 }
 
 // Verifies that the async forms report errors through the completion, once.
-TEST_F(LimiterTest, AsyncErrorsCompleteOnce) {
+TEST_F(Limiter, AsyncErrorsCompleteOnce) {
   ASSERT_TRUE(lim_.add_policy({"chat", make(2, hours(1))}));
   int calls = 0;
   std::vector<sluice::errc> codes;
@@ -271,11 +271,11 @@ TEST_F(LimiterTest, AsyncErrorsCompleteOnce) {
 }
 
 // Verifies that the limiter exposes the store it was built with.
-TEST_F(LimiterTest, ExposesItsStore) { EXPECT_EQ(&lim_.store(), store_.get()); }
+TEST_F(Limiter, ExposesItsStore) { EXPECT_EQ(&lim_.store(), store_.get()); }
 
 // Verifies that a policy fails open unless it says otherwise, and that the failure mode is
 // kept with the policy.
-TEST_F(LimiterTest, PolicyFailureModeDefaultsToAllow) {
+TEST_F(Limiter, PolicyFailureModeDefaultsToAllow) {
   const sluice::policy plain{"plain", make(3, hours(1))};
   EXPECT_EQ(plain.on_failure, sluice::failure_mode::allow);
   ASSERT_TRUE(lim_.add_policy(plain));
@@ -287,7 +287,7 @@ TEST_F(LimiterTest, PolicyFailureModeDefaultsToAllow) {
 
 // Verifies the counters over a store that never fails: every decision (acquire and peek,
 // sync and async) is counted as allowed or denied, errors are not, nothing falls back.
-TEST_F(LimiterTest, StatsCountDecisions) {
+TEST_F(Limiter, StatsCountDecisions) {
   ASSERT_TRUE(lim_.add_policy({"chat", make(2, hours(1))}));
   EXPECT_EQ(lim_.stats().decisions, 0u);
   EXPECT_TRUE(must(lim_.acquire("chat", "u")).allowed);
@@ -309,7 +309,7 @@ TEST_F(LimiterTest, StatsCountDecisions) {
 
 // Verifies that a limiter built from options decides like one built from the store alone,
 // and can be moved.
-TEST_F(LimiterTest, BuiltFromOptions) {
+TEST_F(Limiter, BuiltFromOptions) {
   sluice::limiter_options o;
   o.store = store_;
   o.time_source = &clock_;

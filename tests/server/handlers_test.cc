@@ -140,8 +140,8 @@ class Handlers : public ::testing::Test {
   std::unique_ptr<request_handler> handler_;
 };
 
+// Verifies POST /v1/acquire with a policy: 200, the five numbers and the policy's name.
 TEST_F(Handlers, AcquireWithPolicyAnswersTheDecision) {
-  // Verifies POST /v1/acquire with a policy: 200, the five numbers and the policy's name.
   const http_response r = acquire(R"({"key": "user:42", "policy": "chat"})");
   EXPECT_EQ(r.result(), http::status::ok);
   EXPECT_EQ(r[http::field::content_type], "application/json");
@@ -151,9 +151,9 @@ TEST_F(Handlers, AcquireWithPolicyAnswersTheDecision) {
   EXPECT_EQ(metrics_->requests(route::acquire, 200), 1u);
 }
 
+// Verifies RateLimit-Policy and RateLimit on allowed and denied answers, and Retry-After
+// (whole seconds, equal to t) on the denial only.
 TEST_F(Handlers, RateLimitHeaderFieldsHaveExactValues) {
-  // Verifies RateLimit-Policy and RateLimit on allowed and denied answers, and Retry-After
-  // (whole seconds, equal to t) on the denial only.
   http_response r = acquire(R"({"key": "u", "policy": "chat", "cost": 29})");
   EXPECT_EQ(r["RateLimit-Policy"], "\"chat\";q=30;w=3600");
   EXPECT_EQ(r["RateLimit"], "\"chat\";r=1;t=3600");
@@ -173,8 +173,8 @@ TEST_F(Handlers, RateLimitHeaderFieldsHaveExactValues) {
   EXPECT_EQ(r[http::field::retry_after], "13");
 }
 
+// Verifies POST /v1/peek: the same answer as acquire would give, and nothing spent.
 TEST_F(Handlers, PeekSpendsNothing) {
-  // Verifies POST /v1/peek: the same answer as acquire would give, and nothing spent.
   for (int i = 0; i < 3; ++i) {
     const http_response r =
         call(http::verb::post, "/v1/peek", R"({"key": "p", "policy": "chat", "cost": 2})");
@@ -186,9 +186,9 @@ TEST_F(Handlers, PeekSpendsNothing) {
   EXPECT_EQ(metrics_->requests(route::peek, 200), 3u);
 }
 
+// Verifies an inline limit with an algorithm: decided like a policy, named in the fields
+// and the body by its canonical form, counted as (inline).
 TEST_F(Handlers, InlineLimitNamesItselfByTheLimit) {
-  // Verifies an inline limit with an algorithm: decided like a policy, named in the fields
-  // and the body by its canonical form, counted as (inline).
   http_response r = acquire(R"({"key": "k", "limit": "2/1m", "algorithm": "gcra"})");
   EXPECT_EQ(r.result(), http::status::ok);
   EXPECT_EQ(r["RateLimit-Policy"], "\"2/1m\";q=2;w=60");
@@ -202,15 +202,15 @@ TEST_F(Handlers, InlineLimitNamesItselfByTheLimit) {
   EXPECT_EQ(metrics_->decisions(metrics_->inline_slot(), outcome::denied), 1u);
 }
 
+// Verifies that an inline limit without an algorithm is the exact sliding log.
 TEST_F(Handlers, InlineDefaultsToSlidingLog) {
-  // Verifies that an inline limit without an algorithm is the exact sliding log.
   const http_response r = acquire(R"({"key": "k", "limit": "10 per minute", "cost": 3})");
   EXPECT_EQ(body_of(r)["remaining"], 7);
   EXPECT_EQ(body_of(r)["reset_after_ms"], 60000);
 }
 
+// Verifies a 400 naming the field for each kind of bad body.
 TEST_F(Handlers, BodyErrorsNameTheField) {
-  // Verifies a 400 naming the field for each kind of bad body.
   struct bad_case {
     const char* body;
     const char* field;
@@ -248,16 +248,16 @@ TEST_F(Handlers, BodyErrorsNameTheField) {
   EXPECT_EQ(metrics_->decisions(metrics_->slot("chat"), outcome::allowed), 0u);
 }
 
+// Verifies the key length limit (64 bytes here): 64 pass, 65 get 400 naming the key.
 TEST_F(Handlers, OversizeKeyIsRefused) {
-  // Verifies the key length limit (64 bytes here): 64 pass, 65 get 400 naming the key.
   EXPECT_EQ(acquire(R"({"key": ")" + std::string(64, 'k') + R"(", "policy": "chat"})").result(),
             http::status::ok);
   expect_error(acquire(R"({"key": ")" + std::string(65, 'k') + R"(", "policy": "chat"})"),
                http::status::bad_request, "key");
 }
 
+// Verifies 404 naming the policy for acquire, peek, gate and reset.
 TEST_F(Handlers, UnknownPolicyIs404) {
-  // Verifies 404 naming the policy for acquire, peek, gate and reset.
   expect_error(acquire(R"({"key": "u", "policy": "nope"})"), http::status::not_found, "policy");
   expect_error(call(http::verb::post, "/v1/peek", R"({"key": "u", "policy": "nope"})"),
                http::status::not_found, "policy");
@@ -266,8 +266,8 @@ TEST_F(Handlers, UnknownPolicyIs404) {
   expect_error(call(http::verb::delete_, "/v1/keys/nope/u"), http::status::not_found, "policy");
 }
 
+// Verifies 405 and the Allow field for each fixed route.
 TEST_F(Handlers, WrongMethodIs405WithAllow) {
-  // Verifies 405 and the Allow field for each fixed route.
   const std::pair<const char*, const char*> cases[] = {
       {"/v1/acquire", "POST"}, {"/v1/peek", "POST"}, {"/v1/keys/chat/u", "DELETE"},
       {"/metrics", "GET"},     {"/healthz", "GET"},  {"/readyz", "GET"},
@@ -281,8 +281,8 @@ TEST_F(Handlers, WrongMethodIs405WithAllow) {
   }
 }
 
+// Verifies 404 for paths the API does not have (a prefix is not enough).
 TEST_F(Handlers, UnknownPathIs404) {
-  // Verifies 404 for paths the API does not have (a prefix is not enough).
   for (const char* target : {"/", "/v1", "/v1/acquirex", "/metrics/x", "/v2/acquire"}) {
     SCOPED_TRACE(target);
     expect_error(call(http::verb::get, target), http::status::not_found, "");
@@ -290,14 +290,14 @@ TEST_F(Handlers, UnknownPathIs404) {
   EXPECT_EQ(metrics_->requests(route::other, 404), 5u);
 }
 
+// Verifies that a query string is not part of the path.
 TEST_F(Handlers, QueryStringDoesNotChangeTheRoute) {
-  // Verifies that a query string is not part of the path.
   EXPECT_EQ(call(http::verb::get, "/healthz?verbose=1").result(), http::status::ok);
 }
 
+// Verifies shadow mode: decided and counted as usual, always allowed (no Retry-After),
+// the would-be denial flagged in the body and counted as shadow_denied.
 TEST_F(Handlers, ShadowModeAllowsAndCountsWouldBeDenials) {
-  // Verifies shadow mode: decided and counted as usual, always allowed (no Retry-After),
-  // the would-be denial flagged in the body and counted as shadow_denied.
   http_response r = acquire(R"({"key": "s", "policy": "beta"})");
   EXPECT_EQ(body_of(r)["allowed"], true);
   EXPECT_FALSE(body_of(r).contains("shadow_denied"));
@@ -321,9 +321,9 @@ TEST_F(Handlers, ShadowModeAllowsAndCountsWouldBeDenials) {
   EXPECT_EQ(metrics_->decisions(slot, outcome::denied), 0u);
 }
 
+// Verifies the gate: 204 while allowed, 429 with Retry-After once the limit is spent, the
+// RateLimit fields on both, the key taken from the configured header.
 TEST_F(Handlers, GateAllowsThenRefusesWith429) {
-  // Verifies the gate: 204 while allowed, 429 with Retry-After once the limit is spent, the
-  // RateLimit fields on both, the key taken from the configured header.
   const header_list user = {{"X-User-Id", "alice"}};
   for (int i = 0; i < 2; ++i) {
     const http_response r = call(http::verb::get, "/v1/gate/login", "", user);
@@ -343,9 +343,9 @@ TEST_F(Handlers, GateAllowsThenRefusesWith429) {
   EXPECT_EQ(metrics_->requests(route::gate, 429), 1u);
 }
 
+// Verifies that X-Forwarded-For gives its first address, trimmed: the same key as the
+// JSON API's "10.0.0.1" under the same policy.
 TEST_F(Handlers, GateTakesTheFirstForwardedAddress) {
-  // Verifies that X-Forwarded-For gives its first address, trimmed: the same key as the
-  // JSON API's "10.0.0.1" under the same policy.
   EXPECT_EQ(call(http::verb::get, "/v1/gate/chat", "",
                  {{"X-Forwarded-For", " 10.0.0.1 , 192.168.0.1, 172.16.0.1"}})
                 .result(),
@@ -355,8 +355,8 @@ TEST_F(Handlers, GateTakesTheFirstForwardedAddress) {
             29);
 }
 
+// Verifies a query-parameter key, %-decoded (and `+` as a space).
 TEST_F(Handlers, GateTakesTheKeyFromAQueryParameter) {
-  // Verifies a query-parameter key, %-decoded (and `+` as a space).
   for (int i = 0; i < 2; ++i) {
     EXPECT_EQ(call(http::verb::get, "/v1/gate/q?x=1&user=al%69ce+b").result(),
               http::status::no_content);
@@ -365,8 +365,8 @@ TEST_F(Handlers, GateTakesTheKeyFromAQueryParameter) {
             http::status::too_many_requests);
 }
 
+// Verifies 400 naming the header or parameter when the request has no key.
 TEST_F(Handlers, GateWithoutKeyIs400) {
-  // Verifies 400 naming the header or parameter when the request has no key.
   expect_error(call(http::verb::get, "/v1/gate/chat"), http::status::bad_request,
                "X-Forwarded-For");
   expect_error(call(http::verb::get, "/v1/gate/chat", "", {{"X-Forwarded-For", " , 1.2.3.4"}}),
@@ -380,8 +380,8 @@ TEST_F(Handlers, GateWithoutKeyIs400) {
       http::status::bad_request, "X-Forwarded-For");
 }
 
+// Verifies DELETE /v1/keys/{policy}/{key}: 204, and the key starts afresh.
 TEST_F(Handlers, ResetForgetsTheKey) {
-  // Verifies DELETE /v1/keys/{policy}/{key}: 204, and the key starts afresh.
   for (int i = 0; i < 30; ++i) acquire(R"({"key": "r", "policy": "chat"})");
   EXPECT_EQ(body_of(acquire(R"({"key": "r", "policy": "chat"})"))["allowed"], false);
   const http_response r = call(http::verb::delete_, "/v1/keys/chat/r");
@@ -391,16 +391,16 @@ TEST_F(Handlers, ResetForgetsTheKey) {
   EXPECT_EQ(metrics_->requests(route::reset, 204), 1u);
 }
 
+// Verifies that the key in the path is %-decoded, slashes included; `+` stays a plus.
 TEST_F(Handlers, ResetDecodesTheKey) {
-  // Verifies that the key in the path is %-decoded, slashes included; `+` stays a plus.
   acquire(R"({"key": "user/1 x+y", "policy": "chat"})");
   EXPECT_EQ(call(http::verb::delete_, "/v1/keys/chat/user%2F1%20x+y").result(),
             http::status::no_content);
   EXPECT_EQ(body_of(acquire(R"({"key": "user/1 x+y", "policy": "chat"})"))["remaining"], 29);
 }
 
+// Verifies 400 naming the key for a missing, empty, badly escaped or oversize key.
 TEST_F(Handlers, ResetErrorsNameTheField) {
-  // Verifies 400 naming the key for a missing, empty, badly escaped or oversize key.
   expect_error(call(http::verb::delete_, "/v1/keys/chat"), http::status::bad_request, "key");
   expect_error(call(http::verb::delete_, "/v1/keys/chat/"), http::status::bad_request, "key");
   expect_error(call(http::verb::delete_, "/v1/keys/chat/a%2"), http::status::bad_request, "key");
@@ -408,10 +408,10 @@ TEST_F(Handlers, ResetErrorsNameTheField) {
                http::status::bad_request, "key");
 }
 
+// Verifies that a reset goes through the store's async reset, so nothing blocks on the
+// store: handle() returns at once and the response comes when the store completes the
+// call, later, on its own thread. Decisions are async the same way.
 TEST_F(Handlers, ResetAndDecisionsAnswerWhenTheStoreCompletes) {
-  // Verifies that a reset goes through the store's async reset, so nothing blocks on the
-  // store: handle() returns at once and the response comes when the store completes the
-  // call, later, on its own thread. Decisions are async the same way.
   auto store = std::make_shared<fake_store>(fake_store_options{.time_source = &clock_});
   build(base_config(), store);
   for (int i = 0; i < 30; ++i) acquire(R"({"key": "u", "policy": "chat"})");
@@ -444,9 +444,9 @@ TEST_F(Handlers, ResetAndDecisionsAnswerWhenTheStoreCompletes) {
   EXPECT_EQ(metrics_->requests(route::reset, 204), 1u);
 }
 
+// Verifies bearer tokens on the API: none or a wrong one gets 401 with WWW-Authenticate;
+// a right one (any configured; the scheme in any case) or an admin token passes.
 TEST_F(Handlers, ApiTokensAreRequiredWhenConfigured) {
-  // Verifies bearer tokens on the API: none or a wrong one gets 401 with WWW-Authenticate;
-  // a right one (any configured; the scheme in any case) or an admin token passes.
   server_config c = base_config();
   c.api_tokens = {"tok-1", "tok-2"};
   c.admin_tokens = {"root"};
@@ -480,8 +480,8 @@ TEST_F(Handlers, ApiTokensAreRequiredWhenConfigured) {
   EXPECT_EQ(call(http::verb::get, "/metrics").result(), http::status::ok);
 }
 
+// Verifies that a reset needs an admin token: an API token is not enough.
 TEST_F(Handlers, ResetNeedsAnAdminToken) {
-  // Verifies that a reset needs an admin token: an API token is not enough.
   server_config c = base_config();
   c.api_tokens = {"api"};
   c.admin_tokens = {"admin"};
@@ -495,9 +495,9 @@ TEST_F(Handlers, ResetNeedsAnAdminToken) {
             http::status::no_content);
 }
 
+// Verifies /healthz (always 200), /readyz (the store probe: 200 or 503) and /metrics (the
+// text format, with the decisions made so far).
 TEST_F(Handlers, HealthReadinessAndMetrics) {
-  // Verifies /healthz (always 200), /readyz (the store probe: 200 or 503) and /metrics (the
-  // text format, with the decisions made so far).
   auto store = std::make_shared<fake_store>(
       fake_store_options{.uri = "redis://db:6379/0", .time_source = &clock_});
   build(base_config(), store);
@@ -525,9 +525,9 @@ TEST_F(Handlers, HealthReadinessAndMetrics) {
   EXPECT_NE(r.body().find("\nsluice_memory_keys 1\n"), std::string::npos) << r.body();
 }
 
+// Verifies the failure modes through the API: allow answers allowed, deny answers denied
+// with Retry-After (429 at the gate), both counted as fallbacks in the metrics.
 TEST_F(Handlers, StoreDownFallsBackByPolicy) {
-  // Verifies the failure modes through the API: allow answers allowed, deny answers denied
-  // with Retry-After (429 at the gate), both counted as fallbacks in the metrics.
   server_config c;
   c.policies.push_back(make_policy("open", "5/1m"));
   c.policies.push_back(make_policy("shut", "5/1m"));
@@ -553,9 +553,9 @@ TEST_F(Handlers, StoreDownFallsBackByPolicy) {
   EXPECT_NE(text.find("\nsluice_store_errors_total 4\n"), std::string::npos) << text;
 }
 
+// Verifies that a handler refuses a configuration whose policies the limiter lacks, and
+// make_limiter refuses a bad policy name.
 TEST_F(Handlers, PoliciesMustBeRegistered) {
-  // Verifies that a handler refuses a configuration whose policies the limiter lacks, and
-  // make_limiter refuses a bad policy name.
   server_config c = base_config();
   sluice::limiter lim(std::make_shared<sluice::memory_store>());
   metrics m({});
@@ -565,8 +565,8 @@ TEST_F(Handlers, PoliciesMustBeRegistered) {
                std::runtime_error);
 }
 
+// Verifies the JSON error shape, and that bytes that are not UTF-8 cannot break it.
 TEST(ErrorResponse, ShapeOfTheBody) {
-  // Verifies the JSON error shape, and that bytes that are not UTF-8 cannot break it.
   http_response r =
       sluice::server::error_response(http::status::bad_request, "bad \xff key", "key");
   EXPECT_EQ(r.result(), http::status::bad_request);

@@ -29,9 +29,9 @@ bool has_line(const std::string& text, const std::string& line) {
   return text.find("\n" + line + "\n") != std::string::npos || text.rfind(line + "\n", 0) == 0;
 }
 
+// Verifies that decisions are counted per policy slot and outcome, inline limits apart,
+// and that every policy's series is rendered, zeros included.
 TEST(Metrics, DecisionsByPolicyAndOutcome) {
-  // Verifies that decisions are counted per policy slot and outcome, inline limits apart,
-  // and that every policy's series is rendered, zeros included.
   metrics m({"chat", "beta"});
   EXPECT_EQ(m.slot("chat"), 0u);
   EXPECT_EQ(m.slot("beta"), 1u);
@@ -52,10 +52,10 @@ TEST(Metrics, DecisionsByPolicyAndOutcome) {
   EXPECT_TRUE(has_line(text, R"m(sluice_decisions_total{policy="(inline)",outcome="allowed"} 1)m"));
 }
 
+// Verifies that store errors, fallbacks by mode and the breakers come from the limiter's
+// stats: the worst breaker state as 0/1/2, how many breakers there are and how many are
+// not closed.
 TEST(Metrics, LimiterCountersAndBreaker) {
-  // Verifies that store errors, fallbacks by mode and the breakers come from the limiter's
-  // stats: the worst breaker state as 0/1/2, how many breakers there are and how many are
-  // not closed.
   metrics m({});
   limiter_stats s;
   s.store_errors = 7;
@@ -80,9 +80,9 @@ TEST(Metrics, LimiterCountersAndBreaker) {
   EXPECT_TRUE(has_line(m.render(s), "sluice_breaker_state 1"));
 }
 
+// Verifies HTTP requests by route and code, and a histogram whose buckets are cumulative,
+// end in +Inf and agree with _count; routes with no requests are left out.
 TEST(Metrics, RequestsAndCumulativeHistogram) {
-  // Verifies HTTP requests by route and code, and a histogram whose buckets are cumulative,
-  // end in +Inf and agree with _count; routes with no requests are left out.
   metrics m({});
   m.count_request(route::acquire, 200, microseconds(40));         // le 5e-05
   m.count_request(route::acquire, 200, microseconds(300));        // le 0.0005
@@ -108,8 +108,8 @@ TEST(Metrics, RequestsAndCumulativeHistogram) {
   EXPECT_EQ(text.find(R"(route="/healthz")"), std::string::npos);
 }
 
+// Verifies the open-connections gauge and the refused-connections counter.
 TEST(Metrics, ConnectionsGaugeAndRefusals) {
-  // Verifies the open-connections gauge and the refused-connections counter.
   metrics m({});
   m.connection_opened();
   m.connection_opened();
@@ -122,15 +122,15 @@ TEST(Metrics, ConnectionsGaugeAndRefusals) {
   EXPECT_TRUE(has_line(text, "sluice_connections_refused_total 1"));
 }
 
+// Verifies that a label value with a quote, backslash or newline stays one valid sample.
 TEST(Metrics, LabelValuesAreEscaped) {
-  // Verifies that a label value with a quote, backslash or newline stays one valid sample.
   metrics m({"a\"b\\c\nd"});
   const std::string text = m.render({});
   EXPECT_TRUE(has_line(text, R"(sluice_decisions_total{policy="a\"b\\c\nd",outcome="allowed"} 0)"));
 }
 
+// Verifies that concurrent counting loses nothing (the counters are atomics).
 TEST(Metrics, CountsFromManyThreads) {
-  // Verifies that concurrent counting loses nothing (the counters are atomics).
   metrics m({"p"});
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
@@ -161,9 +161,9 @@ std::size_t occurrences(const std::string& text, const std::string& needle) {
   return n;
 }
 
+// Verifies that a Redis store's own counters are rendered under their names and types: a
+// real store on a loopback port nobody listens on, whose three calls each fail at once.
 TEST(Metrics, RedisStoreMetrics) {
-  // Verifies that a Redis store's own counters are rendered under their names and types: a
-  // real store on a loopback port nobody listens on, whose three calls each fail at once.
   const auto options = sluice::parse_redis_uri("redis://127.0.0.1:1?connect_timeout=100ms");
   ASSERT_TRUE(options) << options.error().message();
   sluice::redis_store store(*options);
@@ -181,10 +181,10 @@ TEST(Metrics, RedisStoreMetrics) {
   EXPECT_EQ(text.find("cluster"), std::string::npos);
 }
 
+// Verifies the cluster store's routing metrics, besides the common ones, and that a name
+// with several labelled samples gets its HELP and TYPE once: a real cluster store whose
+// one seed nobody listens on.
 TEST(Metrics, RedisClusterStoreMetrics) {
-  // Verifies the cluster store's routing metrics, besides the common ones, and that a name
-  // with several labelled samples gets its HELP and TYPE once: a real cluster store whose
-  // one seed nobody listens on.
   const auto options =
       sluice::parse_redis_cluster_uri("redis+cluster://127.0.0.1:1?connect_timeout=100ms");
   ASSERT_TRUE(options) << options.error().message();
@@ -206,9 +206,9 @@ TEST(Metrics, RedisClusterStoreMetrics) {
   EXPECT_TRUE(has_line(text, "sluice_redis_cluster_slots_served 0"));
 }
 
+// Verifies the memory store's metrics as /metrics renders them: keys held (a gauge),
+// expired and evicted keys (counters).
 TEST(Metrics, MemoryStoreMetrics) {
-  // Verifies the memory store's metrics as /metrics renders them: keys held (a gauge),
-  // expired and evicted keys (counters).
   sluice::manual_clock clock{std::chrono::seconds(10)};
   sluice::memory_store_options o;
   o.max_keys = 2;

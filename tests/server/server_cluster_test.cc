@@ -17,7 +17,9 @@ using namespace sluice::test::e2e;
 using sluice::server::service;
 using sluice::test::eventually;
 
-TEST(ServerCluster, EndToEndOnARealCluster) {
+// Verifies `sluice serve` on a real Redis Cluster: decisions on the slot's master, the
+// cluster's metrics, and readiness and fallbacks while a master is down.
+TEST(ServerOnCluster, EndToEndOnARealCluster) {
   sluice::test::redis_cluster cluster;
   sluice::server::configure_logging("error");
   server_config cfg = test_config();

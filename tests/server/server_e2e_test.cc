@@ -50,7 +50,7 @@ using namespace sluice::test::e2e;
 using sluice::server::service;
 using sluice::test::eventually;
 
-class ServerE2E : public ::testing::Test {
+class Server : public ::testing::Test {
  protected:
   void start(server_config c = test_config()) {
     sluice::server::configure_logging("warn");
@@ -65,9 +65,9 @@ class ServerE2E : public ::testing::Test {
   std::uint16_t port_ = 0;
 };
 
-TEST_F(ServerE2E, EveryEndpointOverHttp) {
-  // Verifies every endpoint over a real connection: acquire, peek, gate (204 and 429), reset,
-  // metrics, healthz, readyz, and 404/405 for the rest.
+// Verifies every endpoint over a real connection: acquire, peek, gate (204 and 429), reset,
+// metrics, healthz, readyz, and 404/405 for the rest.
+TEST_F(Server, EveryEndpointOverHttp) {
   start();
   EXPECT_EQ(svc_->local_address(), "127.0.0.1:" + std::to_string(port_));
   client c(port_);
@@ -117,9 +117,9 @@ TEST_F(ServerE2E, EveryEndpointOverHttp) {
   EXPECT_EQ(body_of(r)["field"], "policy");
 }
 
-TEST_F(ServerE2E, KeepAliveServesManyRequestsOnOneConnection) {
-  // Verifies keep-alive: 300 requests on one connection, every one answered and kept alive,
-  // with a single connection open on the server all along.
+// Verifies keep-alive: 300 requests on one connection, every one answered and kept alive,
+// with a single connection open on the server all along.
+TEST_F(Server, KeepAliveServesManyRequestsOnOneConnection) {
   start();
   client c(port_);
   for (int i = 0; i < 300; ++i) {
@@ -134,9 +134,9 @@ TEST_F(ServerE2E, KeepAliveServesManyRequestsOnOneConnection) {
             300);
 }
 
-TEST_F(ServerE2E, PipelinedRequestsAreAnsweredInOrder) {
-  // Verifies that requests sent back to back in one write are all answered, in order (with
-  // the access log on).
+// Verifies that requests sent back to back in one write are all answered, in order (with
+// the access log on).
+TEST_F(Server, PipelinedRequestsAreAnsweredInOrder) {
   server_config cfg = test_config();
   cfg.access_log = true;
   start(cfg);
@@ -160,9 +160,9 @@ TEST_F(ServerE2E, PipelinedRequestsAreAnsweredInOrder) {
   EXPECT_EQ(body_of(r)["status"], "ok");
 }
 
-TEST_F(ServerE2E, ConnectionCloseAndHttp10AreHonoured) {
-  // Verifies that the server closes after answering a request that says `Connection: close`,
-  // and answers HTTP/1.0 in HTTP/1.0, closing after it.
+// Verifies that the server closes after answering a request that says `Connection: close`,
+// and answers HTTP/1.0 in HTTP/1.0, closing after it.
+TEST_F(Server, ConnectionCloseAndHttp10AreHonoured) {
   start();
   {
     client c(port_);
@@ -180,9 +180,9 @@ TEST_F(ServerE2E, ConnectionCloseAndHttp10AreHonoured) {
   }
 }
 
-TEST_F(ServerE2E, ConcurrentClientsAdmitExactlyTheLimit) {
-  // Verifies exactness under concurrency over HTTP: 8 connections x 50 requests on one key
-  // with a limit of 100 admit exactly 100, on two I/O threads.
+// Verifies exactness under concurrency over HTTP: 8 connections x 50 requests on one key
+// with a limit of 100 admit exactly 100, on two I/O threads.
+TEST_F(Server, ConcurrentClientsAdmitExactlyTheLimit) {
   start();
   std::atomic<int> allowed{0};
   std::atomic<int> denied{0};
@@ -214,10 +214,10 @@ TEST_F(ServerE2E, ConcurrentClientsAdmitExactlyTheLimit) {
   EXPECT_EQ(svc_->counters().decisions(slot, sluice::server::outcome::allowed), 100u);
 }
 
-TEST_F(ServerE2E, SlowClientIsClosedAfterHeaderTimeout) {
-  // Verifies the header timeout against a slow client: half a header, then nothing; the
-  // server closes the connection, unanswered, once header_timeout has passed. A connection
-  // that sends nothing at all is closed the same way.
+// Verifies the header timeout against a slow client: half a header, then nothing; the
+// server closes the connection, unanswered, once header_timeout has passed. A connection
+// that sends nothing at all is closed the same way.
+TEST_F(Server, SlowClientIsClosedAfterHeaderTimeout) {
   server_config cfg = test_config();
   cfg.header_timeout = milliseconds(300);
   start(cfg);
@@ -237,8 +237,8 @@ TEST_F(ServerE2E, SlowClientIsClosedAfterHeaderTimeout) {
   EXPECT_EQ(nothing, "");
 }
 
-TEST_F(ServerE2E, SlowBodyIsClosedAfterBodyTimeout) {
-  // Verifies the body timeout: a complete header, then half the body, then nothing.
+// Verifies the body timeout: a complete header, then half the body, then nothing.
+TEST_F(Server, SlowBodyIsClosedAfterBodyTimeout) {
   server_config cfg = test_config();
   cfg.body_timeout = milliseconds(300);
   start(cfg);
@@ -252,8 +252,8 @@ TEST_F(ServerE2E, SlowBodyIsClosedAfterBodyTimeout) {
   EXPECT_GE(steady::now() - began, milliseconds(290));
 }
 
-TEST_F(ServerE2E, IdleKeptAliveConnectionIsClosedAfterIdleTimeout) {
-  // Verifies the idle timeout between requests on a kept-alive connection.
+// Verifies the idle timeout between requests on a kept-alive connection.
+TEST_F(Server, IdleKeptAliveConnectionIsClosedAfterIdleTimeout) {
   server_config cfg = test_config();
   cfg.idle_timeout = milliseconds(300);
   start(cfg);
@@ -266,9 +266,9 @@ TEST_F(ServerE2E, IdleKeptAliveConnectionIsClosedAfterIdleTimeout) {
   EXPECT_GE(steady::now() - began, milliseconds(290));
 }
 
-TEST_F(ServerE2E, ConnectionsOverTheCapAreRefused) {
-  // Verifies max_connections: one connection over the cap is accepted, answered 503 and
-  // closed at once; when a connection closes there is room again.
+// Verifies max_connections: one connection over the cap is accepted, answered 503 and
+// closed at once; when a connection closes there is room again.
+TEST_F(Server, ConnectionsOverTheCapAreRefused) {
   server_config cfg = test_config();
   cfg.max_connections = 2;
   start(cfg);
@@ -292,9 +292,9 @@ TEST_F(ServerE2E, ConnectionsOverTheCapAreRefused) {
   EXPECT_EQ(fourth.call(http::verb::get, "/healthz").result(), http::status::ok);
 }
 
-TEST_F(ServerE2E, OversizeBodyGets413) {
-  // Verifies the body limit: a declared length over it gets 413 (field "body") without the
-  // body being read, and so does a chunked body that grows over it; both connections close.
+// Verifies the body limit: a declared length over it gets 413 (field "body") without the
+// body being read, and so does a chunked body that grows over it; both connections close.
+TEST_F(Server, OversizeBodyGets413) {
   server_config cfg = test_config();
   cfg.max_body_bytes = 1024;
   start(cfg);
@@ -327,9 +327,9 @@ TEST_F(ServerE2E, OversizeBodyGets413) {
   }
 }
 
-TEST_F(ServerE2E, MalformedRequestsGet400Or431AndClose) {
-  // Verifies that bytes that are not HTTP get 400 and a header over the limit 431, each
-  // followed by the server closing the connection.
+// Verifies that bytes that are not HTTP get 400 and a header over the limit 431, each
+// followed by the server closing the connection.
+TEST_F(Server, MalformedRequestsGet400Or431AndClose) {
   start();
   {
     client c(port_);
@@ -350,9 +350,9 @@ TEST_F(ServerE2E, MalformedRequestsGet400Or431AndClose) {
   }
 }
 
-TEST_F(ServerE2E, ExpectContinueIsHonoured) {
-  // Verifies `Expect: 100-continue`: the server says 100 Continue after the header, then
-  // answers once the body has arrived.
+// Verifies `Expect: 100-continue`: the server says 100 Continue after the header, then
+// answers once the body has arrived.
+TEST_F(Server, ExpectContinueIsHonoured) {
   start();
   client c(port_);
   const std::string body = R"({"key": "k", "policy": "chat"})";
@@ -378,10 +378,10 @@ void start_request_in_flight(client& c, const std::string& body) {
   ASSERT_EQ(c.read_exactly(25), "HTTP/1.1 100 Continue\r\n\r\n");
 }
 
-TEST_F(ServerE2E, ShutdownLetsRequestsInFlightFinish) {
-  // Verifies the drain in-process: after shutdown() new connections are refused, an idle
-  // kept-alive connection is closed, and a request in flight is answered (Connection: close)
-  // before the server stops, well within drain_timeout.
+// Verifies the drain in-process: after shutdown() new connections are refused, an idle
+// kept-alive connection is closed, and a request in flight is answered (Connection: close)
+// before the server stops, well within drain_timeout.
+TEST_F(Server, ShutdownLetsRequestsInFlightFinish) {
   start();
   client busy(port_);
   client idle(port_);
@@ -406,9 +406,9 @@ TEST_F(ServerE2E, ShutdownLetsRequestsInFlightFinish) {
   EXPECT_LT(steady::now() - began, seconds(10));  // drain_timeout is 20 s
 }
 
-TEST_F(ServerE2E, DrainTimeoutClosesWhatIsLeft) {
-  // Verifies that a request that does not finish within drain_timeout is cut off, and the
-  // server stops anyway.
+// Verifies that a request that does not finish within drain_timeout is cut off, and the
+// server stops anyway.
+TEST_F(Server, DrainTimeoutClosesWhatIsLeft) {
   server_config cfg = test_config();
   cfg.drain_timeout = milliseconds(200);
   start(cfg);
@@ -419,10 +419,10 @@ TEST_F(ServerE2E, DrainTimeoutClosesWhatIsLeft) {
   svc_->wait();
 }
 
-TEST(ServerRedis, EndToEndOnARealRedis) {
-  // Verifies the server on a real Redis: decisions in Redis (the reference's key layout),
-  // reset, readiness while it runs, and once it stops, /readyz 503 and decisions by the
-  // failure mode (allow).
+// Verifies the server on a real Redis: decisions in Redis (the reference's key layout),
+// reset, readiness while it runs, and once it stops, /readyz 503 and decisions by the
+// failure mode (allow).
+TEST(ServerOnRedis, EndToEndOnARealRedis) {
   sluice::test::redis_server redis;
   sluice::server::configure_logging("error");
   server_config cfg = test_config();
@@ -530,9 +530,9 @@ std::uint16_t port_of(const std::string& line) {
   return static_cast<std::uint16_t>(std::stoi(line.substr(prefix.size())));
 }
 
+// Verifies `sluice serve` under SIGTERM: it prints where it listens first, stops accepting,
+// answers the request in flight (Connection: close), and exits 0.
 TEST(ServeCommand, SigtermDrainsRequestsInFlightAndExitsZero) {
-  // Verifies `sluice serve` under SIGTERM: it prints where it listens first, stops accepting,
-  // answers the request in flight (Connection: close), and exits 0.
   serve_process serve({"--listen", "127.0.0.1:0", "--store", "memory://", "--io-threads", "2"});
   const std::uint16_t port = port_of(serve.first_line());
   ASSERT_NE(port, 0);
@@ -556,17 +556,17 @@ TEST(ServeCommand, SigtermDrainsRequestsInFlightAndExitsZero) {
   EXPECT_EQ(serve.wait_exit(), std::optional<int>(0));
 }
 
+// Verifies that SIGINT stops a server with no connections at once, exit status 0.
 TEST(ServeCommand, SigintStopsAnIdleServer) {
-  // Verifies that SIGINT stops a server with no connections at once, exit status 0.
   serve_process serve({"--listen", "127.0.0.1:0"});
   ASSERT_NE(port_of(serve.first_line()), 0);
   serve.signal(SIGINT);
   EXPECT_EQ(serve.wait_exit(), std::optional<int>(0));
 }
 
+// Verifies that a port in use exits 1 and a config file that cannot be read exits 2, each
+// with a message on stderr.
 TEST(ServeCommand, StartUpFailuresExitNonZero) {
-  // Verifies that a port in use exits 1 and a config file that cannot be read exits 2, each
-  // with a message on stderr.
   asio::io_context ioc;
   tcp::acceptor taken(ioc, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   const std::string in_use = "127.0.0.1:" + std::to_string(taken.local_endpoint().port());

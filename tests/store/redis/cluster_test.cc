@@ -66,7 +66,7 @@ std::vector<std::string> keys_on(const redis_cluster& cluster, const redis_clust
 
 // Verifies that random sequences with explicit times get exactly the memory store's
 // decisions on the cluster, for every algorithm (the conformance suite of the single Redis).
-TEST(ClusterStore, ConformsToTheMemoryStore) {
+TEST(RedisClusterStore, ConformsToTheMemoryStore) {
   redis_cluster cluster;
   redis_cluster_store redis(options_for(cluster));
   test::expect_same_decisions_as_memory(redis);
@@ -75,7 +75,7 @@ TEST(ClusterStore, ConformsToTheMemoryStore) {
 
 // Verifies that 1,000 acquires racing on one key from 8 threads over 2 connections per
 // master admit exactly the limit, for every algorithm.
-TEST(ClusterStore, ExactUnderConcurrency) {
+TEST(RedisClusterStore, ExactUnderConcurrency) {
   redis_cluster cluster;
   auto o = options_for(cluster);
   o.connection.pool = 2;
@@ -89,7 +89,7 @@ TEST(ClusterStore, ExactUnderConcurrency) {
 
 // Verifies that keys land on every master, each on the master Redis itself says serves its
 // slot (CLUSTER KEYSLOT agrees with the store's own hashing), under `<prefix>:{<key>}`.
-TEST(ClusterStore, KeysSpreadOverEveryMaster) {
+TEST(RedisClusterStore, KeysSpreadOverEveryMaster) {
   redis_cluster cluster;
   redis_cluster_store redis(options_for(cluster));
   const auto masters = cluster.masters();
@@ -134,7 +134,7 @@ TEST(ClusterStore, KeysSpreadOverEveryMaster) {
 // Verifies that `hash_tag=0` keeps the reference limiter's layout: the sliding_log of
 // `chat:u1` is the sorted set `chrysopedia:ratelimit:chat:u1`, on the master of that
 // key's own slot, and reset deletes it there.
-TEST(ClusterStore, ReferenceLayoutWithoutHashTag) {
+TEST(RedisClusterStore, ReferenceLayoutWithoutHashTag) {
   redis_cluster cluster;
   auto o = options_for(cluster);
   o.hash_tag = false;
@@ -153,7 +153,7 @@ TEST(ClusterStore, ReferenceLayoutWithoutHashTag) {
 
 // Verifies that scripts flushed from every master are sent again (NOSCRIPT), unseen by
 // callers.
-TEST(ClusterStore, ScriptFlushIsTransparent) {
+TEST(RedisClusterStore, ScriptFlushIsTransparent) {
   redis_cluster cluster;
   redis_cluster_store redis(options_for(cluster));
   for (const auto& m : cluster.masters())
@@ -168,7 +168,7 @@ TEST(ClusterStore, ScriptFlushIsTransparent) {
 
 // Verifies what a store with no reachable seed does: it comes back after connect_timeout,
 // and calls fail at once, saying why.
-TEST(ClusterStore, NoReachableSeedIsAnError) {
+TEST(RedisClusterStore, NoReachableSeedIsAnError) {
   auto o = parse_redis_cluster_uri("redis+cluster://127.0.0.1:1?connect_timeout=200ms");
   ASSERT_TRUE(o);
   const auto start = steady::now();
@@ -191,7 +191,7 @@ TEST(ClusterStore, NoReachableSeedIsAnError) {
 
 // Verifies that a redis+cluster:// store pointed at a Redis without cluster support says so
 // in the errors of its calls.
-TEST(ClusterStore, StandaloneRedisIsAClearError) {
+TEST(RedisClusterStore, StandaloneRedisIsAClearError) {
   test::redis_server standalone;
   auto o = parse_redis_cluster_uri(
       "redis+cluster://127.0.0.1:" + std::to_string(standalone.port()) + "?connect_timeout=300ms");
@@ -289,14 +289,16 @@ void expect_survives_failover(bool hang) {
       other_calls.size(), doomed_calls.size(), failed_while_down, calls_after - ok_after);
 }
 
-TEST(ClusterStore, SurvivesAMasterFailover) { expect_survives_failover(false); }
+// Verifies that a killed master's keys fail over to its replica under load.
+TEST(RedisClusterStore, SurvivesAMasterFailover) { expect_survives_failover(false); }
 
-TEST(ClusterStore, SurvivesAHungMaster) { expect_survives_failover(true); }
+// Verifies the same for a hung master (SIGSTOP): calls end at their deadline meanwhile.
+TEST(RedisClusterStore, SurvivesAHungMaster) { expect_survives_failover(true); }
 
 // Verifies the failure policy per master: with a master gone for good (no replica), the
 // limiter denies its keys from the fallback, after its breaker opens without calling the
 // store, while the keys of the other masters are still decided by Redis.
-TEST(ClusterStore, FailurePolicyAppliesToTheDeadMastersKeysOnly) {
+TEST(RedisClusterStore, FailurePolicyAppliesToTheDeadMastersKeysOnly) {
   test::redis_cluster_options co;
   co.replicas = 0;
   redis_cluster cluster(co);
@@ -338,7 +340,7 @@ TEST(ClusterStore, FailurePolicyAppliesToTheDeadMastersKeysOnly) {
 // three live keys (one per algorithm) and 20,000 others to another master while threads
 // decide on those keys. Every ASK / MOVED is followed: no call fails, and each key admits
 // exactly its limit.
-TEST(ClusterStore, ExactWhileItsSlotIsResharded) {
+TEST(RedisClusterStore, ExactWhileItsSlotIsResharded) {
   redis_cluster cluster;
   redis_cluster_store redis(options_for(cluster, 2000ms));
   // redis-cli moves a source's lowest slots first: find a tag in slot 0, so that moving one
@@ -447,7 +449,7 @@ void expect_decides_on_every_master(const redis_cluster& cluster, redis_cluster_
 // Verifies that a store given the password in its URI authenticates on every master: it
 // decides on keys spread over all of them. With a wrong password every call fails as
 // unavailable, saying that AUTH was refused.
-TEST(ClusterStore, AuthenticatesOnEveryNode) {
+TEST(RedisClusterStore, AuthenticatesOnEveryNode) {
   test::redis_cluster_options co;
   co.password = "s3cret:@/%";  // every character of it needs %-encoding in the URI
   redis_cluster cluster(co);
@@ -473,7 +475,7 @@ TEST(ClusterStore, AuthenticatesOnEveryNode) {
 // certificate (IP 127.0.0.1) against the CA in tls_ca: it decides on keys spread over all
 // of them. With an unrelated CA every call fails as unavailable, saying the TLS handshake
 // failed on certificate verification.
-TEST(ClusterStore, TlsToEveryNode) {
+TEST(RedisClusterStore, TlsToEveryNode) {
   test::redis_cluster_options co;
   co.tls = true;
   redis_cluster cluster(co);

@@ -39,7 +39,7 @@ reply range(int first, int last, std::string host, int port) {
 }
 
 // Verifies the checksum against its published check value and Redis's documented slots.
-TEST(ClusterSlot, MatchesRedis) {
+TEST(KeySlot, MatchesRedis) {
   EXPECT_EQ(crc16("123456789"), 0x31C3);
   EXPECT_EQ(crc16(""), 0);
   EXPECT_EQ(key_slot("foo"), 12182);
@@ -50,7 +50,7 @@ TEST(ClusterSlot, MatchesRedis) {
 
 // Verifies the hash tag rules: the first '{', the first '}' after it, and a tag only when
 // something is between them.
-TEST(ClusterSlot, HashTags) {
+TEST(KeySlot, HashTags) {
   EXPECT_EQ(key_slot("{user1000}.following"), key_slot("{user1000}.followers"));
   EXPECT_EQ(key_slot("{user1000}.following"), 3443);
   EXPECT_EQ(key_slot("sluice:{a}"), key_slot("a"));
@@ -62,7 +62,8 @@ TEST(ClusterSlot, HashTags) {
   EXPECT_EQ(key_slot(std::string("a\0b", 3)), crc16(std::string("a\0b", 3)) & 16383);
 }
 
-TEST(ClusterRedirect, ParsesMovedAndAsk) {
+// Verifies that MOVED and ASK errors give the slot, host and port (IPv6 and empty hosts too).
+TEST(ParseRedirect, ParsesMovedAndAsk) {
   auto m = parse_redirect("MOVED 3999 127.0.0.1:6381");
   ASSERT_TRUE(m);
   EXPECT_FALSE(m->ask);
@@ -87,7 +88,8 @@ TEST(ClusterRedirect, ParsesMovedAndAsk) {
   EXPECT_EQ(unknown_host->port, 7002);
 }
 
-TEST(ClusterRedirect, RejectsWhatIsNotOne) {
+// Verifies that other errors and malformed redirections are not taken for one.
+TEST(ParseRedirect, RejectsWhatIsNotOne) {
   for (const char* text :
        {"ERR unknown command", "MOVED", "MOVED 3999", "MOVED x 127.0.0.1:1", "MOVED 16384 h:1",
         "MOVED -1 h:1", "ASK 1 host", "ASK 1 host:0", "ASK 1 host:65536",
@@ -96,7 +98,8 @@ TEST(ClusterRedirect, RejectsWhatIsNotOne) {
   }
 }
 
-TEST(ClusterSlots, ParsesRanges) {
+// Verifies that a CLUSTER SLOTS reply gives each range with its master.
+TEST(ParseClusterSlots, ParsesRanges) {
   const reply r = array({range(0, 5460, "127.0.0.1", 7000), range(5461, 10922, "", 7001),
                          range(10923, 16383, "?", 7002)});
   auto ranges = parse_cluster_slots(r, "10.0.0.9");
@@ -116,7 +119,8 @@ TEST(ClusterSlots, ParsesRanges) {
   EXPECT_TRUE(empty->empty());
 }
 
-TEST(ClusterSlots, RejectsBadReplies) {
+// Verifies that errors and malformed CLUSTER SLOTS replies are refused with a message.
+TEST(ParseClusterSlots, RejectsBadReplies) {
   reply err;
   err.type = reply::kind::error;
   err.text = "ERR This instance has cluster support disabled";
@@ -146,7 +150,8 @@ TEST(ClusterSlots, RejectsBadReplies) {
   }
 }
 
-TEST(ClusterUri, ParsesSeedsAndOptions) {
+// Verifies that a redis+cluster:// URI gives its seeds, credentials and options.
+TEST(ParseRedisClusterUri, ParsesSeedsAndOptions) {
   auto o = parse_redis_cluster_uri(
       "redis+cluster://alice:p%40ss@10.0.0.1:7000,10.0.0.2,[::1]:7002?timeout=20ms&pool=2&"
       "prefix=chrysopedia:ratelimit&hash_tag=0&max_redirects=3&refresh_interval=2s");
@@ -177,7 +182,8 @@ TEST(ClusterUri, ParsesSeedsAndOptions) {
   EXPECT_EQ(d->refresh_interval, 10s);
 }
 
-TEST(ClusterUri, RejectsBadOnes) {
+// Verifies that malformed redis+cluster:// URIs are refused.
+TEST(ParseRedisClusterUri, RejectsBadOnes) {
   for (const char* uri :
        {"redis://h:1", "redis+cluster://", "redis+cluster://h:1,,h:2", "redis+cluster://h:1,",
         "redis+cluster://h:1/3", "redis+cluster://h:x", "redis+cluster://h:1?hash_tag=yes",

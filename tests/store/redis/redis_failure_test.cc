@@ -57,7 +57,7 @@ using test::eventually;
 // refuses everything with a retry_after, local keeps enforcing the limit in-process; once
 // Redis is back the store decides again (this test's Redis keeps nothing across a restart,
 // so the key starts over there).
-TEST(RedisFailure, EachModeDoesWhatItSays) {
+TEST(RedisStoreFailure, EachModeDoesWhatItSays) {
   redis_server server;
   harness h(server);
   for (int i = 0; i < 2; ++i) {
@@ -109,7 +109,7 @@ TEST(RedisFailure, EachModeDoesWhatItSays) {
 
 // Verifies that while the breaker is open, decisions skip the store and take microseconds,
 // even when Redis hangs instead of refusing connections; p99 stays under the deadline.
-TEST(RedisFailure, OpenBreakerAnswersWithoutWaiting) {
+TEST(RedisStoreFailure, OpenBreakerAnswersWithoutWaiting) {
   redis_server server;
   harness h(server, 100ms);
   ASSERT_TRUE(h.lim->acquire("open", "k")->allowed);

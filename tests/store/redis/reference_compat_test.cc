@@ -55,7 +55,7 @@ double unix_seconds() {
 // Verifies that taking turns on one key, sluice and the reference share one limit, and that
 // their decisions agree: allowed, remaining, and the whole-second retry_after (the
 // reference's int(oldest + window - now) + 1, evaluated at the moment each one decided).
-TEST(ReferenceCompat, SequentialDecisionsAgreeAndShareTheLimit) {
+TEST(RedisStoreCompat, SequentialDecisionsAgreeAndShareTheLimit) {
   if (auto why = test::reference_peer_unavailable(); !why.empty()) GTEST_SKIP() << why;
   redis_server server;
   auto lim = make_limiter(server, 10);
@@ -102,7 +102,7 @@ TEST(ReferenceCompat, SequentialDecisionsAgreeAndShareTheLimit) {
 // Verifies that sluice and the reference hammering one key at once stay within one shared
 // limit: sluice never admits past it, and the total exceeds it by at most what the
 // reference's own check-then-add race lets through (one per reference request in flight).
-TEST(ReferenceCompat, ConcurrentUseSharesOneLimit) {
+TEST(RedisStoreCompat, ConcurrentUseSharesOneLimit) {
   if (auto why = test::reference_peer_unavailable(); !why.empty()) GTEST_SKIP() << why;
   redis_server server;
   auto lim = make_limiter(server, 100);

@@ -8,7 +8,7 @@ namespace {
 using namespace std::chrono_literals;
 
 // Verifies the defaults and every part of a full redis:// URI.
-TEST(RedisUri, ParsesEveryPart) {
+TEST(ParseRedisUri, ParsesEveryPart) {
   auto o = parse_redis_uri(
       "redis://alice:p%40ss@cache.local:6380/3?timeout=20ms&connect_timeout=2s&pool=4&"
       "prefix=chrysopedia:ratelimit&reconnect_min=5ms&reconnect_max=2s");
@@ -35,7 +35,7 @@ TEST(RedisUri, ParsesEveryPart) {
 }
 
 // Verifies password-only forms, TLS, IPv6 and Unix sockets.
-TEST(RedisUri, ParsesOtherForms) {
+TEST(ParseRedisUri, ParsesOtherForms) {
   auto a = parse_redis_uri("redis://:secret@127.0.0.1:7000");
   ASSERT_TRUE(a);
   EXPECT_EQ(a->username, "");
@@ -56,7 +56,7 @@ TEST(RedisUri, ParsesOtherForms) {
 
 // Verifies that bad URIs are refused with a message naming the problem, and that the
 // message never shows the password.
-TEST(RedisUri, RejectsBadUrisWithoutLeakingPasswords) {
+TEST(ParseRedisUri, RejectsBadUrisWithoutLeakingPasswords) {
   struct bad_case {
     const char* uri;
     const char* says;
