@@ -1,7 +1,13 @@
-# The HTTP server (tests/server/): the header fields, metrics and request handler without a
-# socket, and end-to-end tests over loopback, in-process and as `sluice serve` child
-# processes (one against a real redis-server). Included from tests/CMakeLists.txt.
+# tests/server/: `sluice serve`. Its configuration loader; the header fields, metrics and
+# request handler without a socket; end-to-end tests over loopback, in-process and as
+# `sluice serve` child processes (one against a real redis-server, one on a real Redis
+# Cluster); and real nginx in front of it. Included from tests/CMakeLists.txt.
 if(TARGET sluice_server)
+  sluice_gtest(config_test ${CMAKE_CURRENT_LIST_DIR}/server/config_test.cc)
+  target_link_libraries(config_test PRIVATE sluice_server)
+  target_compile_definitions(config_test PRIVATE
+    SLUICE_EXAMPLES_DIR="${PROJECT_SOURCE_DIR}/examples")
+
   sluice_gtest(server_unit_test
     ${CMAKE_CURRENT_LIST_DIR}/server/headers_test.cc
     ${CMAKE_CURRENT_LIST_DIR}/server/metrics_test.cc
@@ -12,15 +18,22 @@ if(TARGET sluice_server)
   target_link_libraries(server_e2e_test PRIVATE sluice_server sluice_test_support)
   target_compile_definitions(server_e2e_test PRIVATE SLUICE_CLI_PATH="$<TARGET_FILE:sluice_cli>")
   add_dependencies(server_e2e_test sluice_cli)
-endif()
 
-# sluice serve on a real Redis Cluster; under the cluster lock like every cluster test.
-if(TARGET sluice_server)
+  # sluice serve on a real Redis Cluster; under the cluster lock like every cluster test.
   add_executable(server_cluster_test ${CMAKE_CURRENT_LIST_DIR}/server/server_cluster_test.cc)
   target_include_directories(server_cluster_test PRIVATE ${PROJECT_SOURCE_DIR}/src
-    ${CMAKE_CURRENT_SOURCE_DIR})
+    ${CMAKE_CURRENT_LIST_DIR})
   target_link_libraries(server_cluster_test PRIVATE sluice_server sluice_test_support
     GTest::gtest GTest::gtest_main sluice_warnings)
   gtest_discover_tests(server_cluster_test DISCOVERY_MODE PRE_TEST DISCOVERY_TIMEOUT 60
     PROPERTIES RESOURCE_LOCK redis_cluster TIMEOUT 240 LABELS redis)
+endif()
+
+# The shipped examples/nginx/nginx.conf with Debian's nginx-light (it has auth_request);
+# skipped (77) where nginx is not installed.
+if(TARGET sluice_cli)
+  add_test(NAME server.nginx_e2e
+    COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/server/nginx_e2e_test.sh $<TARGET_FILE:sluice_cli>
+            ${PROJECT_SOURCE_DIR}/examples/nginx/nginx.conf)
+  set_tests_properties(server.nginx_e2e PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 90 LABELS nginx)
 endif()

@@ -1,7 +1,9 @@
-# Test support (tests/support/): a real redis-server per test, a real Redis Cluster
+# tests/support/: the test fixtures. A real redis-server per test, a real Redis Cluster
 # (scripts/redis-cluster.sh), a fake RESP server, a bounded subprocess runner, and the
-# reference limiter as a live peer. Included from tests/CMakeLists.txt; tests that need Redis
-# link sluice_test_support and #include "support/redis_server.h" or "support/redis_cluster.h".
+# reference limiter as a live peer (sluice_test_support); tests that need Redis link it and
+# #include "support/redis_server.h" or "support/redis_cluster.h". Header-only helpers for
+# every test: support/test_util.h (must, make, deferred_calls, eventually) and
+# support/fake_store.h (the one fake store). Included from tests/CMakeLists.txt.
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(sluice_test_hiredis REQUIRED IMPORTED_TARGET hiredis)
 find_package(OpenSSL REQUIRED)
