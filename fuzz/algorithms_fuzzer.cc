@@ -14,7 +14,7 @@
 
 namespace {
 
-using sluice::microseconds;
+using std::chrono::microseconds;
 
 struct reader {
   const std::uint8_t* p;

@@ -163,6 +163,10 @@ class [[nodiscard]] expected<void, E> {
     if (!failed_) internal::bad_result_access("error() of a successful result", nullptr);
     return e_;
   }
+  E& error() & {
+    if (!failed_) internal::bad_result_access("error() of a successful result", nullptr);
+    return e_;
+  }
   E&& error() && {
     if (!failed_) internal::bad_result_access("error() of a successful result", nullptr);
     return std::move(e_);

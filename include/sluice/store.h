@@ -21,11 +21,11 @@ namespace sluice {
 // One question for a store. The key is only borrowed: stores copy what they keep before
 // returning (also from the async calls).
 struct request {
-  std::string_view key;  // binary-safe, 1..max key length bytes
-  sluice::limit limit;
+  std::string_view key{};  // binary-safe, 1..max key length bytes
+  sluice::limit limit{};
   sluice::algorithm algorithm = sluice::algorithm::sliding_log;
   std::int64_t cost = 1;
-  std::optional<std::chrono::microseconds> now;  // when empty, the store's own clock
+  std::optional<std::chrono::microseconds> now = std::nullopt;  // empty: the store's own clock
 };
 
 // What a store says of itself, for readiness probes.
