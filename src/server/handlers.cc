@@ -18,8 +18,10 @@
 namespace sluice::server {
 namespace {
 
+using internal::iequals;
 using internal::percent_decode;
 using internal::quote;
+using internal::trim;
 using json = nlohmann::json;
 using digest = std::array<unsigned char, 32>;
 
@@ -30,21 +32,6 @@ digest sha256(std::string_view text) {
   unsigned int n = 0;
   EVP_Digest(text.data(), text.size(), out.data(), &n, EVP_sha256(), nullptr);
   return out;
-}
-
-bool iequals(std::string_view a, std::string_view b) noexcept {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
-    if (lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
-
-std::string_view trim(std::string_view s) noexcept {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
 }
 
 // Returns the %-decoded value of the first parameter `name` in `query`, if there is one.
