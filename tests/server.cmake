@@ -1,11 +1,13 @@
-# The HTTP server (tests/server/): the header fields, metrics and request handler without a
-# socket, and end-to-end tests over loopback, in-process and as `sluice serve` child
-# processes (one against a real redis-server). Included from tests/CMakeLists.txt.
+# The HTTP server (tests/server/): the header fields, metrics, request handler and body parser
+# without a socket, and end-to-end tests over loopback, in-process and as
+# `sluice serve` child processes (one against a real redis-server). Included from
+# tests/CMakeLists.txt.
 if(TARGET sluice_server)
   sluice_gtest(server_unit_test
     ${CMAKE_CURRENT_LIST_DIR}/server/headers_test.cc
     ${CMAKE_CURRENT_LIST_DIR}/server/metrics_test.cc
-    ${CMAKE_CURRENT_LIST_DIR}/server/handlers_test.cc)
+    ${CMAKE_CURRENT_LIST_DIR}/server/handlers_test.cc
+    ${CMAKE_CURRENT_LIST_DIR}/server/body_test.cc)
   target_link_libraries(server_unit_test PRIVATE sluice_server)
 
   sluice_gtest(server_e2e_test ${CMAKE_CURRENT_LIST_DIR}/server/server_e2e_test.cc)
