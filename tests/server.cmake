@@ -1,5 +1,5 @@
-# The HTTP server (tests/server/): the header fields, metrics, request handler and body parser
-# without a socket, and end-to-end tests over loopback, in-process and as
+# The HTTP server (tests/server/): the header fields, metrics, request handler, body parser and
+# bearer tokens without a socket, and end-to-end tests over loopback, in-process and as
 # `sluice serve` child processes (one against a real redis-server). Included from
 # tests/CMakeLists.txt.
 if(TARGET sluice_server)
@@ -7,7 +7,8 @@ if(TARGET sluice_server)
     ${CMAKE_CURRENT_LIST_DIR}/server/headers_test.cc
     ${CMAKE_CURRENT_LIST_DIR}/server/metrics_test.cc
     ${CMAKE_CURRENT_LIST_DIR}/server/handlers_test.cc
-    ${CMAKE_CURRENT_LIST_DIR}/server/body_test.cc)
+    ${CMAKE_CURRENT_LIST_DIR}/server/body_test.cc
+    ${CMAKE_CURRENT_LIST_DIR}/server/auth_test.cc)
   target_link_libraries(server_unit_test PRIVATE sluice_server)
 
   sluice_gtest(server_e2e_test ${CMAKE_CURRENT_LIST_DIR}/server/server_e2e_test.cc)

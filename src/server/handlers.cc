@@ -1,8 +1,5 @@
 #include "server/handlers.h"
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-
 #include <charconv>
 #include <chrono>
 #include <optional>
@@ -12,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/text.h"
+#include "server/auth.h"
 #include "server/body.h"
 #include "server/headers.h"
 
@@ -23,16 +21,8 @@ using internal::percent_decode;
 using internal::quote;
 using internal::trim;
 using json = nlohmann::json;
-using digest = std::array<unsigned char, 32>;
 
 constexpr std::string_view kJson = "application/json";
-
-digest sha256(std::string_view text) {
-  digest out{};
-  unsigned int n = 0;
-  EVP_Digest(text.data(), text.size(), out.data(), &n, EVP_sha256(), nullptr);
-  return out;
-}
 
 // Returns the %-decoded value of the first parameter `name` in `query`, if there is one.
 std::optional<std::string> query_parameter(std::string_view query, std::string_view name) {
@@ -212,19 +202,12 @@ bool request_handler::authorized(const http_request& req, bool admin) const {
   if (allowed.empty()) return true;
   const auto it = req.find(http::field::authorization);
   if (it == req.end()) return false;
-  const std::string_view value = trim(it->value());
-  const std::size_t space = value.find(' ');
-  if (space == std::string_view::npos || !iequals(value.substr(0, space), "bearer")) return false;
-  const digest presented = sha256(trim(value.substr(space + 1)));
-  // Every configured token is compared, each in constant time: neither the time nor the
-  // number of comparisons depends on which one matches or how much of it.
-  bool match = false;
-  for (const digest& d : allowed) match |= CRYPTO_memcmp(d.data(), presented.data(), d.size()) == 0;
-  if (!admin) {
-    for (const digest& d : admin_digests_) {
-      match |= CRYPTO_memcmp(d.data(), presented.data(), d.size()) == 0;
-    }
-  }
+  const auto token = bearer_token(it->value());
+  if (!token) return false;
+  const token_digest presented = sha256(*token);
+  // An admin token is good for the API routes too; `|=` compares both lists, whichever matches.
+  bool match = matches_any(presented, allowed);
+  if (!admin) match |= matches_any(presented, admin_digests_);
   return match;
 }
 
