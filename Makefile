@@ -1,7 +1,8 @@
 # The two user-facing commands are `make run` and `make test`; the rest are helpers.
 #   make run           install missing packages, build release, start sluice serve
 #   make demo          the README's worked example of decisions (sluice eval)
-#   make test          install missing packages, then build and test release, asan and tsan
+#   make test          install missing packages, check formatting, then build and test
+#                      release, asan and tsan (each fuzz target's corpus is a ctest test)
 #   make build         build the release preset
 #   make bench         build release and run the benchmarks (BENCH_ARGS=... passes flags)
 #   make bench-redis   build release; Redis store vs redis-benchmark vs the reference
@@ -26,7 +27,7 @@ export ASAN_OPTIONS := detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS := print_stacktrace=1:halt_on_error=1
 export TSAN_OPTIONS := halt_on_error=1:second_deadlock_stack=1
 
-.PHONY: run test build bench bench-redis bench-server bench-cluster fuzz deps format format-check clean \
+.PHONY: run test build build-cli bench bench-redis bench-server bench-cluster fuzz deps format format-check clean \
 	$(addprefix build-,$(PRESETS)) $(addprefix test-,$(PRESETS))
 
 # SLUICE_DEPS_DONE is set for the sub-makes of `test`, which checked the packages already.
@@ -53,9 +54,13 @@ $(addprefix build-,$(PRESETS)): build-%: build/%/build.ninja
 
 build: build-release
 
+# Only the program `make run` starts, not the tests and benchmarks.
+build-cli: build/release/build.ninja
+	cmake --build --preset release --target sluice_cli
+
 # The main job: the decision server on the embedded memory store, with the example
 # config, until Ctrl-C. It prints how to call it first.
-run: build-release
+run: build-cli
 	@echo "sluice serve --config examples/sluice.yaml (memory store); try, in another shell:"
 	@echo "  curl -s -XPOST localhost:8080/v1/acquire -d '{\"key\":\"user:42\",\"policy\":\"chat\"}'"
 	@echo "  curl -si localhost:8080/v1/gate/api -H 'X-Forwarded-For: 10.0.0.1'"
@@ -64,7 +69,7 @@ run: build-release
 	exec ./build/release/sluice serve --config examples/sluice.yaml
 
 # A short demo of decisions on the embedded store, with a manual clock (README's example).
-demo: build-release
+demo: build-cli
 	./build/release/sluice eval --now 0s --echo examples/demo.eval
 
 bench: build-release
@@ -95,9 +100,14 @@ $(addprefix test-,$(PRESETS)): test-%: build-%
 	exit $${PIPESTATUS[0]}
 
 # Runs every stage even when one fails, then prints one line per stage and the total
-# (a stage that did not get as far as ctest counts as one failed test).
+# (a stage that did not get as far as ctest counts as one failed test; unformatted code
+# fails the run too).
 test: deps
 	@export SLUICE_DEPS_DONE=1; failed=0; summary=(); \
+	echo "=== make test: format-check"; \
+	fmt_failed=0; \
+	if $(MAKE) --no-print-directory format-check; then summary+=("format-check: passed"); \
+	else summary+=("format-check: FAILED (run make format)"); failed=1; fmt_failed=1; fi; \
 	for p in $(TEST_PRESETS); do \
 	  rm -f build/$$p/ctest.log; start=$$(date +%s); \
 	  echo "=== make test: $$p"; \
@@ -107,7 +117,7 @@ test: deps
 	  summary+=("$$p: $$status in $$(( $$(date +%s) - start ))s"); \
 	done; \
 	echo "=== make test summary"; printf '  %s\n' "$${summary[@]}"; \
-	passed=0; fails=0; \
+	passed=0; fails=$$fmt_failed; \
 	for p in $(TEST_PRESETS); do \
 	  line=$$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' \
 	          build/$$p/ctest.log 2>/dev/null | tail -n 1 || true); \

@@ -22,17 +22,18 @@
 namespace sluice {
 
 // The latest `now` sluice accepts (about 146,000 years after 1970).
-inline constexpr microseconds max_time{std::int64_t{1} << 62};
+inline constexpr std::chrono::microseconds max_time{std::int64_t{1} << 62};
 
 // Returns success when `l`, `cost` and `now` meet the algorithms' preconditions, else
 // `errc::invalid_limit` (a limit `make_limit` would refuse), `errc::invalid_cost`,
 // `errc::cost_exceeds_limit` (a cost above the count can never be admitted) or
 // `errc::invalid_time`.
-result<void> check_request(const limit& l, std::int64_t cost, microseconds now);
+result<void> check_request(const limit& l, std::int64_t cost, std::chrono::microseconds now);
 
 // Returns whether `check_request` would succeed, without building an error: the test every
 // decision pays for.
-constexpr bool request_in_range(const limit& l, std::int64_t cost, microseconds now) noexcept {
+constexpr bool request_in_range(const limit& l, std::int64_t cost,
+                                std::chrono::microseconds now) noexcept {
   return l.count >= 1 && l.window.count() >= 1 && l.window <= max_window &&
          l.count <= l.window.count() && cost >= 1 && cost <= l.count && now.count() >= 0 &&
          now <= max_time;
@@ -46,24 +47,24 @@ enum class mode : std::uint8_t {
 // GCRA with burst = count. The emission interval is window / count rounded up to a whole
 // microsecond, so the sustained rate never exceeds the limit.
 struct gcra_state {
-  microseconds tat{0};  // theoretical arrival time; the key is full again at `tat`
+  std::chrono::microseconds tat{0};  // theoretical arrival time; the key is full again at `tat`
 };
-decision gcra_decide(gcra_state& s, const limit& l, microseconds now, std::int64_t cost,
-                     mode m) noexcept;
-inline microseconds expiry(const gcra_state& s) noexcept { return s.tat; }
+decision gcra_decide(gcra_state& s, const limit& l, std::chrono::microseconds now,
+                     std::int64_t cost, mode m) noexcept;
+inline std::chrono::microseconds expiry(const gcra_state& s) noexcept { return s.tat; }
 
 // Sliding window counter over windows aligned to multiples of the window since the epoch.
 // The estimate is `current + ceil(previous * (window - elapsed) / window)`, the product and
 // quotient in IEEE doubles (as the Redis scripts compute it; exact while the product stays
 // below 2^53, monotonic past it).
 struct counter_state {
-  microseconds window_start{0};  // start of the window `current` counts
-  std::int64_t previous = 0;     // admitted in the window before it
-  std::int64_t current = 0;      // admitted in the window starting at window_start
+  std::chrono::microseconds window_start{0};  // start of the window `current` counts
+  std::int64_t previous = 0;                  // admitted in the window before it
+  std::int64_t current = 0;                   // admitted in the window starting at window_start
 };
-decision sliding_counter_decide(counter_state& s, const limit& l, microseconds now,
+decision sliding_counter_decide(counter_state& s, const limit& l, std::chrono::microseconds now,
                                 std::int64_t cost, mode m) noexcept;
-microseconds expiry(const counter_state& s, const limit& l) noexcept;
+std::chrono::microseconds expiry(const counter_state& s, const limit& l) noexcept;
 
 // The exact sliding log: one entry per distinct admission time, oldest first. Entries at
 // or before `now - window` have expired. Not thread-safe; allocates from the memory
@@ -71,7 +72,7 @@ microseconds expiry(const counter_state& s, const limit& l) noexcept;
 class sliding_log_state {
  public:
   struct entry {
-    microseconds at;
+    std::chrono::microseconds at;
     std::int64_t count;
   };
 
@@ -93,7 +94,7 @@ class sliding_log_state {
 
   // Adds `count` at `at`, merging with the newest entry when the times are equal.
   // Returns false when memory could not be allocated (the state is unchanged).
-  bool push_back(microseconds at, std::int64_t count) noexcept;
+  bool push_back(std::chrono::microseconds at, std::int64_t count) noexcept;
   void pop_front() noexcept;
   // Gives memory back once the log is mostly empty.
   void shrink() noexcept;
@@ -108,8 +109,8 @@ class sliding_log_state {
   std::uint32_t size_ = 0;
   std::int64_t total_ = 0;
 };
-decision sliding_log_decide(sliding_log_state& s, const limit& l, microseconds now,
+decision sliding_log_decide(sliding_log_state& s, const limit& l, std::chrono::microseconds now,
                             std::int64_t cost, mode m) noexcept;
-microseconds expiry(const sliding_log_state& s, const limit& l) noexcept;
+std::chrono::microseconds expiry(const sliding_log_state& s, const limit& l) noexcept;
 
 }  // namespace sluice

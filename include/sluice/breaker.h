@@ -1,5 +1,5 @@
 // A circuit breaker: stops calls to a store that keeps failing, and lets one probe call
-// through now and then to find out when it is back (invariant 3 of DESIGN.md).
+// through now and then to find out when it is back (docs/DESIGN.md, invariant 3).
 //
 // Closed, every call goes through and consecutive failures are counted; at the threshold
 // the breaker opens and refuses calls for `open_for`; then it is half-open and lets exactly

@@ -3,6 +3,7 @@
 // Nothing on the decision path throws: an over-limit request is a `decision`, and a
 // failure is an `error` (a `std::error_code` in sluice's own category plus a short detail
 // naming what was wrong and where). Exceptions are reserved for start-up code.
+// (docs/DESIGN.md, "Errors and results")
 #pragma once
 
 #include <string>
@@ -49,63 +50,150 @@ struct error {
   std::string message() const { return detail.empty() ? code.message() : detail; }
 };
 
-inline error make_error(errc e, std::string detail = {}) {
-  return {make_error_code(e), std::move(detail)};
-}
-
 // Returns true when `ec` says the store failed (`store_unavailable`, `timeout`,
 // `store_error`) rather than that the request was bad: the errors a policy's failure
-// mode applies to (invariant 3 of DESIGN.md).
+// mode applies to (docs/DESIGN.md, invariant 3).
 inline bool is_store_failure(const std::error_code& ec) noexcept {
   if (ec.category() != sluice_category()) return false;
   const auto e = static_cast<errc>(ec.value());
   return e == errc::store_unavailable || e == errc::timeout || e == errc::store_error;
 }
 
-// Holds either a T or an `error`. A minimal stand-in for C++23's std::expected.
-//
-//   result<limit> l = parse_limit("30/hour");
-//   if (!l) std::cerr << l.error().message();
-template <class T>
-class result {
+namespace internal {
+// Prints what was asked of which result and aborts: the defined end of a program that reads
+// the value of a failed result (or the error of a good one), in every build type.
+[[noreturn]] void bad_result_access(const char* what, const error* held) noexcept;
+}  // namespace internal
+
+// The failure held by an `expected`: the shape of C++23's std::unexpected.
+template <class E>
+class unexpected {
  public:
-  result(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit on purpose
-  result(sluice::error e) : v_(std::in_place_index<1>, std::move(e)) {}  // NOLINT
+  explicit unexpected(E e) : e_(std::move(e)) {}
+  const E& error() const& noexcept { return e_; }
+  E& error() & noexcept { return e_; }
+  E&& error() && noexcept { return std::move(e_); }
+
+ private:
+  E e_;
+};
+
+// Holds either a T or an E: the subset of C++23's std::expected that sluice uses, with the
+// same names and meanings, so that `result` can become `std::expected<T, error>` by changing
+// its alias below. Reading the value of a failed `expected` (or the error of a good one) is
+// never undefined: it prints what was held and aborts (internal::bad_result_access).
+template <class T, class E>
+class [[nodiscard]] expected {
+ public:
+  using value_type = T;
+  using error_type = E;
+
+  // Holds a value-initialised T, so that a result can be declared before it is assigned.
+  expected() requires std::is_default_constructible_v<T> : v_(std::in_place_index<0>) {}
+  expected(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit
+  template <class G>
+  requires std::is_constructible_v<E, const G&> expected(const unexpected<G>& e)
+      : v_(std::in_place_index<1>, e.error()) {}  // NOLINT
+  template <class G>
+  requires std::is_constructible_v<E, G&&> expected(unexpected<G>&& e)
+      : v_(std::in_place_index<1>, std::move(e).error()) {}  // NOLINT
 
   bool has_value() const noexcept { return v_.index() == 0; }
   explicit operator bool() const noexcept { return has_value(); }
 
-  // Precondition: has_value().
-  T& value() & { return *std::get_if<0>(&v_); }
-  const T& value() const& { return *std::get_if<0>(&v_); }
-  T&& value() && { return std::move(*std::get_if<0>(&v_)); }
-  T* operator->() { return &value(); }
-  const T* operator->() const { return &value(); }
-  T& operator*() & { return value(); }
-  const T& operator*() const& { return value(); }
+  T& value() & { return *value_ptr(); }
+  const T& value() const& { return *value_ptr(); }
+  T&& value() && { return std::move(*value_ptr()); }
+  T* operator->() { return value_ptr(); }
+  const T* operator->() const { return value_ptr(); }
+  T& operator*() & { return *value_ptr(); }
+  const T& operator*() const& { return *value_ptr(); }
+  T&& operator*() && { return std::move(*value_ptr()); }
+  template <class U>
+  T value_or(U&& fallback) const& {
+    return has_value() ? *std::get_if<0>(&v_) : static_cast<T>(std::forward<U>(fallback));
+  }
 
-  // Precondition: !has_value().
-  const sluice::error& error() const { return *std::get_if<1>(&v_); }
+  const E& error() const& { return *error_ptr(); }
+  E& error() & { return *error_ptr(); }
+  E&& error() && { return std::move(*error_ptr()); }
 
  private:
-  std::variant<T, sluice::error> v_;
+  T* value_ptr() const {
+    auto* p = std::get_if<0>(&v_);
+    if (p == nullptr) internal::bad_result_access("value() of a failed result", error_if_any());
+    return const_cast<T*>(p);
+  }
+  E* error_ptr() const {
+    auto* p = std::get_if<1>(&v_);
+    if (p == nullptr) internal::bad_result_access("error() of a successful result", nullptr);
+    return const_cast<E*>(p);
+  }
+  const sluice::error* error_if_any() const noexcept {
+    if constexpr (std::is_same_v<E, sluice::error>) return std::get_if<1>(&v_);
+    return nullptr;
+  }
+
+  std::variant<T, E> v_;
 };
 
-// The result of an operation with nothing to return on success.
-template <>
-class result<void> {
+// The same with nothing to return on success.
+template <class E>
+class [[nodiscard]] expected<void, E> {
  public:
-  result() = default;
-  result(sluice::error e) : e_(std::move(e)), failed_(true) {}  // NOLINT: implicit on purpose
+  using value_type = void;
+  using error_type = E;
+
+  expected() = default;
+  template <class G>
+  requires std::is_constructible_v<E, const G&> expected(const unexpected<G>& e)
+      : e_(e.error()), failed_(true) {}  // NOLINT: implicit
+  template <class G>
+  requires std::is_constructible_v<E, G&&> expected(unexpected<G>&& e)
+      : e_(std::move(e).error()), failed_(true) {}  // NOLINT
 
   bool has_value() const noexcept { return !failed_; }
   explicit operator bool() const noexcept { return has_value(); }
-  const sluice::error& error() const { return e_; }
+  // Checks that there is no error, as std::expected<void, E>::value() does.
+  void value() const {
+    if (failed_) internal::bad_result_access("value() of a failed result", error_if_any());
+  }
+
+  const E& error() const& {
+    if (!failed_) internal::bad_result_access("error() of a successful result", nullptr);
+    return e_;
+  }
+  E&& error() && {
+    if (!failed_) internal::bad_result_access("error() of a successful result", nullptr);
+    return std::move(e_);
+  }
 
  private:
-  sluice::error e_;
+  const sluice::error* error_if_any() const noexcept {
+    if constexpr (std::is_same_v<E, sluice::error>) return &e_;
+    return nullptr;
+  }
+
+  E e_{};
   bool failed_ = false;
 };
+
+// Holds either a T or an `error`. Build a failure with `make_error`, or pass one on with
+// `fail(other.error())`; under C++23 this alias becomes `std::expected<T, error>` and the
+// code around it is unchanged.
+//
+//   result<limit> l = parse_limit("30/hour");
+//   if (!l) std::cerr << l.error().message();
+template <class T>
+using result = expected<T, error>;
+
+// Returns `e` as the failure of any result.
+inline unexpected<error> fail(error e) { return unexpected<error>(std::move(e)); }
+
+// Returns a failure with code `e` and `detail`, for any result.
+inline unexpected<error> make_error(errc e, std::string detail = {}) {
+  return fail(error{make_error_code(e), std::move(detail)});
+}
 
 }  // namespace sluice
 

@@ -14,15 +14,14 @@
 
 namespace sluice {
 
-using std::chrono::microseconds;
-
 // The longest window sluice accepts: 100 years. Keeps every sum of times far from overflow.
-inline constexpr microseconds max_window{std::int64_t{100} * 366 * 24 * 3600 * 1000000};
+inline constexpr std::chrono::microseconds max_window{std::int64_t{100} * 366 * 24 * 3600 *
+                                                      1000000};
 
 // A validated limit. Build one with `parse_limit` or `make_limit`.
 struct limit {
   std::int64_t count = 0;  // admissions (units of cost) per window; 1 ≤ count ≤ window in µs
-  microseconds window{0};  // 1 µs ≤ window ≤ max_window
+  std::chrono::microseconds window{0};  // 1 µs ≤ window ≤ max_window
 
   friend bool operator==(const limit&, const limit&) = default;
 };
@@ -30,7 +29,7 @@ struct limit {
 // Returns a limit of `count` per `window`, or `errc::invalid_limit` naming the problem:
 // count below 1, window below 1 µs or above `max_window`, or a limit finer than one
 // admission per microsecond (count > window in µs).
-result<limit> make_limit(std::int64_t count, microseconds window);
+result<limit> make_limit(std::int64_t count, std::chrono::microseconds window);
 
 // Returns the limit written in `text`.
 //   parse_limit("30/hour")        -> 30 per 1h
@@ -46,12 +45,12 @@ std::string to_string(const limit& l);
 // Returns a duration written as `<n><unit>` (`1500ms`, `30s`, `2h`); a bare unit means one
 // of it (`hour`). At most `max_window`, or with `allow_long` at most 2^62 µs (for absolute
 // times such as `1700000000s`).
-result<microseconds> parse_duration(std::string_view text, bool allow_long = false);
+result<std::chrono::microseconds> parse_duration(std::string_view text, bool allow_long = false);
 
 // Returns `d` as `<n><unit>` with the largest unit that divides it exactly.
-std::string format_duration(microseconds d);
+std::string format_duration(std::chrono::microseconds d);
 
-// How a limit is enforced. See DESIGN.md for the trade-offs.
+// How a limit is enforced. docs/DESIGN.md, "The algorithms", weighs them.
 enum class algorithm : std::uint8_t {
   sliding_log,      // exact sliding window; memory O(count) per key
   sliding_counter,  // two aligned fixed windows, the previous one weighted; O(1)

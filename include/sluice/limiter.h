@@ -1,5 +1,5 @@
 // The front door: named policies bound to a store, with the failure policy that decides
-// while the store is down (invariant 3 of DESIGN.md).
+// while the store is down (docs/DESIGN.md, invariant 3 and "The limiter contract").
 #pragma once
 
 #include <chrono>
@@ -43,6 +43,10 @@ struct policy {
   sluice::limit limit;
   sluice::algorithm algorithm = sluice::algorithm::sliding_log;
   failure_mode on_failure = failure_mode::allow;
+  // Record only: a decision this policy denies is answered as allowed (retry_after 0) with
+  // `decision_source::shadow`, so a new limit can be watched before it is enforced. Its
+  // denials still spend nothing.
+  bool shadow = false;
 };
 
 struct limiter_options {
@@ -90,7 +94,8 @@ struct limiter_stats {
 // limit, 0, 0}; deny → {denied, limit, 0, retry_after = reset_after = time until the breaker probes
 // the store's domain again (at least 1 ms; 1 s while it is not open)}; local → the local memory
 // store's decision. Bad input is an error in every case, and says nothing to the breaker. Each
-// fallback is counted in `stats()` and warned about (rate-limited).
+// fallback is counted in `stats()` and warned about (rate-limited). Every decision says how it
+// was made in `decision::source`.
 //
 //   limiter lim{std::make_shared<memory_store>()};
 //   lim.add_policy({"chat", *parse_limit("30/hour"), algorithm::sliding_log});
@@ -98,6 +103,7 @@ struct limiter_stats {
 class limiter {
  public:
   using completion = sluice::store::completion;
+  using reset_completion = sluice::store::reset_completion;
 
   // Precondition: `options.store` is not null.
   explicit limiter(limiter_options options);
@@ -141,6 +147,9 @@ class limiter {
   // `done` runs, so it must stay valid that long (a copy owned by `done` is fine).
   void async_acquire(const policy& p, std::string_view key, std::int64_t cost, completion done);
   void async_peek(const policy& p, std::string_view key, std::int64_t cost, completion done);
+  // Async `reset`: `done` runs exactly once, as for the decisions, with what `reset` returns.
+  void async_reset(std::string_view policy_name, std::string_view key, reset_completion done);
+  void async_reset(const policy& p, std::string_view key, reset_completion done);
 
   sluice::store& store() noexcept { return *store_; }
   // Returns how many circuit breakers there are: the store's `failure_domains()` when the

@@ -5,7 +5,10 @@
 #include <cstdint>
 #include <memory>
 
+#include <string_view>
+
 #include "sluice/clock.h"
+#include "sluice/error.h"
 #include "sluice/store.h"
 
 namespace sluice {
@@ -22,6 +25,11 @@ struct memory_store_options {
   const clock* time_source = &system_clock();
 };
 
+// Returns the options written in `uri`: memory://[?shards=N&max_keys=N&max_key_length=N],
+// each option as in memory_store_options (the others keep their defaults), or
+// `errc::invalid_store_uri` naming the problem.
+result<memory_store_options> parse_memory_uri(std::string_view uri);
+
 struct memory_store_stats {
   std::uint64_t keys = 0;     // keys held now
   std::uint64_t expired = 0;  // keys dropped because they had expired
@@ -32,7 +40,7 @@ struct memory_store_stats {
 // contend; one key's decisions are serialised by its shard's lock. Idle keys are dropped
 // as new keys arrive (each insert sweeps a few slots) and before a table grows, so expired
 // keys never make a table grow; `purge_expired` drops them all at once.
-class memory_store final : public store {
+class memory_store final : public sync_store {
  public:
   explicit memory_store(memory_store_options options = {});
   ~memory_store() override;
@@ -43,6 +51,9 @@ class memory_store final : public store {
   result<decision> peek(const request& r) override;
   result<void> reset(std::string_view key) override;
   std::string describe() const override;
+  // Reports sluice_memory_keys (gauge), sluice_memory_expired_total and
+  // sluice_memory_evicted_total.
+  void visit_metrics(const metric_visitor& visit) const override;
 
   memory_store_stats stats() const;
   // Drops every key expired at `now` at once. Returns how many were dropped.

@@ -51,19 +51,15 @@ struct redis_cluster_options {
 // refresh_interval (a duration: 10s).
 result<redis_cluster_options> parse_redis_cluster_uri(std::string_view uri);
 
-struct redis_cluster_stats {
-  std::uint64_t requests = 0;      // decisions and resets asked for
-  std::uint64_t errors = 0;        // calls that ended in an error (of any kind)
-  std::uint64_t timeouts = 0;      // calls that ended past their deadline
-  std::uint64_t reconnects = 0;    // connections made after a node's first
-  std::uint64_t script_loads = 0;  // NOSCRIPT replies answered by sending the script again
-  std::uint64_t moved = 0;         // MOVED redirections followed
-  std::uint64_t asks = 0;          // ASK redirections followed
-  std::uint64_t retries = 0;       // TRYAGAIN replies retried
-  std::uint64_t refreshes = 0;     // slot maps read and applied
-  std::size_t connected = 0;       // connections up now, over every node
-  std::size_t masters = 0;         // masters in the current slot map
-  std::size_t slots_served = 0;    // slots whose master has a connection up now
+// The counters of a single Redis store (requests, errors, timeouts, reconnects, script loads,
+// connections up), over every node, and the routing's.
+struct redis_cluster_stats : redis_store_stats {
+  std::uint64_t moved = 0;       // MOVED redirections followed
+  std::uint64_t asks = 0;        // ASK redirections followed
+  std::uint64_t retries = 0;     // TRYAGAIN replies retried
+  std::uint64_t refreshes = 0;   // slot maps read and applied
+  std::size_t masters = 0;       // masters in the current slot map
+  std::size_t slots_served = 0;  // slots whose master has a connection up now
 };
 
 // Thread-safe. Owns one I/O thread and a pipelined connection (or `pool` of them) per
@@ -72,7 +68,7 @@ struct redis_cluster_stats {
 // which master a key is on, so that its circuit breaker and failure policy act on that
 // master's keys alone. The async forms call their completion on the I/O thread, exactly
 // once, at the latest when the call's deadline passes.
-class redis_cluster_store final : public store {
+class redis_cluster_store final : public async_store {
  public:
   // Starts connecting to the seeds and waits up to `connect_timeout` for the first slot
   // map, then returns either way (calls fail as unavailable until a map is read).
@@ -81,13 +77,14 @@ class redis_cluster_store final : public store {
   redis_cluster_store(const redis_cluster_store&) = delete;
   redis_cluster_store& operator=(const redis_cluster_store&) = delete;
 
-  result<decision> acquire(const request& r) override;
-  result<decision> peek(const request& r) override;
-  result<void> reset(std::string_view key) override;
-  std::string describe() const override;
   void async_acquire(const request& r, completion done) override;
   void async_peek(const request& r, completion done) override;
   void async_reset(std::string_view key, reset_completion done) override;
+  std::string describe() const override;
+  store_health health() const override;
+  // Reports the counters of `stats()` as sluice_redis_* metrics (and the routing as
+  // sluice_redis_cluster_*).
+  void visit_metrics(const metric_visitor& visit) const override;
 
   // One domain per master (by the node's address, up to 64 apart; more share) plus one
   // for slots with no known master.
@@ -104,6 +101,8 @@ class redis_cluster_store final : public store {
   bool ready() const;
 
  private:
+  bool on_io_thread() const noexcept override;
+
   struct impl;
   std::shared_ptr<impl> impl_;
 };

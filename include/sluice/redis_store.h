@@ -68,7 +68,7 @@ struct redis_store_stats {
 // `errc::store_unavailable` (the limiter's failure policy and breaker decide what then);
 // the store reconnects on its own with backoff. The async forms call their completion on
 // the I/O thread, exactly once, at the latest when the call's deadline passes.
-class redis_store final : public store {
+class redis_store final : public async_store {
  public:
   // Starts connecting and waits up to `connect_timeout` for the first connection, then
   // returns either way.
@@ -77,19 +77,21 @@ class redis_store final : public store {
   redis_store(const redis_store&) = delete;
   redis_store& operator=(const redis_store&) = delete;
 
-  result<decision> acquire(const request& r) override;
-  result<decision> peek(const request& r) override;
-  result<void> reset(std::string_view key) override;
-  std::string describe() const override;
   void async_acquire(const request& r, completion done) override;
   void async_peek(const request& r, completion done) override;
   void async_reset(std::string_view key, reset_completion done) override;
+  std::string describe() const override;
+  store_health health() const override;
+  // Reports the counters of `stats()` as sluice_redis_* metrics.
+  void visit_metrics(const metric_visitor& visit) const override;
 
   redis_store_stats stats() const;
   // True when at least one connection is up (for readiness checks).
   bool ready() const;
 
  private:
+  bool on_io_thread() const noexcept override;
+
   struct impl;
   std::shared_ptr<impl> impl_;
 };

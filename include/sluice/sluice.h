@@ -1,4 +1,5 @@
-// Everything a user of the sluice library needs.
+// Everything a user of sluice::core needs (the Redis stores: sluice/redis_store.h and
+// sluice/redis_cluster_store.h, from sluice::redis).
 #pragma once
 
 #include "sluice/algorithms.h"
@@ -9,5 +10,4 @@
 #include "sluice/limiter.h"
 #include "sluice/memory_store.h"
 #include "sluice/open_store.h"
-#include "sluice/redis_store.h"
 #include "sluice/store.h"

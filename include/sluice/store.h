@@ -1,4 +1,5 @@
-// Where rate limit state lives: the interface every store implements, and `open_store`.
+// Where rate limit state lives: the interface every store implements, and the two bases a
+// store derives from, one per primitive form (docs/DESIGN.md, "The store contract").
 #pragma once
 
 #include <chrono>
@@ -27,16 +28,41 @@ struct request {
   std::optional<std::chrono::microseconds> now;  // when empty, the store's own clock
 };
 
+// What a store says of itself, for readiness probes.
+struct store_health {
+  // Decisions can be made now (on a cluster: some master answers). False sends every
+  // decision to the policies' failure modes.
+  bool ready = true;
+  // Empty when every part of the store is well; else what is wrong ("2 of 3 masters
+  // reachable", "not connected: AUTH refused"), also while `ready`.
+  std::string detail;
+};
+
+// One of a store's own counters or gauges, as `store::visit_metrics` reports it. The views
+// are valid during the visitor's call only.
+struct store_metric {
+  enum class kind : std::uint8_t { counter, gauge };
+  std::string_view name;  // Prometheus style: `sluice_redis_requests_total`
+  std::string_view help;  // one line
+  kind type = kind::counter;
+  std::string_view label;        // a label's name, or empty for none
+  std::string_view label_value;  // its value
+  std::uint64_t value = 0;
+};
+
 // A place where decisions are made atomically, one key at a time. Every decision on one
-// key is one atomic step (invariant 1 of DESIGN.md). Implementations are thread-safe.
+// key is one atomic step (docs/DESIGN.md, invariant 1). Implementations are thread-safe.
 //
-// The async forms call `done` exactly once: inline for stores that never wait (memory),
-// or later on the store's I/O thread. They exist so that callers written against them
-// keep working when the store is remote.
+// Every call has a synchronous and an asynchronous form. A store implements one of them,
+// its primitive, by deriving from `sync_store` (decides on the caller's thread: memory) or
+// `async_store` (answers on its own I/O thread: Redis); the base derives the other form
+// once for all stores. The async forms call `done` exactly once, inline or later on the
+// store's I/O thread, by the call's deadline; `done` must not throw.
 class store {
  public:
   using completion = std::function<void(result<decision>)>;
   using reset_completion = std::function<void(result<void>)>;
+  using metric_visitor = std::function<void(const store_metric&)>;
 
   virtual ~store() = default;
 
@@ -46,8 +72,19 @@ class store {
   virtual result<decision> peek(const request& r) = 0;
   // Forgets all state of `key`, for every algorithm.
   virtual result<void> reset(std::string_view key) = 0;
+
+  virtual void async_acquire(const request& r, completion done) = 0;
+  virtual void async_peek(const request& r, completion done) = 0;
+  virtual void async_reset(std::string_view key, reset_completion done) = 0;
+
   // Returns the store's URI, without credentials.
   virtual std::string describe() const = 0;
+  // Returns whether decisions can be made now, and what is wrong if anything is. Cheap
+  // (no I/O): reads what the store already knows.
+  virtual store_health health() const { return {}; }
+  // Calls `visit` once per metric of the store's own (connections, errors, keys held),
+  // samples of one name one after the other. Cheap; no I/O. Default: none.
+  virtual void visit_metrics(const metric_visitor& /*visit*/) const {}
 
   // How many parts of the store fail on their own (a cluster's masters): the limiter keeps
   // one circuit breaker per part, so one part failing leaves the others' keys alone. At
@@ -56,10 +93,31 @@ class store {
   // Returns the part (below `failure_domains()`) that holds `key`'s state now; it may
   // change when the store's layout does (a cluster's failover or resharding).
   virtual std::size_t failure_domain(std::string_view /*key*/) const noexcept { return 0; }
+};
 
-  virtual void async_acquire(const request& r, completion done) { done(acquire(r)); }
-  virtual void async_peek(const request& r, completion done) { done(peek(r)); }
-  virtual void async_reset(std::string_view key, reset_completion done) { done(reset(key)); }
+// The base of stores that decide on the caller's thread and never wait on I/O (memory):
+// they implement the synchronous forms; the async forms call them and `done` inline.
+class sync_store : public store {
+ public:
+  void async_acquire(const request& r, completion done) final { done(acquire(r)); }
+  void async_peek(const request& r, completion done) final { done(peek(r)); }
+  void async_reset(std::string_view key, reset_completion done) final { done(reset(key)); }
+};
+
+// The base of stores that answer on an I/O thread of their own (Redis): they implement the
+// asynchronous forms; the synchronous forms start one and block the caller until it
+// completes, which the store guarantees by the call's deadline. A synchronous call made on
+// the store's own I/O thread (from a completion) would wait for itself: it fails at once
+// with `errc::store_error` instead.
+class async_store : public store {
+ public:
+  result<decision> acquire(const request& r) final;
+  result<decision> peek(const request& r) final;
+  result<void> reset(std::string_view key) final;
+
+ protected:
+  // Returns whether the calling thread is one the store completes calls on.
+  virtual bool on_io_thread() const noexcept = 0;
 };
 
 }  // namespace sluice

@@ -48,7 +48,7 @@ result<line_request> parse_line(const std::vector<std::string_view>& tokens) {
   line_request r;
   r.key = tokens[0];
   auto l = parse_limit(tokens[1]);
-  if (!l) return l.error();
+  if (!l) return fail(l.error());
   r.lim = *l;
   std::size_t i = 2;
   if (i < tokens.size()) {

@@ -46,8 +46,21 @@ struct check_args {
   std::vector<std::string> keys;
 };
 
-std::uint64_t fallbacks(const sluice::limiter_stats& s) {
-  return s.fallbacks_allow + s.fallbacks_deny + s.fallbacks_local;
+// Returns the failure mode that made `d` ("allow", "deny", "local"), or empty when the
+// store did.
+std::string_view fallback_mode(const sluice::decision& d) {
+  switch (d.source) {
+    case sluice::decision_source::fallback_allow:
+      return "allow";
+    case sluice::decision_source::fallback_deny:
+      return "deny";
+    case sluice::decision_source::fallback_local:
+      return "local";
+    case sluice::decision_source::store:
+    case sluice::decision_source::shadow:
+      break;
+  }
+  return {};
 }
 
 // Prints one decision per key; returns 0 when all were allowed, 1 when any was denied and
@@ -82,10 +95,8 @@ int run_check(const check_args& a) {
 
   int status = 0;
   for (const std::string& key : a.keys) {
-    sluice::result<sluice::decision> d = sluice::make_error(sluice::errc::store_error);
-    std::uint64_t fallbacks_before = 0;
+    sluice::result<sluice::decision> d;
     if (lim_with_policy) {
-      fallbacks_before = fallbacks(lim_with_policy->stats());
       d = a.peek ? lim_with_policy->peek(p, key, a.cost) : lim_with_policy->acquire(p, key, a.cost);
     } else {
       const sluice::request r{key, *lim, *algo, a.cost, {}};
@@ -93,9 +104,7 @@ int run_check(const check_args& a) {
     }
     nlohmann::ordered_json j;
     j["key"] = key;
-    if (lim_with_policy && fallbacks(lim_with_policy->stats()) != fallbacks_before) {
-      j["fallback"] = std::string(sluice::to_string(p.on_failure));
-    }
+    if (d && !fallback_mode(*d).empty()) j["fallback"] = std::string(fallback_mode(*d));
     if (!d) {
       j["error"] = d.error().message();
       status = 2;

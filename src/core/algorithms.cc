@@ -4,6 +4,8 @@
 
 namespace sluice {
 
+using std::chrono::microseconds;
+
 result<void> check_request(const limit& l, std::int64_t cost, microseconds now) {
   if (l.count < 1 || l.window.count() < 1 || l.window > max_window || l.count > l.window.count()) {
     return make_error(errc::invalid_limit, "limit " + std::to_string(l.count) + "/" +

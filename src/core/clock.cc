@@ -3,6 +3,8 @@
 #include <chrono>
 
 namespace sluice {
+
+using std::chrono::microseconds;
 namespace {
 
 class wall_clock final : public clock {

@@ -1,5 +1,7 @@
 #include "sluice/error.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 
 namespace sluice {
@@ -47,6 +49,20 @@ class category final : public std::error_category {
 };
 
 }  // namespace
+
+namespace internal {
+
+void bad_result_access(const char* what, const error* held) noexcept {
+  if (held != nullptr) {
+    std::fprintf(stderr, "sluice: %s (it holds the error: %s)\n", what, held->message().c_str());
+  } else {
+    std::fprintf(stderr, "sluice: %s\n", what);
+  }
+  std::fflush(stderr);
+  std::abort();
+}
+
+}  // namespace internal
 
 const std::error_category& sluice_category() noexcept {
   static const category instance;

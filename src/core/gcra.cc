@@ -5,6 +5,8 @@
 
 namespace sluice {
 
+using std::chrono::microseconds;
+
 // Every quantity below is bounded by now + 2 * max_window < 2^63, given the preconditions
 // (now ≤ 2^62, cost ≤ count ≤ window ≤ max_window), so no sum can overflow.
 decision gcra_decide(gcra_state& s, const limit& l, microseconds now, std::int64_t cost,

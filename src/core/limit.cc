@@ -10,6 +10,8 @@
 #include "sluice/algorithms.h"
 
 namespace sluice {
+
+using std::chrono::microseconds;
 namespace {
 
 using internal::iequals;

@@ -5,6 +5,8 @@
 #include "sluice/algorithms.h"
 
 namespace sluice {
+
+using std::chrono::microseconds;
 namespace {
 
 // Returns the part of `previous` still counted when `rest` of its window overlaps the

@@ -6,6 +6,8 @@
 
 namespace sluice {
 
+using std::chrono::microseconds;
+
 sliding_log_state::sliding_log_state(sliding_log_state&& other) noexcept
     : mr_(other.mr_),
       buf_(other.buf_),

@@ -49,7 +49,7 @@ class scoped_key {
   std::string_view view_;
 };
 
-error unknown(std::string_view name) {
+unexpected<error> unknown(std::string_view name) {
   return make_error(errc::unknown_policy,
                     "no policy named \"" + std::string(name.substr(0, 64)) + "\"");
 }
@@ -172,16 +172,21 @@ struct limiter::failover {
   result<decision> fall_back(domain& dom, const policy& p, const request& r, mode m,
                              const error* cause) {
     const microseconds now = r.now ? *r.now : time->now();
-    if (auto ok = check_request(r.limit, r.cost, now); !ok) return ok.error();
+    if (auto ok = check_request(r.limit, r.cost, now); !ok) return fail(ok.error());
     decision d;
     switch (p.on_failure) {
       case failure_mode::allow:
-        d = {true, r.limit.count, r.limit.count, microseconds(0), microseconds(0)};
+        d = {true,
+             r.limit.count,
+             r.limit.count,
+             microseconds(0),
+             microseconds(0),
+             decision_source::fallback_allow};
         fallbacks_allow.fetch_add(1, std::memory_order_relaxed);
         break;
       case failure_mode::deny: {
         const microseconds wait = deny_wait(dom);
-        d = {false, r.limit.count, 0, wait, wait};
+        d = {false, r.limit.count, 0, wait, wait, decision_source::fallback_deny};
         fallbacks_deny.fetch_add(1, std::memory_order_relaxed);
         break;
       }
@@ -189,13 +194,35 @@ struct limiter::failover {
         result<decision> l = m == mode::acquire ? local.acquire(r) : local.peek(r);
         if (!l) return l;
         d = *l;
+        d.source = decision_source::fallback_local;
         fallbacks_local.fetch_add(1, std::memory_order_relaxed);
         break;
       }
     }
     count(d);
     warn_about(dom, p, cause);
+    return shadowed(p, d);
+  }
+
+  // Returns `d` as a shadow policy answers it: a denial becomes an admission, marked.
+  static decision shadowed(const policy& p, decision d) noexcept {
+    if (p.shadow && !d.allowed) {
+      d.allowed = true;
+      d.retry_after = microseconds(0);
+      d.source = decision_source::shadow;
+    }
     return d;
+  }
+
+  // Settles a reset's result with the breaker of `dom`, the one that let the call through.
+  void settle_reset(domain& dom, const result<void>& r) {
+    if (r) {
+      dom.breaker.on_success();
+    } else if (is_store_failure(r.error().code)) {
+      store_failed(dom, r.error());
+    } else {
+      dom.breaker.on_abandoned();
+    }
   }
 
   // Settles a store call's result: tells the breaker of `dom` (the one that let the call
@@ -205,7 +232,8 @@ struct limiter::failover {
     if (got) {
       dom.breaker.on_success();
       count(*got);
-      return got;
+      got->source = decision_source::store;
+      return shadowed(p, *got);
     }
     if (!is_store_failure(got.error().code)) {
       dom.breaker.on_abandoned();
@@ -213,6 +241,11 @@ struct limiter::failover {
     }
     store_failed(dom, got.error());
     return fall_back(dom, p, r, m, &got.error());
+  }
+
+  // The error of a reset that the breaker of `d` kept from the store.
+  unexpected<error> breaker_open(const domain& d) const {
+    return make_error(errc::store_unavailable, store_name(d) + " not called: circuit breaker open");
   }
 
   // Returns "store URI", with the failure domain when the store has more than one.
@@ -420,19 +453,30 @@ result<void> limiter::reset(const policy& p, std::string_view key) {
   // State the local store kept through an outage goes too (a key too long for it has none).
   (void)f.local.reset(k.view());
   failover::domain& d = f.domain_of(k.view());
-  if (!d.breaker.allow()) {
-    return make_error(errc::store_unavailable,
-                      f.store_name(d) + " not called: circuit breaker open");
-  }
+  if (!d.breaker.allow()) return f.breaker_open(d);
   result<void> r = store_->reset(k.view());
-  if (r) {
-    d.breaker.on_success();
-  } else if (is_store_failure(r.error().code)) {
-    f.store_failed(d, r.error());
-  } else {
-    d.breaker.on_abandoned();
-  }
+  f.settle_reset(d, r);
   return r;
+}
+
+void limiter::async_reset(const policy& p, std::string_view key, reset_completion done) {
+  if (key.empty()) return done(make_error(errc::invalid_key, "key is empty"));
+  const scoped_key k(p.name, key);
+  failover* f = failover_.get();
+  (void)f->local.reset(k.view());
+  failover::domain* d = &f->domain_of(k.view());
+  if (!d->breaker.allow()) return done(f->breaker_open(*d));
+  store_->async_reset(k.view(), [f, d, done = std::move(done)](result<void> r) {
+    f->settle_reset(*d, r);
+    done(std::move(r));
+  });
+}
+
+void limiter::async_reset(std::string_view policy_name, std::string_view key,
+                          reset_completion done) {
+  const policy* p = find_policy(policy_name);
+  if (p == nullptr) return done(unknown(policy_name));
+  async_reset(*p, key, std::move(done));
 }
 
 void limiter::async_acquire(std::string_view policy_name, std::string_view key, std::int64_t cost,

@@ -658,7 +658,7 @@ class reader {
         if (!m) fail(e, p, m.error());
         sp.policy.on_failure = *m;
       } else if (e.key == "shadow") {
-        sp.shadow = boolean(e, p);
+        sp.policy.shadow = boolean(e, p);
       } else if (e.key == "gate") {
         gate = read_gate_fields(e, p);
       }
@@ -685,14 +685,15 @@ result<server_config> parse(std::string_view yaml, const std::string& name,
     c.source = name;
     return c;
   } catch (const config_failure& f) {
-    return f.e;
+    return fail(f.e);
   } catch (const YAML::Exception& e) {
     const int line = e.mark.line >= 0 ? e.mark.line + 1 : 1;
     std::string problem = "malformed YAML: " + e.msg;
     if (e.mark.column >= 0) problem += " (column " + std::to_string(e.mark.column + 1) + ")";
-    return sluice::error{invalid_config(), name + ":" + std::to_string(line) + ": " + problem};
+    return fail(
+        sluice::error{invalid_config(), name + ":" + std::to_string(line) + ": " + problem});
   } catch (const std::exception& e) {
-    return sluice::error{invalid_config(), name + ": cannot read the config: " + e.what()};
+    return fail(sluice::error{invalid_config(), name + ": cannot read the config: " + e.what()});
   }
 }
 
@@ -709,27 +710,27 @@ result<server_config> load_config(const std::filesystem::path& path) {
     const auto status = std::filesystem::status(path, ec);
     if (ec || !std::filesystem::exists(status)) {
       if (!ec) ec = std::make_error_code(std::errc::no_such_file_or_directory);
-      return sluice::error{ec, name + ": cannot read the config: " + ec.message()};
+      return fail(sluice::error{ec, name + ": cannot read the config: " + ec.message()});
     }
     if (!std::filesystem::is_regular_file(status)) {
-      return sluice::error{std::make_error_code(std::errc::invalid_argument),
-                           name + ": cannot read the config: not a regular file"};
+      return fail(sluice::error{std::make_error_code(std::errc::invalid_argument),
+                                name + ": cannot read the config: not a regular file"});
     }
     if (std::filesystem::file_size(path) > kMaxFileBytes) {
-      return sluice::error{std::make_error_code(std::errc::file_too_large),
-                           name + ": cannot read the config: larger than 1 MiB"};
+      return fail(sluice::error{std::make_error_code(std::errc::file_too_large),
+                                name + ": cannot read the config: larger than 1 MiB"});
     }
     std::ifstream in(path, std::ios::binary);
     std::stringstream content;
     content << in.rdbuf();
     if (!in) {
       const std::error_code read_ec(errno != 0 ? errno : EIO, std::generic_category());
-      return sluice::error{read_ec, name + ": cannot read the config: " + read_ec.message()};
+      return fail(sluice::error{read_ec, name + ": cannot read the config: " + read_ec.message()});
     }
     return parse(content.str(), name, path.parent_path());
   } catch (const std::exception& e) {
-    return sluice::error{std::make_error_code(std::errc::io_error),
-                         name + ": cannot read the config: " + e.what()};
+    return fail(sluice::error{std::make_error_code(std::errc::io_error),
+                              name + ": cannot read the config: " + e.what()});
   }
 }
 

@@ -23,8 +23,7 @@ struct key_source {
 
 // A policy as served: the limiter's policy plus what only the server needs.
 struct served_policy {
-  sluice::policy policy;  // name, limit, algorithm, on_failure
-  bool shadow = false;    // decide and count, but always allow
+  sluice::policy policy;  // name, limit, algorithm, on_failure, shadow
   key_source gate_key;    // for the gate; defaults to the server's `gate_key`
 };
 

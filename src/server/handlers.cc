@@ -126,7 +126,6 @@ http_response error_response(http::status status, std::string_view message,
 // A configured policy, with what its responses repeat.
 struct request_handler::served {
   const policy* p = nullptr;  // registered in the limiter: stays put
-  bool shadow = false;
   key_source gate_key;
   std::size_t slot = 0;      // in the metrics
   std::string json_name;     // the name as a JSON string
@@ -168,9 +167,8 @@ class request_handler::reply {
   respond done_;
 };
 
-request_handler::request_handler(const server_config& config, limiter& lim, metrics& m,
-                                 handler_hooks hooks)
-    : limiter_(lim), metrics_(m), hooks_(std::move(hooks)), max_key_bytes_(config.max_key_bytes) {
+request_handler::request_handler(const server_config& config, limiter& lim, metrics& m)
+    : limiter_(lim), metrics_(m), max_key_bytes_(config.max_key_bytes) {
   for (const auto& t : config.api_tokens) api_digests_.push_back(sha256(t));
   for (const auto& t : config.admin_tokens) admin_digests_.push_back(sha256(t));
   for (const served_policy& sp : config.policies) {
@@ -180,7 +178,6 @@ request_handler::request_handler(const server_config& config, limiter& lim, metr
       throw std::invalid_argument("policy " + quote(sp.policy.name) +
                                   " is not registered in the limiter");
     }
-    s->shadow = sp.shadow;
     s->gate_key = sp.gate_key;
     s->slot = m.slot(sp.policy.name);
     s->json_name = dump(json(sp.policy.name));
@@ -243,7 +240,7 @@ void request_handler::handle(http_request req, respond done) const {
     http_response res{http::status::ok, 11};
     res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
     res.body() = metrics_.render(limiter_.stats());
-    if (hooks_.store_metrics) hooks_.store_metrics(res.body());
+    render_store_metrics(res.body(), limiter_.store());
     return r(std::move(res));
   }
   if (path == "/healthz") {
@@ -254,10 +251,12 @@ void request_handler::handle(http_request req, respond done) const {
   if (path == "/readyz") {
     reply r(metrics_, route::readyz, std::move(done));
     if (method != http::verb::get) return r(method_not_allowed("GET"));
-    const bool ready = !hooks_.ready || hooks_.ready();
+    const store_health health = limiter_.store().health();
+    const bool ready = health.ready;
     nlohmann::ordered_json j;
     j["status"] = ready ? "ready" : "store unreachable";
     j["store"] = limiter_.store().describe();
+    if (!health.detail.empty()) j["detail"] = health.detail;
     return r(json_response(ready ? http::status::ok : http::status::service_unavailable, dump(j)));
   }
   reply r(metrics_, route::other, std::move(done));
@@ -389,16 +388,9 @@ void request_handler::run_decision(const decision_call& call, bool acquire, bool
                    r = std::move(r)](result<decision> got) mutable {
     if (!got) return r(from_error(got.error(), key_field));
     const std::string_view name = named != nullptr ? std::string_view(named->p->name) : in->name;
-    const bool shadow = named != nullptr && named->shadow;
-    decision shown = *got;
-    outcome o = outcome::allowed;
-    if (!shown.allowed) {
-      o = shadow ? outcome::shadow_denied : outcome::denied;
-      if (shadow) {
-        shown.allowed = true;
-        shown.retry_after = std::chrono::microseconds(0);
-      }
-    }
+    const decision& shown = *got;
+    outcome o = shown.allowed ? outcome::allowed : outcome::denied;
+    if (shown.source == decision_source::shadow) o = outcome::shadow_denied;
     metrics_.count_decision(named != nullptr ? named->slot : metrics_.inline_slot(), o);
 
     http::status status = http::status::ok;
@@ -451,15 +443,9 @@ void request_handler::reset(std::string_view rest, reply r) const {
                                 std::to_string(max_key_bytes_) + " are allowed",
                             "key"));
   }
-  auto job = [this, p = s->p, key = std::move(*key), r = std::move(r)]() mutable {
-    const result<void> done = limiter_.reset(*p, key);
+  limiter_.async_reset(*s->p, *key, [r = std::move(r)](result<void> done) mutable {
     r(done ? http_response{http::status::no_content, 11} : from_error(done.error(), "key"));
-  };
-  if (hooks_.run_blocking) {
-    hooks_.run_blocking(std::move(job));
-  } else {
-    job();
-  }
+  });
 }
 
 }  // namespace sluice::server

@@ -1,5 +1,7 @@
 // The HTTP API of `sluice serve` as a function from a request to a response: routing,
 // authentication, validation, decisions, and the response with its RateLimit header fields.
+// What it says of the store (`/readyz`, the store's metrics) it asks the limiter's store:
+// `store::health` and `store::visit_metrics`.
 // No I/O of its own: the sessions in http_server.cc read and write, so tests call `handle`
 // with no socket at all.
 //
@@ -35,17 +37,6 @@ namespace http = boost::beast::http;
 using http_request = http::request<http::string_body>;
 using http_response = http::response<http::string_body>;
 
-// What the handler asks of its surroundings.
-struct handler_hooks {
-  // Returns whether the store can be reached now (`GET /readyz`); empty: always ready.
-  std::function<bool()> ready;
-  // Runs a call that may block on the store (a reset: the limiter has no async reset) off the
-  // I/O threads; empty: runs it at once on the caller's thread.
-  std::function<void(std::function<void()>)> run_blocking;
-  // Appends the store's own metrics to a `GET /metrics` body; empty: none.
-  std::function<void(std::string&)> store_metrics;
-};
-
 // Returns a JSON error response, `{"error": message, "field": field}` (no "field" when
 // `field` is empty).
 http_response error_response(http::status status, std::string_view message,
@@ -62,16 +53,16 @@ class request_handler {
   // Every policy of `config` must be registered in `lim` (see make_limiter in serve.h);
   // throws std::invalid_argument when one is not. `lim` and `m` must outlive the handler and
   // every `respond` it has not called yet.
-  request_handler(const server_config& config, limiter& lim, metrics& m, handler_hooks hooks = {});
+  request_handler(const server_config& config, limiter& lim, metrics& m);
   ~request_handler();
   request_handler(const request_handler&) = delete;
   request_handler& operator=(const request_handler&) = delete;
 
   // Calls `done` exactly once with the response to `req`: before returning when the store
-  // answers at once (memory), else later on the store's I/O thread (or the thread of
-  // `run_blocking`). The handler owns `done` until then; nothing cancels a call (the
-  // store's deadline bounds it). The response has its status, header fields and body; the
-  // caller sets the version, keep-alive and Content-Length. Counts it in the metrics.
+  // answers at once (memory), else later on the store's I/O thread. The handler owns `done` until
+  // then; nothing cancels a call (the store's deadline bounds it). The response has its status,
+  // header fields and body; the caller sets the version, keep-alive and Content-Length. Counts it
+  // in the metrics.
   void handle(http_request req, respond done) const;
 
  private:
@@ -95,7 +86,6 @@ class request_handler {
 
   limiter& limiter_;
   metrics& metrics_;
-  handler_hooks hooks_;
   std::size_t max_key_bytes_;
   std::vector<std::array<unsigned char, 32>> api_digests_;    // SHA-256 of each API token
   std::vector<std::array<unsigned char, 32>> admin_digests_;  // and of each admin token

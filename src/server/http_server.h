@@ -2,7 +2,7 @@
 // them to a request_handler, writing the responses, keep-alive, the connection cap and the
 // graceful drain.
 //
-// Threads: one io_context per I/O thread (DESIGN.md: "one io_context per core"). The
+// Threads: one io_context per I/O thread (docs/DESIGN.md, "The server and the CLI"). The
 // acceptor runs on the first; each accepted connection goes round-robin to one io_context
 // and stays there, so a session's handlers never run concurrently and need no strand, and
 // no lock is shared by connections on different threads. A decision that completes on the

@@ -210,50 +210,19 @@ std::string metrics::render(const limiter_stats& stats) const {
   return out;
 }
 
-namespace {
-
-// The counters both Redis stores keep.
-template <class Stats>
-void render_redis_common(std::string& out, const Stats& s) {
-  header(out, "sluice_redis_requests_total", "counter", "Decisions and resets sent to Redis.");
-  sample(out, "sluice_redis_requests_total", "", s.requests);
-  header(out, "sluice_redis_errors_total", "counter", "Redis calls that ended in an error.");
-  sample(out, "sluice_redis_errors_total", "", s.errors);
-  header(out, "sluice_redis_timeouts_total", "counter",
-         "Redis calls that got no reply before their deadline.");
-  sample(out, "sluice_redis_timeouts_total", "", s.timeouts);
-  header(out, "sluice_redis_reconnects_total", "counter",
-         "Connections to Redis made again after a failure.");
-  sample(out, "sluice_redis_reconnects_total", "", s.reconnects);
-  header(out, "sluice_redis_script_loads_total", "counter",
-         "NOSCRIPT replies answered by sending the script's source.");
-  sample(out, "sluice_redis_script_loads_total", "", s.script_loads);
-  header(out, "sluice_redis_connections", "gauge", "Connections to Redis up now.");
-  sample(out, "sluice_redis_connections", "", s.connected);
-}
-
-}  // namespace
-
-void render_store_stats(std::string& out, const redis_store_stats& s) {
-  render_redis_common(out, s);
-}
-
-void render_store_stats(std::string& out, const redis_cluster_stats& s) {
-  render_redis_common(out, s);
-  header(out, "sluice_redis_cluster_redirects_total", "counter",
-         "MOVED and ASK redirections followed.");
-  sample(out, "sluice_redis_cluster_redirects_total", "kind=\"moved\"", s.moved);
-  sample(out, "sluice_redis_cluster_redirects_total", "kind=\"ask\"", s.asks);
-  header(out, "sluice_redis_cluster_retries_total", "counter", "TRYAGAIN replies tried again.");
-  sample(out, "sluice_redis_cluster_retries_total", "", s.retries);
-  header(out, "sluice_redis_cluster_slot_map_reads_total", "counter",
-         "Slot maps read (CLUSTER SLOTS) and applied.");
-  sample(out, "sluice_redis_cluster_slot_map_reads_total", "", s.refreshes);
-  header(out, "sluice_redis_cluster_masters", "gauge", "Masters in the slot map.");
-  sample(out, "sluice_redis_cluster_masters", "", s.masters);
-  header(out, "sluice_redis_cluster_slots_served", "gauge",
-         "Slots (of 16384) whose master has a connection up now.");
-  sample(out, "sluice_redis_cluster_slots_served", "", s.slots_served);
+void render_store_metrics(std::string& out, const store& s) {
+  std::string last;  // the name of the previous sample: HELP and TYPE go once per name
+  s.visit_metrics([&](const store_metric& m) {
+    if (m.name != last) {
+      header(out, m.name, m.type == store_metric::kind::gauge ? "gauge" : "counter", m.help);
+      last = m.name;
+    }
+    std::string labels;
+    if (!m.label.empty()) {
+      labels.append(m.label).append("=\"").append(label(m.label_value)).append("\"");
+    }
+    sample(out, m.name, labels, m.value);
+  });
 }
 
 }  // namespace sluice::server

@@ -13,8 +13,7 @@
 #include <vector>
 
 #include "sluice/limiter.h"
-#include "sluice/redis_cluster_store.h"
-#include "sluice/redis_store.h"
+#include "sluice/store.h"
 
 namespace sluice::server {
 
@@ -107,15 +106,9 @@ class metrics {
   std::atomic<std::uint64_t> refused_{0};
 };
 
-// Appends the Redis store's own counters, for `GET /metrics` of a server on Redis:
-//   sluice_redis_requests_total     sluice_redis_errors_total     sluice_redis_timeouts_total
-//   sluice_redis_reconnects_total   sluice_redis_script_loads_total
-//   sluice_redis_connections (up now)
-void render_store_stats(std::string& out, const redis_store_stats& s);
-// The same for the Redis Cluster store, and its routing:
-//   sluice_redis_cluster_redirects_total{kind="moved"|"ask"}
-//   sluice_redis_cluster_retries_total (TRYAGAIN)   sluice_redis_cluster_slot_map_reads_total
-//   sluice_redis_cluster_masters    sluice_redis_cluster_slots_served (master reachable now)
-void render_store_stats(std::string& out, const redis_cluster_stats& s);
+// Appends the store's own metrics (`store::visit_metrics`) in the text format: for a
+// Redis store sluice_redis_*, for a cluster also sluice_redis_cluster_*, for the memory
+// store sluice_memory_*.
+void render_store_metrics(std::string& out, const store& s);
 
 }  // namespace sluice::server

@@ -10,22 +10,14 @@
 
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
-#include <boost/asio/post.hpp>
-#include <boost/asio/thread_pool.hpp>
 
 #include "core/text.h"
 #include "server/handlers.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
 #include "sluice/open_store.h"
-#include "sluice/redis_cluster_store.h"
-#include "sluice/redis_store.h"
 
 namespace sluice::server {
-
-struct service::blocking_pool {
-  boost::asio::thread_pool pool{1};
-};
 
 std::unique_ptr<limiter> make_limiter(const server_config& config, std::shared_ptr<store> s,
                                       std::function<void(std::string_view)> warn) {
@@ -58,36 +50,17 @@ service::service(const server_config& config, bool handle_signals) : config_(con
 
   // A memory store must hold the longest key the server accepts, scoped by a policy name
   // (up to 64 bytes and a colon), unless the URI says otherwise.
-  std::string uri = config_.store;
-  if (uri.starts_with("memory://") && uri.find("max_key_length=") == std::string::npos) {
-    uri += uri.find('?') == std::string::npos ? '?' : '&';
-    uri += "max_key_length=" +
-           std::to_string(std::min<std::size_t>(65535, config_.max_key_bytes + 65));
-  }
-  auto opened = open_store(uri);
+  open_options open;
+  open.max_key_length = std::min<std::size_t>(65535, config_.max_key_bytes + 65);
+  auto opened = open_store(config_.store, open);
   if (!opened) {
     throw std::runtime_error("store " + internal::quote(config_.store) + ": " +
                              opened.error().message());
   }
-  std::shared_ptr<store> s = std::move(*opened);
-  handler_hooks hooks;
   // The limiter owns the store, and outlives the handler.
-  if (const auto* redis = dynamic_cast<const redis_store*>(s.get())) {
-    hooks.ready = [redis] { return redis->ready(); };
-    hooks.store_metrics = [redis](std::string& out) { render_store_stats(out, redis->stats()); };
-  } else if (const auto* cluster = dynamic_cast<const redis_cluster_store*>(s.get())) {
-    hooks.ready = [cluster] { return cluster->ready(); };
-    hooks.store_metrics = [cluster](std::string& out) {
-      render_store_stats(out, cluster->stats());
-    };
-  }
-  limiter_ = make_limiter(config_, std::move(s),
+  limiter_ = make_limiter(config_, std::move(*opened),
                           [](std::string_view message) { spdlog::warn("{}", message); });
-  pool_ = std::make_unique<blocking_pool>();
-  hooks.run_blocking = [p = pool_.get()](std::function<void()> job) {
-    boost::asio::post(p->pool, std::move(job));
-  };
-  handler_ = std::make_unique<request_handler>(config_, *limiter_, *metrics_, std::move(hooks));
+  handler_ = std::make_unique<request_handler>(config_, *limiter_, *metrics_);
 
   http_server_options options = server_options(config_);
   options.handle_signals = handle_signals;
@@ -101,11 +74,9 @@ service::~service() {
     server_->shutdown();
     server_->wait();
   }
-  pool_->pool.join();
   limiter_.reset();
   server_.reset();
   handler_.reset();
-  pool_.reset();
   metrics_.reset();
 }
 
@@ -137,7 +108,8 @@ std::string service::summary() const {
     if (i > 0) out += ", ";
     out += sp.policy.name + " (" + to_string(sp.policy.limit) + " " +
            std::string(to_string(sp.policy.algorithm)) + ", on_failure " +
-           std::string(to_string(sp.policy.on_failure)) + (sp.shadow ? ", shadow" : "") + ")";
+           std::string(to_string(sp.policy.on_failure)) + (sp.policy.shadow ? ", shadow" : "") +
+           ")";
   }
   if (!config_.api_tokens.empty()) out += "; API tokens required";
   if (!config_.admin_tokens.empty()) out += "; admin tokens required";

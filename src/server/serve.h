@@ -30,8 +30,8 @@ std::unique_ptr<limiter> make_limiter(const server_config& config, std::shared_p
 void configure_logging(const std::string& level);
 
 // Everything `sluice serve` runs. The destructor drains (up to drain_timeout) a server that
-// is still running, then stops the blocking-call thread, the limiter and its store (whose
-// late completions land in stopped io_contexts), then the server. Not thread-safe, except
+// is still running, then stops the limiter and its store (whose late completions land in
+// stopped io_contexts), then the server. Not thread-safe, except
 // `shutdown`.
 class service {
  public:
@@ -58,13 +58,10 @@ class service {
   const request_handler& handler() const { return *handler_; }
 
  private:
-  struct blocking_pool;  // one thread for calls that may block on the store
-
   server_config config_;
   std::size_t io_threads_ = 1;
   std::unique_ptr<server::metrics> metrics_;
   std::unique_ptr<sluice::limiter> limiter_;
-  std::unique_ptr<blocking_pool> pool_;
   std::unique_ptr<request_handler> handler_;
   std::unique_ptr<http_server> server_;
   bool started_ = false;

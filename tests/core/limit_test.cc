@@ -308,9 +308,9 @@ TEST(Error, CategoryNamesAndMessages) {
 
 // Verifies that error::message prefers the detail and falls back to the code's message.
 TEST(Error, MessagePrefersDetail) {
-  EXPECT_EQ(sluice::make_error(sluice::errc::invalid_key, "key is empty").message(),
+  EXPECT_EQ(sluice::make_error(sluice::errc::invalid_key, "key is empty").error().message(),
             "key is empty");
-  EXPECT_EQ(sluice::make_error(sluice::errc::invalid_key).message(),
+  EXPECT_EQ(sluice::make_error(sluice::errc::invalid_key).error().message(),
             sluice::make_error_code(sluice::errc::invalid_key).message());
 }
 

@@ -2,8 +2,9 @@
 // local modes, the circuit breaker in front of the store, bad input passing through,
 // rate-limited warnings, the counters, the async forms and thread-safety.
 //
-// The store here is a test double that fails on demand. It only exercises the policy logic;
-// the failure tests against a real Redis that goes away belong with the Redis store.
+// The store here is the fake store (tests/support/fake_store.h): a memory store told to fail
+// or to complete later. It only exercises the policy logic; the failure tests against a real
+// Redis that goes away belong with the Redis store.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -31,6 +32,7 @@
 #include "sluice/limiter.h"
 #include "sluice/memory_store.h"
 
+#include "support/fake_store.h"
 #include "support/test_util.h"
 
 namespace {
@@ -47,97 +49,20 @@ using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 using sluice::test::all_algorithms;
+using source = sluice::decision_source;
 constexpr errc store_failures[] = {errc::store_unavailable, errc::timeout, errc::store_error};
 
-// A store that fails on demand: it wraps a real memory store and, while `failing` is set,
-// answers every valid call with `code` instead (bad input is refused first, as a remote
-// store refuses it before any I/O). With `defer` set, async calls complete only when
-// `run_deferred` runs them (on whatever thread calls it), like a store with an I/O thread;
-// the request is copied (as the store interface requires) and decided at that time.
-class flaky_store final : public sluice::store {
- public:
-  explicit flaky_store(const sluice::clock& c) : clock_(&c), inner_(options(c)) {}
-
-  std::atomic<bool> failing{false};
-  std::atomic<errc> code{errc::store_unavailable};
-  std::atomic<bool> defer{false};
-  std::atomic<int> calls{0};  // every call that reached the store, failed or not
-
-  result<decision> acquire(const sluice::request& r) override {
-    calls.fetch_add(1);
-    if (auto bad = refuse(r)) return *bad;
-    return inner_.acquire(r);
-  }
-  result<decision> peek(const sluice::request& r) override {
-    calls.fetch_add(1);
-    if (auto bad = refuse(r)) return *bad;
-    return inner_.peek(r);
-  }
-  result<void> reset(std::string_view key) override {
-    calls.fetch_add(1);
-    if (key.empty()) return sluice::make_error(errc::invalid_key, "key is empty");
-    if (failing.load()) return injected();
-    return inner_.reset(key);
-  }
-  std::string describe() const override { return "flaky://test"; }
-
-  void async_acquire(const sluice::request& r, completion done) override {
-    async(r, true, std::move(done));
-  }
-  void async_peek(const sluice::request& r, completion done) override {
-    async(r, false, std::move(done));
-  }
-
-  // Completes the deferred calls. Returns how many ran.
-  std::size_t run_deferred() { return deferred_.run(); }
-
- private:
-  static sluice::memory_store_options options(const sluice::clock& c) {
-    sluice::memory_store_options o;
-    o.time_source = &c;
-    return o;
-  }
-
-  sluice::error injected() const { return sluice::make_error(code.load(), "injected by test"); }
-
-  // Returns the error for `r` while failing: its input's, else the injected one.
-  std::optional<sluice::error> refuse(const sluice::request& r) const {
-    if (!failing.load()) return std::nullopt;
-    if (r.key.empty()) return sluice::make_error(errc::invalid_key, "key is empty");
-    const result<void> ok = sluice::check_request(r.limit, r.cost, r.now.value_or(clock_->now()));
-    if (!ok) return ok.error();
-    return injected();
-  }
-
-  void async(const sluice::request& r, bool spend, completion done) {
-    if (!defer.load()) {
-      done(spend ? acquire(r) : peek(r));
-      return;
-    }
-    deferred_.push([this, key = std::string(r.key), r, spend, done = std::move(done)] {
-      sluice::request copy = r;
-      copy.key = key;
-      done(spend ? acquire(copy) : peek(copy));
-    });
-  }
-
-  const sluice::clock* clock_;
-  sluice::memory_store inner_;
-  sluice::test::deferred_calls deferred_;
-};
-
+using sluice::test::fake_store;
 using sluice::test::make;
+using sluice::test::must;
 
-decision must(const result<decision>& r) {
-  EXPECT_TRUE(r) << r.error().message();
-  return r ? *r : decision{};
-}
-
-class FailureTest : public ::testing::Test {
+class LimiterFailure : public ::testing::Test {
  protected:
-  FailureTest() : store_(std::make_shared<flaky_store>(clock_)) {}
+  LimiterFailure()
+      : store_(std::make_shared<fake_store>(
+            sluice::test::fake_store_options{.uri = "flaky://test", .time_source = &clock_})) {}
 
-  // A limiter over the flaky store, with the test's clock and warnings collected.
+  // A limiter over the fake store, with the test's clock and warnings collected.
   sluice::limiter make_limiter(sluice::breaker_options b = {},
                                milliseconds warn_interval = seconds(10)) {
     sluice::limiter_options o;
@@ -159,12 +84,12 @@ class FailureTest : public ::testing::Test {
 
   // Fails `n` store calls through `lim` (opening the breaker at the default threshold).
   void fail_calls(sluice::limiter& lim, const std::string& policy, int n) {
-    store_->failing = true;
+    store_->fail();
     for (int i = 0; i < n; ++i) ASSERT_TRUE(lim.acquire(policy, "trip"));
   }
 
   sluice::manual_clock clock_{seconds(1'700'000'000)};
-  std::shared_ptr<flaky_store> store_;
+  std::shared_ptr<fake_store> store_;
   std::mutex warn_mu_;
   std::vector<std::string> warnings_;
 };
@@ -201,20 +126,19 @@ TEST(FailureMode, StoreFailureCodes) {
 }
 
 // Verifies that a policy fails open by default, with the reference's decision.
-TEST_F(FailureTest, DefaultModeAllowsWithFullRemaining) {
+TEST_F(LimiterFailure, DefaultModeAllowsWithFullRemaining) {
   sluice::limiter lim = make_limiter({.failures_to_open = 100});
   const sluice::policy p{"chat", make(30, hours(1))};
   EXPECT_EQ(p.on_failure, failure_mode::allow);
   ASSERT_TRUE(lim.add_policy(p));
-  const decision open{true, 30, 30, microseconds(0), microseconds(0)};
+  const decision open{true, 30, 30, microseconds(0), microseconds(0), source::fallback_allow};
   for (const errc e : store_failures) {
     SCOPED_TRACE(int(e));
-    store_->failing = true;
-    store_->code = e;
+    store_->fail(e);
     EXPECT_EQ(must(lim.acquire("chat", "u", 7)), open);
     EXPECT_EQ(must(lim.peek("chat", "u", 7)), open);
     // Nothing was spent in the store while it failed.
-    store_->failing = false;
+    store_->recover();
     EXPECT_EQ(must(lim.peek("chat", "u")).remaining, 30);
   }
   const sluice::limiter_stats s = lim.stats();
@@ -224,21 +148,21 @@ TEST_F(FailureTest, DefaultModeAllowsWithFullRemaining) {
 
 // Verifies that deny refuses with nothing remaining and retry_after = 1 s while the
 // breaker is still closed, then the time until the breaker's probe (at least 1 ms).
-TEST_F(FailureTest, DenyModeRefusesUntilTheProbe) {
+TEST_F(LimiterFailure, DenyModeRefusesUntilTheProbe) {
   sluice::limiter lim = make_limiter({.failures_to_open = 2, .open_for = seconds(3)});
   ASSERT_TRUE(lim.add_policy({"chat", make(30, hours(1)), algorithm::gcra, failure_mode::deny}));
-  store_->failing = true;
+  store_->fail();
   const decision closed = must(lim.acquire("chat", "u"));
-  EXPECT_EQ(closed, (decision{false, 30, 0, seconds(1), seconds(1)}));
+  EXPECT_EQ(closed, (decision{false, 30, 0, seconds(1), seconds(1), source::fallback_deny}));
   EXPECT_EQ(lim.breaker().state(), breaker_state::closed);
 
   const decision opened = must(lim.acquire("chat", "u"));  // the second failure opens it
   EXPECT_EQ(lim.breaker().state(), breaker_state::open);
-  EXPECT_EQ(opened, (decision{false, 30, 0, seconds(3), seconds(3)}));
+  EXPECT_EQ(opened, (decision{false, 30, 0, seconds(3), seconds(3), source::fallback_deny}));
 
   clock_.advance(milliseconds(2500));
   EXPECT_EQ(must(lim.peek("chat", "u")),
-            (decision{false, 30, 0, milliseconds(500), milliseconds(500)}));
+            (decision{false, 30, 0, milliseconds(500), milliseconds(500), source::fallback_deny}));
   clock_.advance(milliseconds(500) - microseconds(10));
   EXPECT_EQ(must(lim.acquire("chat", "u")).retry_after, milliseconds(1));
   EXPECT_EQ(lim.stats().fallbacks_deny, 4u);
@@ -247,12 +171,12 @@ TEST_F(FailureTest, DenyModeRefusesUntilTheProbe) {
 
 // Verifies that local mode enforces the same limit with the same algorithm in-process: the
 // decisions are those of a memory store given the same calls.
-TEST_F(FailureTest, LocalModeDecidesLikeAMemoryStore) {
+TEST_F(LimiterFailure, LocalModeDecidesLikeAMemoryStore) {
   sluice::limiter lim = make_limiter();
   sluice::memory_store_options ro;
   ro.time_source = &clock_;
   sluice::memory_store reference(ro);
-  store_->failing = true;
+  store_->fail();
   for (const algorithm a : all_algorithms) {
     const std::string name = "p_" + std::string(sluice::to_string(a));
     SCOPED_TRACE(name);
@@ -262,9 +186,12 @@ TEST_F(FailureTest, LocalModeDecidesLikeAMemoryStore) {
     for (int i = 0; i < 12; ++i) {
       const std::int64_t cost = i % 2 + 1;
       const std::string scoped = name + ":user:42";
-      const decision want = must(reference.acquire({scoped, p.limit, a, cost, {}}));
+      decision want = must(reference.acquire({scoped, p.limit, a, cost, {}}));
+      want.source = source::fallback_local;
       EXPECT_EQ(must(lim.acquire(name, "user:42", cost)), want) << i;
-      EXPECT_EQ(must(lim.peek(name, "user:42")), must(reference.peek({scoped, p.limit, a, 1, {}})));
+      decision peeked = must(reference.peek({scoped, p.limit, a, 1, {}}));
+      peeked.source = source::fallback_local;
+      EXPECT_EQ(must(lim.peek(name, "user:42")), peeked);
       if (!want.allowed) ++denied;
       clock_.advance(seconds(1));
     }
@@ -276,11 +203,11 @@ TEST_F(FailureTest, LocalModeDecidesLikeAMemoryStore) {
 }
 
 // Verifies that local mode scopes keys by policy and honours an explicit `now`.
-TEST_F(FailureTest, LocalModeScopesKeysAndTakesExplicitNow) {
+TEST_F(LimiterFailure, LocalModeScopesKeysAndTakesExplicitNow) {
   sluice::limiter lim = make_limiter();
   const sluice::policy a{"a", make(1, seconds(1)), algorithm::gcra, failure_mode::local};
   const sluice::policy b{"b", make(1, seconds(1)), algorithm::gcra, failure_mode::local};
-  store_->failing = true;
+  store_->fail();
   const microseconds t = seconds(5);
   EXPECT_TRUE(must(lim.acquire(a, "k", 1, t)).allowed);
   EXPECT_TRUE(must(lim.acquire(b, "k", 1, t)).allowed);
@@ -292,7 +219,7 @@ TEST_F(FailureTest, LocalModeScopesKeysAndTakesExplicitNow) {
 
 // Verifies that bad input is an error in every mode and breaker state, never a fallback,
 // and says nothing to the breaker.
-TEST_F(FailureTest, BadInputPassesThroughWhileTheStoreFails) {
+TEST_F(LimiterFailure, BadInputPassesThroughWhileTheStoreFails) {
   sluice::limiter lim = make_limiter({.failures_to_open = 2});
   for (const failure_mode m : {failure_mode::allow, failure_mode::deny, failure_mode::local}) {
     ASSERT_TRUE(lim.add_policy(
@@ -331,7 +258,7 @@ TEST_F(FailureTest, BadInputPassesThroughWhileTheStoreFails) {
     EXPECT_EQ(unknown.error().code, errc::unknown_policy);
   };
 
-  store_->failing = true;
+  store_->fail();
   check_bad_input();  // the breaker is closed: these reach the store, which fails
   EXPECT_EQ(lim.breaker().state(), breaker_state::closed);
   ASSERT_TRUE(lim.acquire("allow", "u"));
@@ -349,14 +276,14 @@ TEST_F(FailureTest, BadInputPassesThroughWhileTheStoreFails) {
 
 // Verifies that errors the store reports about the input are returned unchanged and never
 // trip the breaker, however many there are.
-TEST_F(FailureTest, InputErrorsFromTheStoreDoNotTripTheBreaker) {
+TEST_F(LimiterFailure, InputErrorsFromTheStoreDoNotTripTheBreaker) {
   sluice::limiter lim = make_limiter({.failures_to_open = 1});
   ASSERT_TRUE(lim.add_policy({"chat", make(3, hours(1)), algorithm::gcra, failure_mode::deny}));
-  store_->failing = true;
+  store_->fail();
   for (const errc e : {errc::invalid_key, errc::invalid_cost, errc::cost_exceeds_limit,
                        errc::invalid_limit, errc::invalid_time, errc::store_full}) {
     SCOPED_TRACE(int(e));
-    store_->code = e;
+    store_->fail(e);
     for (int i = 0; i < 10; ++i) {
       const result<decision> r = lim.acquire("chat", "u");
       ASSERT_FALSE(r);
@@ -376,15 +303,15 @@ TEST_F(FailureTest, InputErrorsFromTheStoreDoNotTripTheBreaker) {
 }
 
 // Verifies that while the breaker is open the store is not called at all, in any form.
-TEST_F(FailureTest, OpenBreakerKeepsTheStoreOutOfTheCall) {
+TEST_F(LimiterFailure, OpenBreakerKeepsTheStoreOutOfTheCall) {
   sluice::limiter lim = make_limiter();
   ASSERT_TRUE(lim.add_policy({"chat", make(3, hours(1))}));
   fail_calls(lim, "chat", 5);
   ASSERT_EQ(lim.breaker().state(), breaker_state::open);
-  EXPECT_EQ(store_->calls.load(), 5);
+  EXPECT_EQ(store_->calls(), 5);
   EXPECT_EQ(lim.stats().breaker_opened, 1u);
 
-  store_->failing = false;  // back, but nobody has looked yet
+  store_->recover();  // back, but nobody has looked yet
   int completions = 0;
   for (int i = 0; i < 100; ++i) {
     EXPECT_TRUE(must(lim.acquire("chat", "u")).allowed);
@@ -400,7 +327,7 @@ TEST_F(FailureTest, OpenBreakerKeepsTheStoreOutOfTheCall) {
   }
   EXPECT_FALSE(lim.reset("chat", "u"));
   EXPECT_EQ(completions, 200);
-  EXPECT_EQ(store_->calls.load(), 5);
+  EXPECT_EQ(store_->calls(), 5);
   const sluice::limiter_stats s = lim.stats();
   EXPECT_EQ(s.store_errors, 5u);
   EXPECT_EQ(s.fallbacks_allow, 5u + 400);
@@ -409,29 +336,29 @@ TEST_F(FailureTest, OpenBreakerKeepsTheStoreOutOfTheCall) {
 
 // Verifies that the first call after the open period probes the store, and that a working
 // store closes the breaker, so decisions are the store's again.
-TEST_F(FailureTest, ProbeClosesTheBreakerWhenTheStoreIsBack) {
+TEST_F(LimiterFailure, ProbeClosesTheBreakerWhenTheStoreIsBack) {
   sluice::limiter lim = make_limiter();
   ASSERT_TRUE(lim.add_policy({"chat", make(3, hours(1)), algorithm::gcra, failure_mode::deny}));
   fail_calls(lim, "chat", 5);
-  store_->failing = false;
+  store_->recover();
   clock_.advance(milliseconds(999));
   EXPECT_FALSE(must(lim.acquire("chat", "u")).allowed);
-  EXPECT_EQ(store_->calls.load(), 5);
+  EXPECT_EQ(store_->calls(), 5);
 
   clock_.advance(milliseconds(1));
   const decision probe = must(lim.acquire("chat", "u"));
-  EXPECT_EQ(store_->calls.load(), 6);
+  EXPECT_EQ(store_->calls(), 6);
   EXPECT_TRUE(probe.allowed);
   EXPECT_EQ(probe.remaining, 2);
   EXPECT_EQ(lim.breaker().state(), breaker_state::closed);
   EXPECT_EQ(must(lim.acquire("chat", "u")).remaining, 1);
-  EXPECT_EQ(store_->calls.load(), 7);
+  EXPECT_EQ(store_->calls(), 7);
   EXPECT_EQ(lim.stats().fallbacks_deny, 5u + 1);
 }
 
 // Verifies that a failed probe opens the breaker again for twice as long, which a deny
 // policy reports as its retry_after.
-TEST_F(FailureTest, FailedProbeDoublesTheWait) {
+TEST_F(LimiterFailure, FailedProbeDoublesTheWait) {
   sluice::limiter lim = make_limiter();
   ASSERT_TRUE(lim.add_policy({"chat", make(3, hours(1)), algorithm::gcra, failure_mode::deny}));
   fail_calls(lim, "chat", 5);
@@ -439,57 +366,57 @@ TEST_F(FailureTest, FailedProbeDoublesTheWait) {
     SCOPED_TRACE(wait.count());
     EXPECT_EQ(must(lim.acquire("chat", "u")).retry_after, wait);
     clock_.advance(wait);
-    const int before = store_->calls.load();
+    const int before = store_->calls();
     EXPECT_EQ(must(lim.acquire("chat", "u")).retry_after, 2 * wait);  // the failed probe
-    EXPECT_EQ(store_->calls.load(), before + 1);
+    EXPECT_EQ(store_->calls(), before + 1);
   }
   EXPECT_EQ(lim.stats().breaker_opened, 1u);
 }
 
 // Verifies that while the probe is out (an async call not yet complete) other calls fall
 // back without calling the store, and that its success closes the breaker.
-TEST_F(FailureTest, OthersFallBackWhileTheProbeIsOut) {
+TEST_F(LimiterFailure, OthersFallBackWhileTheProbeIsOut) {
   sluice::limiter lim = make_limiter();
   ASSERT_TRUE(lim.add_policy({"chat", make(3, hours(1)), algorithm::gcra, failure_mode::local}));
   fail_calls(lim, "chat", 5);
-  store_->failing = false;
-  store_->defer = true;
+  store_->recover();
+  store_->hold();
   clock_.advance(seconds(1));
   std::optional<decision> probe;
   lim.async_acquire("chat", "u", 1, [&](result<decision> r) { probe = must(r); });
   EXPECT_EQ(lim.breaker().state(), breaker_state::half_open);
+  EXPECT_EQ(store_->calls(), 6);  // the five failures and the probe, held
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(lim.acquire("chat", "v"));
-  EXPECT_EQ(store_->calls.load(), 5);
-  EXPECT_EQ(store_->run_deferred(), 1u);
+  EXPECT_EQ(store_->calls(), 6);
+  EXPECT_EQ(store_->release(), 1u);
   ASSERT_TRUE(probe);
   EXPECT_EQ(*probe, (decision{true, 3, 2, microseconds(0), probe->reset_after}));
   EXPECT_EQ(lim.breaker().state(), breaker_state::closed);
 }
 
 // Verifies that a probe that fails on bad input frees the probe for the next caller.
-TEST_F(FailureTest, ProbeWithBadInputLetsTheNextCallerProbe) {
+TEST_F(LimiterFailure, ProbeWithBadInputLetsTheNextCallerProbe) {
   sluice::limiter lim = make_limiter();
   ASSERT_TRUE(lim.add_policy({"chat", make(3, hours(1))}));
   fail_calls(lim, "chat", 5);
   clock_.advance(seconds(1));
-  store_->code = errc::invalid_key;  // the store rejects the key before it does any I/O
+  store_->fail(errc::invalid_key);  // the store rejects the key before it does any I/O
   EXPECT_FALSE(lim.acquire("chat", "u"));
   EXPECT_EQ(lim.breaker().state(), breaker_state::half_open);
-  store_->failing = false;
-  const int before = store_->calls.load();
+  store_->recover();
+  const int before = store_->calls();
   EXPECT_EQ(must(lim.acquire("chat", "u")).remaining, 2);
-  EXPECT_EQ(store_->calls.load(), before + 1);
+  EXPECT_EQ(store_->calls(), before + 1);
   EXPECT_EQ(lim.breaker().state(), breaker_state::closed);
 }
 
 // Verifies that warnings come at most once per interval, name the error, the store, the
 // policy and its mode, and count what was suppressed in between.
-TEST_F(FailureTest, WarnsOncePerIntervalWithTheSuppressedCount) {
+TEST_F(LimiterFailure, WarnsOncePerIntervalWithTheSuppressedCount) {
   sluice::limiter lim = make_limiter({.failures_to_open = 3, .open_for = seconds(15)}, seconds(10));
   ASSERT_TRUE(lim.add_policy({"chat", make(3, hours(1))}));
   ASSERT_TRUE(lim.add_policy({"api", make(3, hours(1)), algorithm::gcra, failure_mode::deny}));
-  store_->failing = true;
-  store_->code = errc::timeout;
+  store_->fail(errc::timeout);
   ASSERT_TRUE(lim.acquire("chat", "u"));
   ASSERT_EQ(warnings().size(), 1u);
   EXPECT_EQ(warnings()[0],
@@ -512,7 +439,7 @@ TEST_F(FailureTest, WarnsOncePerIntervalWithTheSuppressedCount) {
 
   clock_.advance(seconds(10));
   ASSERT_TRUE(lim.acquire("chat", "u"));  // the probe, which fails
-  EXPECT_EQ(store_->calls.load(), 4);
+  EXPECT_EQ(store_->calls(), 4);
   ASSERT_EQ(warnings().size(), 3u);
   EXPECT_EQ(warnings()[2],
             "sluice: store flaky://test failed: store timed out (injected by test); policy "
@@ -521,10 +448,10 @@ TEST_F(FailureTest, WarnsOncePerIntervalWithTheSuppressedCount) {
 
 // Verifies that warnings from many threads at once still come once per interval, and that
 // every event is either warned about or counted as suppressed.
-TEST_F(FailureTest, WarningsFromManyThreadsAreRateLimited) {
+TEST_F(LimiterFailure, WarningsFromManyThreadsAreRateLimited) {
   sluice::limiter lim = make_limiter({}, seconds(10));
   ASSERT_TRUE(lim.add_policy({"chat", make(3, hours(1))}));
-  store_->failing = true;
+  store_->fail();
   constexpr int kThreads = 4;
   constexpr int kCalls = 2000;
   std::latch start{kThreads};
@@ -546,19 +473,19 @@ TEST_F(FailureTest, WarningsFromManyThreadsAreRateLimited) {
 }
 
 // Verifies that a limiter without a warn callback falls back all the same.
-TEST_F(FailureTest, WorksWithoutAWarnCallback) {
+TEST_F(LimiterFailure, WorksWithoutAWarnCallback) {
   sluice::limiter_options o;
   o.store = store_;
   o.time_source = &clock_;
   sluice::limiter lim{std::move(o)};
   ASSERT_TRUE(lim.add_policy({"chat", make(3, hours(1))}));
-  store_->failing = true;
+  store_->fail();
   for (int i = 0; i < 20; ++i) EXPECT_TRUE(must(lim.acquire("chat", "u")).allowed);
   EXPECT_EQ(lim.stats().breaker, breaker_state::open);
 }
 
 // Verifies the counters through a healthy period, an outage and the recovery.
-TEST_F(FailureTest, StatsCountDecisionsFailuresAndFallbacks) {
+TEST_F(LimiterFailure, StatsCountDecisionsFailuresAndFallbacks) {
   sluice::limiter lim = make_limiter();
   ASSERT_TRUE(lim.add_policy({"allow", make(2, hours(1)), algorithm::gcra, failure_mode::allow}));
   ASSERT_TRUE(lim.add_policy({"deny", make(2, hours(1)), algorithm::gcra, failure_mode::deny}));
@@ -566,7 +493,7 @@ TEST_F(FailureTest, StatsCountDecisionsFailuresAndFallbacks) {
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(lim.acquire("allow", "u"));  // 2 allowed, 1 denied
   ASSERT_TRUE(lim.peek("allow", "u"));                                 // denied
 
-  store_->failing = true;
+  store_->fail();
   ASSERT_TRUE(lim.acquire("allow", "u"));                              // store error 1, allowed
   ASSERT_TRUE(lim.acquire("deny", "u"));                               // store error 2, denied
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(lim.acquire("local", "u"));  // errors 3-5: 2 + 1
@@ -574,7 +501,7 @@ TEST_F(FailureTest, StatsCountDecisionsFailuresAndFallbacks) {
   ASSERT_TRUE(lim.acquire("deny", "u"));  // breaker open, denied
   ASSERT_TRUE(lim.peek("local", "u"));    // breaker open, denied locally
 
-  store_->failing = false;
+  store_->recover();
   clock_.advance(seconds(1));
   ASSERT_TRUE(lim.acquire("deny", "v"));  // the probe: allowed by the store
 
@@ -592,20 +519,19 @@ TEST_F(FailureTest, StatsCountDecisionsFailuresAndFallbacks) {
 
 // Verifies that reset while the store fails returns the store's error rather than success,
 // still forgets the key in the local store, and while the breaker is open does not call it.
-TEST_F(FailureTest, ResetDuringAFailureReturnsTheErrorAndResetsLocally) {
+TEST_F(LimiterFailure, ResetDuringAFailureReturnsTheErrorAndResetsLocally) {
   sluice::limiter lim = make_limiter({.failures_to_open = 2});
   ASSERT_TRUE(lim.add_policy({"chat", make(1, hours(1)), algorithm::gcra, failure_mode::local}));
-  store_->failing = true;
-  store_->code = errc::store_error;
+  store_->fail(errc::store_error);
   EXPECT_TRUE(must(lim.acquire("chat", "u")).allowed);
   EXPECT_FALSE(must(lim.acquire("chat", "u")).allowed);  // opens the breaker
   ASSERT_EQ(lim.breaker().state(), breaker_state::open);
 
-  const int before = store_->calls.load();
+  const int before = store_->calls();
   const result<void> open = lim.reset("chat", "u");
   ASSERT_FALSE(open);
   EXPECT_EQ(open.error().code, errc::store_unavailable);
-  EXPECT_EQ(store_->calls.load(), before);
+  EXPECT_EQ(store_->calls(), before);
   EXPECT_TRUE(must(lim.acquire("chat", "u")).allowed);  // forgotten locally
 
   clock_.advance(seconds(1));  // the reset is the probe, and fails
@@ -613,19 +539,19 @@ TEST_F(FailureTest, ResetDuringAFailureReturnsTheErrorAndResetsLocally) {
   ASSERT_FALSE(failed);
   EXPECT_EQ(failed.error().code, errc::store_error);
   EXPECT_EQ(failed.error().detail, "injected by test");
-  EXPECT_EQ(store_->calls.load(), before + 1);
+  EXPECT_EQ(store_->calls(), before + 1);
   EXPECT_EQ(lim.stats().store_errors, 3u);
   EXPECT_TRUE(must(lim.acquire("chat", "u")).allowed);
 
   clock_.advance(seconds(2));  // the store is back: reset works and closes the breaker
-  store_->failing = false;
+  store_->recover();
   EXPECT_TRUE(lim.reset("chat", "u"));
   EXPECT_EQ(lim.breaker().state(), breaker_state::closed);
 }
 
 // Verifies that the async forms complete once with the same fallback decisions as the sync
 // forms, when the store fails inline and when the breaker is open.
-TEST_F(FailureTest, AsyncFormsFallBackLikeTheSyncForms) {
+TEST_F(LimiterFailure, AsyncFormsFallBackLikeTheSyncForms) {
   for (const failure_mode m : {failure_mode::allow, failure_mode::deny, failure_mode::local}) {
     SCOPED_TRACE(std::string(sluice::to_string(m)));
     sluice::limiter sync = make_limiter({.failures_to_open = 3});
@@ -633,7 +559,7 @@ TEST_F(FailureTest, AsyncFormsFallBackLikeTheSyncForms) {
     const sluice::policy p{"chat", make(2, seconds(10)), algorithm::sliding_log, m};
     ASSERT_TRUE(sync.add_policy(p));
     ASSERT_TRUE(async.add_policy(p));
-    store_->failing = true;
+    store_->fail();
     for (int i = 0; i < 8; ++i) {
       const bool spend = i % 3 != 2;
       const decision want = must(spend ? sync.acquire("chat", "u") : sync.peek("chat", "u"));
@@ -666,11 +592,11 @@ TEST_F(FailureTest, AsyncFormsFallBackLikeTheSyncForms) {
 
 // Verifies that an async call whose store completes later, on another thread, falls back
 // locally on the right key: the limiter owns a copy of it, short or long.
-TEST_F(FailureTest, AsyncLocalFallbackOwnsItsKey) {
+TEST_F(LimiterFailure, AsyncLocalFallbackOwnsItsKey) {
   sluice::limiter lim = make_limiter({.failures_to_open = 100});
   ASSERT_TRUE(lim.add_policy({"chat", make(1, hours(1)), algorithm::gcra, failure_mode::local}));
-  store_->failing = true;
-  store_->defer = true;
+  store_->fail();
+  store_->hold();
   const std::string long_key(600, 'k');  // past the limiter's on-stack buffer
   std::vector<decision> got;
   for (const std::string& key : {std::string("a"), long_key}) {
@@ -681,7 +607,7 @@ TEST_F(FailureTest, AsyncLocalFallbackOwnsItsKey) {
   }
   clobber_stack();
   ASSERT_TRUE(got.empty());
-  std::thread io([&] { EXPECT_EQ(store_->run_deferred(), 4u); });
+  std::thread io([&] { EXPECT_EQ(store_->release(), 4u); });
   io.join();
   ASSERT_EQ(got.size(), 4u);
   EXPECT_TRUE(got[0].allowed);
@@ -689,7 +615,7 @@ TEST_F(FailureTest, AsyncLocalFallbackOwnsItsKey) {
   EXPECT_TRUE(got[2].allowed);
   EXPECT_FALSE(got[3].allowed);
   // The same keys, decided locally by the sync form, are spent.
-  store_->defer = false;
+  store_->hold(false);
   EXPECT_FALSE(must(lim.acquire("chat", "a")).allowed);
   EXPECT_FALSE(must(lim.acquire("chat", long_key)).allowed);
   EXPECT_TRUE(must(lim.acquire("chat", "b")).allowed);
@@ -697,10 +623,10 @@ TEST_F(FailureTest, AsyncLocalFallbackOwnsItsKey) {
 
 // Verifies that the old one-argument constructor still works and means the defaults: fail
 // open, a breaker after 5 failures, no warnings.
-TEST_F(FailureTest, StoreOnlyConstructorUsesTheDefaults) {
+TEST_F(LimiterFailure, StoreOnlyConstructorUsesTheDefaults) {
   sluice::limiter lim{store_};
   ASSERT_TRUE(lim.add_policy({"chat", make(3, hours(1))}));
-  store_->failing = true;
+  store_->fail();
   for (int i = 0; i < 4; ++i) EXPECT_TRUE(must(lim.acquire("chat", "u")).allowed);
   EXPECT_EQ(lim.breaker().state(), breaker_state::closed);
   EXPECT_TRUE(must(lim.acquire("chat", "u")).allowed);
@@ -711,14 +637,14 @@ TEST_F(FailureTest, StoreOnlyConstructorUsesTheDefaults) {
 // Verifies that threads deciding (sync and async, every mode) while the store flaps and
 // completes on another thread always get a decision and keep the counters consistent. Run
 // under TSan too.
-TEST_F(FailureTest, ConcurrentDecisionsWhileTheStoreFlaps) {
+TEST_F(LimiterFailure, ConcurrentDecisionsWhileTheStoreFlaps) {
   sluice::limiter lim =
       make_limiter({.failures_to_open = 3, .open_for = milliseconds(1)}, milliseconds(5));
   for (const failure_mode m : {failure_mode::allow, failure_mode::deny, failure_mode::local}) {
     ASSERT_TRUE(lim.add_policy(
         {std::string(sluice::to_string(m)), make(50, seconds(1)), algorithm::sliding_counter, m}));
   }
-  store_->defer = true;
+  store_->hold();
   constexpr int kThreads = 4;
   constexpr int kCalls = 3000;
   std::atomic<bool> done{false};
@@ -728,16 +654,19 @@ TEST_F(FailureTest, ConcurrentDecisionsWhileTheStoreFlaps) {
   // The store's I/O thread: completes deferred calls as they come.
   std::thread io([&] {
     start.arrive_and_wait();
-    while (!done.load()) store_->run_deferred();
-    store_->run_deferred();
+    while (!done.load()) store_->release();
+    store_->release();
   });
   // Flaps the store and moves time.
   std::thread chaos([&] {
     start.arrive_and_wait();
     for (int i = 0; !done.load(); ++i) {
-      store_->failing = (i / 50) % 2 == 0;
-      store_->code = store_failures[i % 3];
-      store_->defer = i % 7 != 0;
+      if ((i / 50) % 2 == 0) {
+        store_->fail(store_failures[i % 3]);
+      } else {
+        store_->recover();
+      }
+      store_->hold(i % 7 != 0);
       clock_.advance(microseconds(100));
       std::this_thread::yield();
     }

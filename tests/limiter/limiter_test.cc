@@ -29,13 +29,8 @@ using std::chrono::microseconds;
 using std::chrono::seconds;
 
 using sluice::test::all_algorithms;
-
 using sluice::test::make;
-
-decision must(const result<decision>& r) {
-  EXPECT_TRUE(r) << r.error().message();
-  return r ? *r : decision{};
-}
+using sluice::test::must;
 
 // A limiter over a memory store driven by a manual clock.
 class LimiterTest : public ::testing::Test {

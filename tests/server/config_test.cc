@@ -126,7 +126,7 @@ policies:
   EXPECT_EQ(chat.policy.limit, *parse_limit("30/hour"));
   EXPECT_EQ(chat.policy.algorithm, algorithm::sliding_log);
   EXPECT_EQ(chat.policy.on_failure, failure_mode::deny);
-  EXPECT_TRUE(chat.shadow);
+  EXPECT_TRUE(chat.policy.shadow);
   EXPECT_EQ(chat.gate_key.header, "X-User-Id");
   EXPECT_EQ(chat.gate_key.query, "user");  // not overridden: the top-level one
 
@@ -135,7 +135,7 @@ policies:
   EXPECT_EQ(api.policy.limit, *parse_limit("100/1m"));
   EXPECT_EQ(api.policy.algorithm, algorithm::gcra);
   EXPECT_EQ(api.policy.on_failure, failure_mode::local);
-  EXPECT_FALSE(api.shadow);
+  EXPECT_FALSE(api.policy.shadow);
   EXPECT_EQ(api.gate_key.header, "X-Real-IP");
 
   const served_policy& login = c.policies[2];
@@ -171,7 +171,7 @@ TEST(Config, MissingFieldsKeepTheDefaults) {
   ASSERT_EQ(c.policies.size(), 1u);
   EXPECT_EQ(c.policies[0].policy.algorithm, algorithm::sliding_log);
   EXPECT_EQ(c.policies[0].policy.on_failure, failure_mode::allow);
-  EXPECT_FALSE(c.policies[0].shadow);
+  EXPECT_FALSE(c.policies[0].policy.shadow);
   EXPECT_EQ(c.policies[0].gate_key.header, "X-Forwarded-For");
 }
 
@@ -210,7 +210,7 @@ TEST(Config, ShippedExampleLoads) {
   EXPECT_EQ(c->policies[2].policy.name, "login");
   EXPECT_EQ(c->policies[2].policy.limit, *parse_limit("5/15m"));
   EXPECT_EQ(c->policies[2].policy.algorithm, algorithm::sliding_counter);
-  EXPECT_TRUE(c->policies[2].shadow);
+  EXPECT_TRUE(c->policies[2].policy.shadow);
 }
 
 // Verifies that load_config names the file it was given in its messages.

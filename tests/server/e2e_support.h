@@ -182,7 +182,7 @@ inline served_policy make_policy(const std::string& name, const std::string& lim
   served_policy p;
   p.policy.name = name;
   p.policy.limit = *sluice::parse_limit(limit);
-  p.shadow = shadow;
+  p.policy.shadow = shadow;
   return p;
 }
 

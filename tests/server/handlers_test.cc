@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -21,13 +22,13 @@
 #include "sluice/clock.h"
 #include "sluice/memory_store.h"
 
+#include "support/fake_store.h"
 #include "support/test_util.h"
 
 namespace {
 
 using sluice::algorithm;
 using sluice::failure_mode;
-using sluice::server::handler_hooks;
 using sluice::server::http_request;
 using sluice::server::http_response;
 using sluice::server::key_source;
@@ -37,6 +38,8 @@ using sluice::server::request_handler;
 using sluice::server::route;
 using sluice::server::served_policy;
 using sluice::server::server_config;
+using sluice::test::fake_store;
+using sluice::test::fake_store_options;
 using json = nlohmann::json;
 using std::chrono::hours;
 using std::chrono::seconds;
@@ -51,7 +54,7 @@ served_policy make_policy(const std::string& name, const std::string& limit,
   p.policy.name = name;
   p.policy.limit = *sluice::parse_limit(limit);
   p.policy.algorithm = a;
-  p.shadow = shadow;
+  p.policy.shadow = shadow;
   p.gate_key = std::move(gate);
   return p;
 }
@@ -68,24 +71,10 @@ server_config base_config() {
   return c;
 }
 
-// A store that is down: every call fails as an unreachable Redis would.
-class down_store final : public sluice::store {
- public:
-  sluice::result<sluice::decision> acquire(const sluice::request&) override { return failed(); }
-  sluice::result<sluice::decision> peek(const sluice::request&) override { return failed(); }
-  sluice::result<void> reset(std::string_view) override { return failed(); }
-  std::string describe() const override { return "redis://down:6379/0"; }
-
- private:
-  static sluice::error failed() {
-    return sluice::make_error(sluice::errc::store_unavailable, "connection refused");
-  }
-};
-
 class Handlers : public ::testing::Test {
  protected:
-  void build(server_config c = base_config(), handler_hooks hooks = {},
-             std::shared_ptr<sluice::store> s = nullptr) {
+  // Builds the handler for `c` on `s`, by default a memory store on the test's clock.
+  void build(server_config c = base_config(), std::shared_ptr<sluice::store> s = nullptr) {
     config_ = std::move(c);
     if (!s) {
       sluice::memory_store_options o;
@@ -96,19 +85,24 @@ class Handlers : public ::testing::Test {
     std::vector<std::string> names;
     for (const auto& p : config_.policies) names.push_back(p.policy.name);
     metrics_ = std::make_unique<metrics>(std::move(names));
-    handler_ = std::make_unique<request_handler>(config_, *limiter_, *metrics_, std::move(hooks));
+    handler_ = std::make_unique<request_handler>(config_, *limiter_, *metrics_);
+  }
+
+  static http_request make_request(http::verb method, const std::string& target,
+                                   const std::string& body = {}, const header_list& headers = {}) {
+    http_request req{method, target, 11};
+    for (const auto& [name, value] : headers) req.set(name, value);
+    req.body() = body;
+    req.prepare_payload();
+    return req;
   }
 
   http_response call(http::verb method, const std::string& target, const std::string& body = {},
                      const header_list& headers = {}) {
     if (!handler_) build();
-    http_request req{method, target, 11};
-    for (const auto& [name, value] : headers) req.set(name, value);
-    req.body() = body;
-    req.prepare_payload();
     std::optional<http_response> got;
     int calls = 0;
-    handler_->handle(std::move(req), [&](http_response r) {
+    handler_->handle(make_request(method, target, body, headers), [&](http_response r) {
       ++calls;
       got = std::move(r);
     });
@@ -414,20 +408,40 @@ TEST_F(Handlers, ResetErrorsNameTheField) {
                http::status::bad_request, "key");
 }
 
-TEST_F(Handlers, ResetRunsOnTheBlockingHook) {
-  // Verifies that a reset runs through run_blocking (off the I/O threads) and answers from
-  // there.
-  int ran = 0;
-  handler_hooks hooks;
-  hooks.run_blocking = [&](std::function<void()> job) {
-    ++ran;
-    job();
-  };
-  build(base_config(), std::move(hooks));
-  EXPECT_EQ(call(http::verb::delete_, "/v1/keys/chat/u").result(), http::status::no_content);
-  EXPECT_EQ(ran, 1);
-  acquire(R"({"key": "u", "policy": "chat"})");
-  EXPECT_EQ(ran, 1);  // decisions use the async API, not the hook
+TEST_F(Handlers, ResetAndDecisionsAnswerWhenTheStoreCompletes) {
+  // Verifies that a reset goes through the store's async reset, so nothing blocks on the
+  // store: handle() returns at once and the response comes when the store completes the
+  // call, later, on its own thread. Decisions are async the same way.
+  auto store = std::make_shared<fake_store>(fake_store_options{.time_source = &clock_});
+  build(base_config(), store);
+  for (int i = 0; i < 30; ++i) acquire(R"({"key": "u", "policy": "chat"})");
+
+  store->hold();
+  int calls = 0;
+  std::optional<http_response> reset;
+  handler_->handle(make_request(http::verb::delete_, "/v1/keys/chat/u"), [&](http_response r) {
+    ++calls;
+    reset = std::move(r);
+  });
+  EXPECT_EQ(calls, 0) << "answered before the store completed the reset";
+  std::optional<http_response> decided;
+  handler_->handle(
+      make_request(http::verb::post, "/v1/acquire", R"({"key": "u", "policy": "chat"})"),
+      [&](http_response r) {
+        ++calls;
+        decided = std::move(r);
+      });
+  EXPECT_EQ(calls, 0) << "answered before the store completed the decision";
+
+  std::thread io([&] { EXPECT_EQ(store->release(), 2u); });
+  io.join();
+  EXPECT_EQ(calls, 2);
+  ASSERT_TRUE(reset);
+  EXPECT_EQ(reset->result(), http::status::no_content);
+  EXPECT_TRUE(reset->body().empty());
+  ASSERT_TRUE(decided);
+  EXPECT_EQ(body_of(*decided)["remaining"], 29);  // decided after the reset, afresh
+  EXPECT_EQ(metrics_->requests(route::reset, 204), 1u);
 }
 
 TEST_F(Handlers, ApiTokensAreRequiredWhenConfigured) {
@@ -484,18 +498,20 @@ TEST_F(Handlers, ResetNeedsAnAdminToken) {
 TEST_F(Handlers, HealthReadinessAndMetrics) {
   // Verifies /healthz (always 200), /readyz (the store probe: 200 or 503) and /metrics (the
   // text format, with the decisions made so far).
-  bool ready = true;
-  handler_hooks hooks;
-  hooks.ready = [&] { return ready; };
-  build(base_config(), std::move(hooks));
+  auto store = std::make_shared<fake_store>(
+      fake_store_options{.uri = "redis://db:6379/0", .time_source = &clock_});
+  build(base_config(), store);
   EXPECT_EQ(call(http::verb::get, "/healthz").result(), http::status::ok);
   http_response r = call(http::verb::get, "/readyz");
   EXPECT_EQ(r.result(), http::status::ok);
   EXPECT_EQ(body_of(r)["status"], "ready");
-  ready = false;
+  EXPECT_EQ(body_of(r)["store"], "redis://db:6379/0");
+  EXPECT_FALSE(body_of(r).contains("detail"));
+  store->set_health({false, "not connected: connection refused"});
   r = call(http::verb::get, "/readyz");
   EXPECT_EQ(r.result(), http::status::service_unavailable);
   EXPECT_EQ(body_of(r)["status"], "store unreachable");
+  EXPECT_EQ(body_of(r)["detail"], "not connected: connection refused");
 
   acquire(R"({"key": "m", "policy": "chat"})");
   r = call(http::verb::get, "/metrics");
@@ -505,6 +521,8 @@ TEST_F(Handlers, HealthReadinessAndMetrics) {
             std::string::npos);
   EXPECT_NE(r.body().find("\nsluice_http_requests_total{route=\"/readyz\",code=\"503\"} 1\n"),
             std::string::npos);
+  // The store's own metrics follow (here the memory store's, which holds one key).
+  EXPECT_NE(r.body().find("\nsluice_memory_keys 1\n"), std::string::npos) << r.body();
 }
 
 TEST_F(Handlers, StoreDownFallsBackByPolicy) {
@@ -514,7 +532,9 @@ TEST_F(Handlers, StoreDownFallsBackByPolicy) {
   c.policies.push_back(make_policy("open", "5/1m"));
   c.policies.push_back(make_policy("shut", "5/1m"));
   c.policies.back().policy.on_failure = failure_mode::deny;
-  build(c, {}, std::make_shared<down_store>());
+  auto down = std::make_shared<fake_store>(fake_store_options{.uri = "redis://down:6379/0"});
+  down->fail(sluice::errc::store_unavailable, "connection refused");
+  build(c, down);
   http_response r = acquire(R"({"key": "u", "policy": "open"})");
   EXPECT_EQ(r.result(), http::status::ok);
   EXPECT_EQ(body_of(r)["allowed"], true);
@@ -533,7 +553,7 @@ TEST_F(Handlers, StoreDownFallsBackByPolicy) {
   EXPECT_NE(text.find("\nsluice_store_errors_total 4\n"), std::string::npos) << text;
 }
 
-TEST(HandlerSetup, PoliciesMustBeRegistered) {
+TEST_F(Handlers, PoliciesMustBeRegistered) {
   // Verifies that a handler refuses a configuration whose policies the limiter lacks, and
   // make_limiter refuses a bad policy name.
   server_config c = base_config();

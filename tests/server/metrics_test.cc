@@ -4,9 +4,17 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstddef>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
+
+#include "sluice/clock.h"
+#include "sluice/memory_store.h"
+#include "sluice/redis_cluster_store.h"
+#include "sluice/redis_store.h"
+#include "sluice/store.h"
 
 namespace {
 
@@ -138,51 +146,83 @@ TEST(Metrics, CountsFromManyThreads) {
   EXPECT_EQ(m.requests(route::acquire, 200), 40000u);
 }
 
-TEST(Metrics, RedisStoreStats) {
-  // Verifies that the Redis store's counters are rendered under their names and types.
-  sluice::redis_store_stats r;
-  r.requests = 10;
-  r.errors = 2;
-  r.timeouts = 1;
-  r.reconnects = 3;
-  r.script_loads = 4;
-  r.connected = 2;
+// A request on `key` (1/hour) for the stores below.
+sluice::request one_per_hour(std::string_view key) {
+  return {key, sluice::limit{1, std::chrono::hours(1)}, sluice::algorithm::gcra, 1, {}};
+}
+
+// Returns how many times `needle` occurs in `text`.
+std::size_t occurrences(const std::string& text, const std::string& needle) {
+  std::size_t n = 0;
+  for (std::size_t at = text.find(needle); at != std::string::npos;
+       at = text.find(needle, at + 1)) {
+    ++n;
+  }
+  return n;
+}
+
+TEST(Metrics, RedisStoreMetrics) {
+  // Verifies that a Redis store's own counters are rendered under their names and types: a
+  // real store on a loopback port nobody listens on, whose three calls each fail at once.
+  const auto options = sluice::parse_redis_uri("redis://127.0.0.1:1?connect_timeout=100ms");
+  ASSERT_TRUE(options) << options.error().message();
+  sluice::redis_store store(*options);
+  for (const char* key : {"a", "b", "c"}) EXPECT_FALSE(store.acquire(one_per_hour(key)));
   std::string text;
-  sluice::server::render_store_stats(text, r);
+  sluice::server::render_store_metrics(text, store);
   EXPECT_TRUE(has_line(text, "# TYPE sluice_redis_requests_total counter"));
-  EXPECT_TRUE(has_line(text, "sluice_redis_requests_total 10"));
-  EXPECT_TRUE(has_line(text, "sluice_redis_errors_total 2"));
-  EXPECT_TRUE(has_line(text, "sluice_redis_timeouts_total 1"));
-  EXPECT_TRUE(has_line(text, "sluice_redis_reconnects_total 3"));
-  EXPECT_TRUE(has_line(text, "sluice_redis_script_loads_total 4"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_requests_total 3")) << text;
+  EXPECT_TRUE(has_line(text, "sluice_redis_errors_total 3")) << text;
+  EXPECT_TRUE(has_line(text, "sluice_redis_timeouts_total 0"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_reconnects_total 0"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_script_loads_total 0"));
   EXPECT_TRUE(has_line(text, "# TYPE sluice_redis_connections gauge"));
-  EXPECT_TRUE(has_line(text, "sluice_redis_connections 2"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_connections 0"));
   EXPECT_EQ(text.find("cluster"), std::string::npos);
 }
 
-TEST(Metrics, RedisClusterStoreStats) {
-  // Verifies the cluster store's routing counters, besides the common ones.
-  sluice::redis_cluster_stats c;
-  c.requests = 7;
-  c.moved = 5;
-  c.asks = 6;
-  c.retries = 1;
-  c.refreshes = 9;
-  c.masters = 3;
-  c.slots_served = 10923;
-  c.connected = 4;
+TEST(Metrics, RedisClusterStoreMetrics) {
+  // Verifies the cluster store's routing metrics, besides the common ones, and that a name
+  // with several labelled samples gets its HELP and TYPE once: a real cluster store whose
+  // one seed nobody listens on.
+  const auto options =
+      sluice::parse_redis_cluster_uri("redis+cluster://127.0.0.1:1?connect_timeout=100ms");
+  ASSERT_TRUE(options) << options.error().message();
+  sluice::redis_cluster_store store(*options);
+  for (const char* key : {"a", "b"}) EXPECT_FALSE(store.acquire(one_per_hour(key)));
   std::string text;
-  sluice::server::render_store_stats(text, c);
-  EXPECT_TRUE(has_line(text, "sluice_redis_requests_total 7"));
-  EXPECT_TRUE(has_line(text, "sluice_redis_connections 4"));
+  sluice::server::render_store_metrics(text, store);
+  EXPECT_TRUE(has_line(text, "sluice_redis_requests_total 2")) << text;
+  EXPECT_TRUE(has_line(text, "sluice_redis_connections 0"));
   EXPECT_TRUE(has_line(text, "# TYPE sluice_redis_cluster_redirects_total counter"));
-  EXPECT_TRUE(has_line(text, R"(sluice_redis_cluster_redirects_total{kind="moved"} 5)"));
-  EXPECT_TRUE(has_line(text, R"(sluice_redis_cluster_redirects_total{kind="ask"} 6)"));
-  EXPECT_TRUE(has_line(text, "sluice_redis_cluster_retries_total 1"));
-  EXPECT_TRUE(has_line(text, "sluice_redis_cluster_slot_map_reads_total 9"));
+  EXPECT_EQ(occurrences(text, "# TYPE sluice_redis_cluster_redirects_total "), 1u);
+  EXPECT_EQ(occurrences(text, "# HELP sluice_redis_cluster_redirects_total "), 1u);
+  EXPECT_TRUE(has_line(text, R"(sluice_redis_cluster_redirects_total{kind="moved"} 0)"));
+  EXPECT_TRUE(has_line(text, R"(sluice_redis_cluster_redirects_total{kind="ask"} 0)"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_cluster_retries_total 0"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_cluster_slot_map_reads_total 0"));
   EXPECT_TRUE(has_line(text, "# TYPE sluice_redis_cluster_masters gauge"));
-  EXPECT_TRUE(has_line(text, "sluice_redis_cluster_masters 3"));
-  EXPECT_TRUE(has_line(text, "sluice_redis_cluster_slots_served 10923"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_cluster_masters 0"));
+  EXPECT_TRUE(has_line(text, "sluice_redis_cluster_slots_served 0"));
+}
+
+TEST(Metrics, MemoryStoreMetrics) {
+  // Verifies the memory store's metrics as /metrics renders them: keys held (a gauge),
+  // expired and evicted keys (counters).
+  sluice::manual_clock clock{std::chrono::seconds(10)};
+  sluice::memory_store_options o;
+  o.max_keys = 2;
+  o.shards = 1;
+  o.time_source = &clock;
+  sluice::memory_store store(o);
+  for (const char* key : {"a", "b", "c"}) EXPECT_TRUE(store.acquire(one_per_hour(key)));
+  std::string text;
+  sluice::server::render_store_metrics(text, store);
+  EXPECT_TRUE(has_line(text, "# TYPE sluice_memory_keys gauge")) << text;
+  EXPECT_TRUE(has_line(text, "sluice_memory_keys 2"));
+  EXPECT_TRUE(has_line(text, "# TYPE sluice_memory_evicted_total counter"));
+  EXPECT_TRUE(has_line(text, "sluice_memory_evicted_total 1"));
+  EXPECT_TRUE(has_line(text, "sluice_memory_expired_total 0"));
 }
 
 }  // namespace

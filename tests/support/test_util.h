@@ -9,6 +9,7 @@
 #include <functional>
 #include <mutex>
 #include <ostream>
+#include <source_location>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -23,7 +24,7 @@ namespace sluice {
 inline void PrintTo(const decision& d, std::ostream* os) {
   *os << "{allowed=" << d.allowed << ", limit=" << d.limit << ", remaining=" << d.remaining
       << ", retry_after=" << d.retry_after.count() << "us, reset_after=" << d.reset_after.count()
-      << "us}";
+      << "us, source=" << to_string(d.source) << "}";
 }
 
 namespace test {
@@ -36,6 +37,24 @@ inline limit make(std::int64_t count, std::chrono::microseconds window) {
   const result<limit> l = make_limit(count, window);
   EXPECT_TRUE(l) << l.error().message();
   return l ? *l : limit{1, std::chrono::microseconds(1)};
+}
+
+// Returns the value of `r`. When `r` failed, fails the test (at the caller's line) with the
+// error's message and returns a value-initialised T, so that the test goes on and reports
+// what follows instead of aborting the binary.
+//
+//   EXPECT_TRUE(must(lim.acquire("chat", "u")).allowed);
+template <class T>
+T must(const result<T>& r, const std::source_location at = std::source_location::current()) {
+  if (r) return *r;
+  ADD_FAILURE_AT(at.file_name(), static_cast<int>(at.line())) << r.error().message();
+  return T{};
+}
+
+// The same for results with no value: fails the test when `r` failed.
+inline void must(const result<void>& r,
+                 const std::source_location at = std::source_location::current()) {
+  if (!r) ADD_FAILURE_AT(at.file_name(), static_cast<int>(at.line())) << r.error().message();
 }
 
 // Completions a test double holds back, as a store's I/O thread would, until the test runs

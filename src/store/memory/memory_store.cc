@@ -15,6 +15,8 @@
 #include "sluice/algorithms.h"
 
 namespace sluice {
+
+using std::chrono::microseconds;
 namespace {
 
 // A key's node, allocated from its shard's pool: the algorithm's state, then the key's
@@ -305,9 +307,11 @@ struct memory_store::impl {
   }
 
   result<decision> decide(const request& r, mode m) {
-    if (r.key.empty() || r.key.size() > options.max_key_length) return check_key(r.key).error();
+    if (r.key.empty() || r.key.size() > options.max_key_length)
+      return fail(check_key(r.key).error());
     const microseconds now = r.now ? *r.now : options.time_source->now();
-    if (!request_in_range(r.limit, r.cost, now)) return check_request(r.limit, r.cost, now).error();
+    if (!request_in_range(r.limit, r.cost, now))
+      return fail(check_request(r.limit, r.cost, now).error());
 
     const std::uint64_t hash = hash_of(r.key);
     shard& s = shard_for(hash);
@@ -410,6 +414,28 @@ std::string memory_store::describe() const {
   return "memory://?shards=" + std::to_string(impl_->options.shards) +
          "&max_keys=" + std::to_string(impl_->options.max_keys) +
          "&max_key_length=" + std::to_string(impl_->options.max_key_length);
+}
+
+void memory_store::visit_metrics(const metric_visitor& visit) const {
+  const memory_store_stats s = stats();
+  visit({"sluice_memory_keys",
+         "Keys held by the memory store now.",
+         store_metric::kind::gauge,
+         {},
+         {},
+         s.keys});
+  visit({"sluice_memory_expired_total",
+         "Keys the memory store dropped because they had expired.",
+         store_metric::kind::counter,
+         {},
+         {},
+         s.expired});
+  visit({"sluice_memory_evicted_total",
+         "Live keys the memory store dropped to stay under max_keys.",
+         store_metric::kind::counter,
+         {},
+         {},
+         s.evicted});
 }
 
 memory_store_stats memory_store::stats() const {

@@ -25,7 +25,7 @@ bool parse_whole(std::string_view text, T& out) {
   return ec == std::errc() && end == text.data() + text.size() && !text.empty();
 }
 
-error bad_slots(const std::string& why) {
+unexpected<error> bad_slots(const std::string& why) {
   return make_error(errc::store_error, "redis: CLUSTER SLOTS reply: " + why);
 }
 

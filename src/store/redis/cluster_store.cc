@@ -79,7 +79,7 @@ struct call {
   store::reset_completion was_reset;
 };
 
-error unavailable(const std::string& why) {
+unexpected<error> unavailable(const std::string& why) {
   return make_error(errc::store_unavailable, "redis cluster: " + why);
 }
 
@@ -177,7 +177,7 @@ struct redis_cluster_store::impl {
   // --- calls --------------------------------------------------------------------------
 
   void decide(const request& r, bool acquire, completion done) {
-    if (auto ok = redis::check_redis_request(r); !ok) return done(ok.error());
+    if (auto ok = redis::check_redis_request(r); !ok) return done(fail(ok.error()));
     ++shared->requests;
     auto c = std::make_shared<call>();
     c->script = redis::make_script_call(*shared, r, redis_key(r.key), acquire);
@@ -189,7 +189,7 @@ struct redis_cluster_store::impl {
   }
 
   void reset(std::string_view key, reset_completion done) {
-    if (auto ok = redis::check_key(key); !ok) return done(ok.error());
+    if (auto ok = redis::check_key(key); !ok) return done(fail(ok.error()));
     ++shared->requests;
     auto c = std::make_shared<call>();
     c->key = redis_key(key);
@@ -471,21 +471,6 @@ redis_cluster_store::~redis_cluster_store() {
   m.thread.join();
 }
 
-result<decision> redis_cluster_store::acquire(const request& r) {
-  return redis::wait_for<decision>(
-      impl_->thread, [&](completion done) { impl_->decide(r, true, std::move(done)); });
-}
-
-result<decision> redis_cluster_store::peek(const request& r) {
-  return redis::wait_for<decision>(
-      impl_->thread, [&](completion done) { impl_->decide(r, false, std::move(done)); });
-}
-
-result<void> redis_cluster_store::reset(std::string_view key) {
-  return redis::wait_for<void>(impl_->thread,
-                               [&](reset_completion done) { impl_->reset(key, std::move(done)); });
-}
-
 void redis_cluster_store::async_acquire(const request& r, completion done) {
   impl_->decide(r, true, std::move(done));
 }
@@ -544,14 +529,8 @@ std::string redis_cluster_store::describe() const {
 
 redis_cluster_stats redis_cluster_store::stats() const {
   const impl& m = *impl_;
-  const auto& s = *m.shared;
   redis_cluster_stats out;
-  out.requests = s.requests.load();
-  out.errors = s.errors.load();
-  out.timeouts = s.timeouts.load();
-  out.reconnects = s.reconnects.load();
-  out.script_loads = s.script_loads.load();
-  out.connected = s.connected.load();
+  redis::read_common_stats(*m.shared, out);
   out.moved = m.moved.load();
   out.asks = m.asks.load();
   out.retries = m.retries.load();
@@ -569,5 +548,52 @@ redis_cluster_stats redis_cluster_store::stats() const {
 }
 
 bool redis_cluster_store::ready() const { return stats().slots_served > 0; }
+
+bool redis_cluster_store::on_io_thread() const noexcept {
+  return std::this_thread::get_id() == impl_->thread.get_id();
+}
+
+store_health redis_cluster_store::health() const {
+  const redis_cluster_stats s = stats();
+  store_health h;
+  h.ready = s.slots_served > 0;
+  if (s.masters == 0) {
+    h.detail = "no slot map read yet";
+  } else if (s.slots_served < static_cast<std::size_t>(kClusterSlots)) {
+    h.detail = std::to_string(s.slots_served) + " of " + std::to_string(kClusterSlots) +
+               " slots have a reachable master (" + std::to_string(s.masters) + " masters)";
+  }
+  return h;
+}
+
+void redis_cluster_store::visit_metrics(const metric_visitor& visit) const {
+  const redis_cluster_stats s = stats();
+  redis::visit_common_metrics(visit, s);
+  using kind = store_metric::kind;
+  constexpr std::string_view redirects = "sluice_redis_cluster_redirects_total";
+  constexpr std::string_view redirects_help = "MOVED and ASK redirections followed.";
+  visit({redirects, redirects_help, kind::counter, "kind", "moved", s.moved});
+  visit({redirects, redirects_help, kind::counter, "kind", "ask", s.asks});
+  visit({"sluice_redis_cluster_retries_total",
+         "TRYAGAIN replies tried again.",
+         kind::counter,
+         {},
+         {},
+         s.retries});
+  visit({"sluice_redis_cluster_slot_map_reads_total",
+         "Slot maps read (CLUSTER SLOTS) and applied.",
+         kind::counter,
+         {},
+         {},
+         s.refreshes});
+  visit(
+      {"sluice_redis_cluster_masters", "Masters in the slot map.", kind::gauge, {}, {}, s.masters});
+  visit({"sluice_redis_cluster_slots_served",
+         "Slots (of 16384) whose master has a connection up now.",
+         kind::gauge,
+         {},
+         {},
+         s.slots_served});
+}
 
 }  // namespace sluice

@@ -58,9 +58,9 @@ class asio_connection final : public connection,
 
   void submit(std::string command, std::vector<pending> calls) override {
     if (enqueue(command, calls.data(), calls.size())) return;
-    const error e = make_error(errc::store_unavailable, unavailable_reason());
+    const error e = make_error(errc::store_unavailable, unavailable_reason()).error();
     for (pending& p : calls) {
-      if (p.done) p.done(e);
+      if (p.done) p.done(sluice::fail(e));
     }
   }
 
@@ -87,7 +87,7 @@ class asio_connection final : public connection,
         self->closed_ = true;
       }
       self->retry_timer_.cancel();
-      self->drop(make_error(errc::store_unavailable, "redis: the store was closed"));
+      self->drop(make_error(errc::store_unavailable, "redis: the store was closed").error());
     });
   }
 
@@ -357,7 +357,7 @@ class asio_connection final : public connection,
       first_attempt_done_ = true;
     }
     first_cv_.notify_all();
-    drop(make_error(errc::store_unavailable, message));
+    drop(make_error(errc::store_unavailable, message).error());
     if (is_closed()) return;
     retry_timer_.expires_after(backoff_);
     backoff_ = std::min(backoff_ * 2, options().reconnect_max);
@@ -392,7 +392,7 @@ class asio_connection final : public connection,
     write_buffer_.clear();
     if (pipeline_) pipeline_->fail_all(e);
     for (pending& p : queued) {
-      if (p.done) p.done(e);
+      if (p.done) p.done(sluice::fail(e));
     }
   }
 
@@ -471,7 +471,7 @@ std::shared_ptr<connection> make_connection(asio::io_context& io,
 }
 
 result<decision> to_decision(const result<reply>& r, std::int64_t count) {
-  if (!r) return r.error();
+  if (!r) return fail(r.error());
   if (r->is_error()) return make_error(errc::store_error, "redis: script failed: " + r->text);
   const auto& e = r->elements;
   if (r->type != reply::kind::array || e.size() != 4) {
@@ -486,8 +486,8 @@ result<decision> to_decision(const result<reply>& r, std::int64_t count) {
   d.allowed = e[0].integer == 1;
   d.limit = count;
   d.remaining = e[1].integer;
-  d.retry_after = microseconds{e[2].integer};
-  d.reset_after = microseconds{e[3].integer};
+  d.retry_after = std::chrono::microseconds{e[2].integer};
+  d.reset_after = std::chrono::microseconds{e[3].integer};
   if (d.remaining < 0 || d.remaining > count || d.retry_after.count() < 0 ||
       d.reset_after.count() < 0 || (e[0].integer != 0 && e[0].integer != 1)) {
     return make_error(errc::store_error, "redis: script reply out of range");
@@ -496,7 +496,7 @@ result<decision> to_decision(const result<reply>& r, std::int64_t count) {
 }
 
 result<void> to_reset_result(const result<reply>& r) {
-  if (!r) return r.error();
+  if (!r) return fail(r.error());
   if (r->is_error()) return make_error(errc::store_error, "redis: DEL failed: " + r->text);
   return {};
 }
@@ -512,7 +512,7 @@ result<void> check_key(std::string_view key) {
 
 result<void> check_redis_request(const request& r) {
   if (auto ok = check_key(r.key); !ok) return ok;
-  const microseconds now = r.now.value_or(microseconds{0});
+  const std::chrono::microseconds now = r.now.value_or(std::chrono::microseconds{0});
   if (auto ok = check_request(r.limit, r.cost, now); !ok) return ok;
   if (now.count() > kMaxScriptTime) {
     return make_error(errc::invalid_time, "time past 2^52us cannot be sent to Redis");
@@ -532,12 +532,6 @@ script_call make_script_call(shared_state& shared, const request& r, std::string
   if (r.now) call.now_us = r.now->count();
   call.token = shared.next_token();
   return call;
-}
-
-error io_thread_error() {
-  return make_error(errc::store_error,
-                    "redis: a synchronous call from a completion would deadlock; use the async "
-                    "form there");
 }
 
 }  // namespace sluice::redis

@@ -116,42 +116,57 @@ result<void> check_redis_request(const request& r);
 // Returns the script call for `r` on the Redis key `key`, with a fresh token.
 script_call make_script_call(shared_state& shared, const request& r, std::string key, bool acquire);
 
-// Blocks the calling thread until a completion runs. The stores always answer by the
-// call's deadline (or sooner), so the wait is bounded.
-template <class T>
-class waiter {
- public:
-  std::function<void(result<T>)> completion() {
-    return [this](result<T> r) {
-      std::lock_guard lock(mu_);
-      value_.emplace(std::move(r));
-      cv_.notify_one();
-    };
-  }
-  result<T> wait() {
-    std::unique_lock lock(mu_);
-    cv_.wait(lock, [&] { return value_.has_value(); });
-    return std::move(*value_);
-  }
+// Copies the counters both Redis stores keep into `out`.
+inline void read_common_stats(const shared_state& s, redis_store_stats& out) {
+  out.requests = s.requests.load();
+  out.errors = s.errors.load();
+  out.timeouts = s.timeouts.load();
+  out.reconnects = s.reconnects.load();
+  out.script_loads = s.script_loads.load();
+  out.connected = s.connected.load();
+}
 
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::optional<result<T>> value_;
-};
-
-// The error of a synchronous call made on a store's own I/O thread (from inside a
-// completion), which would wait for itself.
-error io_thread_error();
-
-// Runs an async call, `start(completion)`, and waits for its result: the synchronous form
-// of a store's calls. On the store's I/O thread `io` it returns io_thread_error() instead.
-template <class T, class Start>
-result<T> wait_for(const std::thread& io, Start&& start) {
-  if (std::this_thread::get_id() == io.get_id()) return io_thread_error();
-  waiter<T> w;
-  std::forward<Start>(start)(w.completion());
-  return w.wait();
+// Reports the counters both Redis stores keep (`Stats` is redis_store_stats or
+// redis_cluster_stats) to a store's metric visitor.
+template <class Stats>
+void visit_common_metrics(const store::metric_visitor& visit, const Stats& s) {
+  using kind = store_metric::kind;
+  visit({"sluice_redis_requests_total",
+         "Decisions and resets sent to Redis.",
+         kind::counter,
+         {},
+         {},
+         s.requests});
+  visit({"sluice_redis_errors_total",
+         "Redis calls that ended in an error.",
+         kind::counter,
+         {},
+         {},
+         s.errors});
+  visit({"sluice_redis_timeouts_total",
+         "Redis calls that got no reply before their deadline.",
+         kind::counter,
+         {},
+         {},
+         s.timeouts});
+  visit({"sluice_redis_reconnects_total",
+         "Connections to Redis made again after a failure.",
+         kind::counter,
+         {},
+         {},
+         s.reconnects});
+  visit({"sluice_redis_script_loads_total",
+         "NOSCRIPT replies answered by sending the script's source.",
+         kind::counter,
+         {},
+         {},
+         s.script_loads});
+  visit({"sluice_redis_connections",
+         "Connections to Redis up now.",
+         kind::gauge,
+         {},
+         {},
+         s.connected});
 }
 
 }  // namespace sluice::redis

@@ -26,7 +26,7 @@ result<void> pipeline::on_bytes(std::string_view bytes, std::vector<pending>& re
   reader_.feed(bytes);
   for (;;) {
     auto next = reader_.next();
-    if (!next) return next.error();
+    if (!next) return fail(next.error());
     if (!next->has_value()) return {};
     if (waiting_.empty()) {
       return make_error(errc::store_error, "redis: a reply arrived that no call was waiting for");
@@ -64,7 +64,7 @@ void pipeline::fail_all(const error& e) {
   gone.swap(waiting_);
   earliest_.reset();
   for (pending& p : gone) {
-    if (p.done) p.done(e);
+    if (p.done) p.done(fail(e));
   }
 }
 

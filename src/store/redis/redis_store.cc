@@ -37,7 +37,7 @@ struct redis_store::impl {
   }
 
   void decide(const request& r, bool acquire, completion done) {
-    if (auto ok = redis::check_redis_request(r); !ok) return done(ok.error());
+    if (auto ok = redis::check_redis_request(r); !ok) return done(fail(ok.error()));
     ++shared->requests;
     script_call call = redis::make_script_call(*shared, r, full_key(r.key), acquire);
     std::string command;
@@ -54,7 +54,7 @@ struct redis_store::impl {
   }
 
   void reset(std::string_view key, reset_completion done) {
-    if (auto ok = redis::check_key(key); !ok) return done(ok.error());
+    if (auto ok = redis::check_key(key); !ok) return done(fail(ok.error()));
     ++shared->requests;
     std::string command;
     redis::append_command(command, {"DEL", full_key(key)});
@@ -98,21 +98,6 @@ redis_store::~redis_store() {
   impl_->thread.join();
 }
 
-result<decision> redis_store::acquire(const request& r) {
-  return redis::wait_for<decision>(
-      impl_->thread, [&](completion done) { impl_->decide(r, true, std::move(done)); });
-}
-
-result<decision> redis_store::peek(const request& r) {
-  return redis::wait_for<decision>(
-      impl_->thread, [&](completion done) { impl_->decide(r, false, std::move(done)); });
-}
-
-result<void> redis_store::reset(std::string_view key) {
-  return redis::wait_for<void>(impl_->thread,
-                               [&](reset_completion done) { impl_->reset(key, std::move(done)); });
-}
-
 void redis_store::async_acquire(const request& r, completion done) {
   impl_->decide(r, true, std::move(done));
 }
@@ -133,15 +118,35 @@ std::string redis_store::describe() const {
 }
 
 redis_store_stats redis_store::stats() const {
-  const auto& s = *impl_->shared;
   redis_store_stats out;
-  out.requests = s.requests.load();
-  out.errors = s.errors.load();
-  out.timeouts = s.timeouts.load();
-  out.reconnects = s.reconnects.load();
-  out.script_loads = s.script_loads.load();
-  out.connected = s.connected.load();
+  redis::read_common_stats(*impl_->shared, out);
   return out;
+}
+
+bool redis_store::on_io_thread() const noexcept {
+  return std::this_thread::get_id() == impl_->thread.get_id();
+}
+
+store_health redis_store::health() const {
+  store_health h;
+  std::size_t up = 0;
+  for (const auto& c : impl_->connections) {
+    if (c->ready()) {
+      ++up;
+    } else if (h.detail.empty()) {
+      h.detail = c->unavailable_reason();
+    }
+  }
+  h.ready = up > 0;
+  if (h.ready && !h.detail.empty()) {
+    h.detail = std::to_string(up) + " of " + std::to_string(impl_->connections.size()) +
+               " connections up; " + h.detail;
+  }
+  return h;
+}
+
+void redis_store::visit_metrics(const metric_visitor& visit) const {
+  redis::visit_common_metrics(visit, stats());
 }
 
 bool redis_store::ready() const {

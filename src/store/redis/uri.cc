@@ -5,7 +5,7 @@
 #include "sluice/limit.h"
 #include "sluice/redis_cluster_store.h"
 #include "sluice/redis_store.h"
-#include "store/redis/query.h"
+#include "store/query.h"
 
 namespace sluice {
 namespace {
@@ -14,7 +14,7 @@ using internal::parse_number;
 constexpr std::size_t npos = std::string_view::npos;
 using internal::percent_decode;
 
-error bad(std::string_view uri, const std::string& problem) {
+unexpected<error> bad(std::string_view uri, const std::string& problem) {
   // Never echo the password back: print the URI up to the credentials.
   std::string shown(
       uri.substr(0, uri.find("://") == std::string_view::npos ? uri.size() : uri.find("://") + 3));
@@ -23,7 +23,7 @@ error bad(std::string_view uri, const std::string& problem) {
 
 result<std::chrono::milliseconds> parse_ms(std::string_view value) {
   auto d = parse_duration(value);
-  if (!d) return d.error();
+  if (!d) return fail(d.error());
   return std::chrono::duration_cast<std::chrono::milliseconds>(*d);
 }
 
@@ -151,7 +151,7 @@ result<redis_store_options> parse_redis_uri(std::string_view uri) {
     } else {
       return bad(uri, "unknown option \"" + n + "\"");
     }
-    if (!ok) return ok.error();
+    if (!ok) return fail(ok.error());
   }
   if (o.timeout.count() <= 0) return bad(uri, "timeout must be positive");
   if (o.connect_timeout.count() <= 0) return bad(uri, "connect_timeout must be positive");

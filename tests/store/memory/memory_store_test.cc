@@ -39,19 +39,13 @@ using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 using sluice::test::all_algorithms;
-
 using sluice::test::make;
+using sluice::test::must;
 
 sluice::request req(std::string_view key, const sluice::limit& l, algorithm a,
                     std::int64_t cost = 1,
                     std::optional<microseconds> now = std::optional<microseconds>{}) {
   return sluice::request{key, l, a, cost, now};
-}
-
-// Returns the store's decision, failing the test on an error.
-decision must(const result<decision>& r) {
-  EXPECT_TRUE(r) << r.error().message();
-  return r ? *r : decision{};
 }
 
 // The pure algorithms behind one interface, holding one key's state for each.

@@ -150,7 +150,7 @@ TEST(Pipeline, FailAllAnswersEveryWaitingCall) {
   pipeline pl;
   answers a;
   for (int i = 0; i < 4; ++i) pl.push(call(a, steady::now() + 1h));
-  pl.fail_all(make_error(errc::store_unavailable, "gone"));
+  pl.fail_all(make_error(errc::store_unavailable, "gone").error());
   ASSERT_EQ(a.got.size(), 4u);
   for (const auto& r : a.got) EXPECT_EQ(r.error().code, make_error_code(errc::store_unavailable));
   EXPECT_EQ(pl.size(), 0u);

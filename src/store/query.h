@@ -1,4 +1,4 @@
-// Splitting store URIs' `?name=value&...` options. Internal to sluice::redis.
+// Splitting store URIs' `?name=value&...` options. Internal to sluice (core and redis).
 #pragma once
 
 #include <charconv>
