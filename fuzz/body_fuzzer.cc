@@ -11,7 +11,9 @@
 //     `{}` followed by NUL and anything. Outside the subset parse_flat must decline; inside,
 //     it must give the fields nlohmann gives.
 //  2. parse_body as a whole gives what nlohmann's DOM alone gives: the same refusal (message
-//     and field) or the same five fields, a repeated member with its last value.
+//     and field) or the same five fields, a repeated member with its last value; except that
+//     parse_body refuses any body with a NUL byte as not JSON, where nlohmann may end the
+//     input at it and accept.
 //
 // Fields compare by class (absent, string, integer, too_large, other), strings by their bytes,
 // integers by value. The classes, from the DOM: a string; an integer that fits in int64; an
@@ -136,7 +138,7 @@ struct reading {
 reading read_with_nlohmann(std::string_view bytes) {
   reading r;
   r.dom = json::parse(bytes, nullptr, /*allow_exceptions=*/false);
-  if (r.dom.is_discarded()) {
+  if (r.dom.is_discarded() || bytes.find('\0') != std::string_view::npos) {
     r.refusal = body_error{"body is not valid JSON", "body"};
     return r;
   }

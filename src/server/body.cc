@@ -108,6 +108,11 @@ bool parse_flat(std::string_view body, body_fields& out) noexcept {
 }
 
 std::optional<body_error> parse_body(std::string_view body, body_fields& out, json& dom) {
+  // JSON has no raw NUL anywhere; nlohmann's lexer would take one as the end of the input and
+  // accept whatever follows it unread.
+  if (body.find('\0') != std::string_view::npos) {
+    return body_error{"body is not valid JSON", "body"};
+  }
   if (parse_flat(body, out)) return std::nullopt;
   // parse_flat may have filled some fields before it declined.
   out = body_fields{};

@@ -2,11 +2,11 @@
 // client, read into the five fields the API knows. `parse_body` accepts exactly the bodies
 // that nlohmann::json parses (RFC 8259, UTF-8, an optional BOM) to an object whose members are
 // all among key, policy, limit, algorithm and cost; a repeated member counts with its last
-// value. One leniency comes with nlohmann: its lexer takes a NUL byte where a token could
-// start as the end of the input, so `{"key":"k"}` followed by NUL and anything is accepted.
-// It rejects anything else (not JSON, not an object, an unknown member) with the message and
-// field of the 400 response. Values are only classified here; what each field must hold is
-// the handler's business.
+// value, except that a body with a NUL byte is refused (nlohmann's lexer would take one
+// where a token could start as the end of the input and accept what follows unread; JSON has
+// no raw NUL anywhere). It rejects anything else (not JSON, not an object, an unknown member) with
+// the message and field of the 400 response. Values are only classified here; what each field must
+// hold is the handler's business.
 //
 // The bodies clients send, a flat object of plain strings and small integers, are read by a
 // hand-written fast path (`parse_flat`) that builds no DOM; whatever it does not handle it
