@@ -137,7 +137,7 @@ fuzz: deps
 	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_BUILD_FUZZERS=ON -DSLUICE_BUILD_TESTS=OFF \
 	  -DSLUICE_BUILD_BENCHMARKS=OFF
 	cmake --build build/fuzz -j2
-	@for t in limit algorithms eval redis; do \
+	@for t in limit algorithms eval redis body; do \
 	  mkdir -p build/fuzz/corpus/$$t && cp -n fuzz/corpus/$$t/* build/fuzz/corpus/$$t/; \
 	  echo "=== fuzz_$$t for $(FUZZ_SECONDS)s"; \
 	  ./build/fuzz/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \

@@ -1,7 +1,8 @@
-# tests/server/: `sluice serve`. Its configuration loader; the header fields, metrics and
-# request handler without a socket; end-to-end tests over loopback, in-process and as
-# `sluice serve` child processes (one against a real redis-server, one on a real Redis
-# Cluster); and real nginx in front of it. Included from tests/CMakeLists.txt.
+# tests/server/: `sluice serve`. Its configuration loader; the header fields, metrics,
+# request handler, body parser and bearer tokens without a socket; end-to-end tests over
+# loopback, in-process and as `sluice serve` child processes (one against a real
+# redis-server, one on a real Redis Cluster); and real nginx in front of it. Included from
+# tests/CMakeLists.txt.
 if(TARGET sluice_server)
   sluice_gtest(config_test ${CMAKE_CURRENT_LIST_DIR}/server/config_test.cc)
   target_link_libraries(config_test PRIVATE sluice_server)
@@ -11,7 +12,9 @@ if(TARGET sluice_server)
   sluice_gtest(server_unit_test
     ${CMAKE_CURRENT_LIST_DIR}/server/headers_test.cc
     ${CMAKE_CURRENT_LIST_DIR}/server/metrics_test.cc
-    ${CMAKE_CURRENT_LIST_DIR}/server/handlers_test.cc)
+    ${CMAKE_CURRENT_LIST_DIR}/server/handlers_test.cc
+    ${CMAKE_CURRENT_LIST_DIR}/server/body_test.cc
+    ${CMAKE_CURRENT_LIST_DIR}/server/auth_test.cc)
   target_link_libraries(server_unit_test PRIVATE sluice_server)
 
   sluice_gtest(server_e2e_test ${CMAKE_CURRENT_LIST_DIR}/server/server_e2e_test.cc)

@@ -14,7 +14,9 @@ namespace sluice {
 using std::chrono::microseconds;
 namespace {
 
+using internal::iequals;
 using internal::quote;
+using internal::trim;
 
 struct unit {
   std::string_view name;
@@ -64,22 +66,6 @@ constexpr std::array<unit, 6> kCanonical{{{"d", 86400 * kSecond},
 
 bool is_space(char c) { return c == ' ' || c == '\t'; }
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && is_space(s.front())) s.remove_prefix(1);
-  while (!s.empty() && is_space(s.back())) s.remove_suffix(1);
-  return s;
-}
-
-char lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
 
 // Parses the leading decimal digits of `s`; false when there are none or they overflow.
 bool parse_digits(std::string_view& s, std::int64_t& value) {

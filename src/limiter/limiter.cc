@@ -19,17 +19,8 @@ namespace sluice {
 namespace {
 
 using internal::quote;
+using internal::valid_policy_name;
 using std::chrono::microseconds;
-
-bool valid_policy_name(std::string_view name) {
-  if (name.empty() || name.size() > 64) return false;
-  for (const char c : name) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '_' || c == '.' || c == '-';
-    if (!ok) return false;
-  }
-  return true;
-}
 
 // The store key of `key` under policy `scope`: `scope:key`, or `key` when unscoped. Short
 // keys are built on the stack so that a decision allocates nothing.

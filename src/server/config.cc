@@ -54,6 +54,8 @@ namespace sluice::server {
 namespace {
 
 using internal::quote;
+using internal::trim;
+using internal::valid_policy_name;
 using std::chrono::microseconds;
 using std::chrono::milliseconds;
 using namespace std::chrono_literals;
@@ -116,11 +118,6 @@ bool is_name_char(char c) {
          c == '.' || c == '-';
 }
 
-// The limiter's rule for policy names.
-bool valid_policy_name(std::string_view name) {
-  return !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), is_name_char);
-}
-
 // An HTTP header name: an RFC 9110 token.
 bool valid_header_name(std::string_view name) {
   constexpr std::string_view kSpecial = "!#$%&'*+-.^_`|~";
@@ -143,12 +140,6 @@ bool valid_token(std::string_view token) {
   if (end == std::string_view::npos) return false;
   return std::all_of(token.begin(), token.begin() + static_cast<std::ptrdiff_t>(end) + 1,
                      [](char c) { return is_name_char(c) || c == '~' || c == '+' || c == '/'; });
-}
-
-std::string_view trim(std::string_view s) {
-  const auto first = s.find_first_not_of(" \t\r\n");
-  if (first == std::string_view::npos) return {};
-  return s.substr(first, s.find_last_not_of(" \t\r\n") - first + 1);
 }
 
 // `host:port`, with the host a name, an IPv4 address or a bracketed IPv6 address. Returns
@@ -527,7 +518,8 @@ class reader {
     std::size_t n = 0;
     while (!text.empty()) {
       const std::size_t end = text.find_first_of(",\n");
-      const std::string_view token = trim(text.substr(0, end));
+      // Line breaks too: a token file may end its lines in CRLF.
+      const std::string_view token = trim(text.substr(0, end), " \t\r\n");
       text = end == std::string_view::npos ? std::string_view{} : text.substr(end + 1);
       if (token.empty() || token.front() == '#') continue;
       ++n;

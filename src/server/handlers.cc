@@ -1,11 +1,7 @@
 #include "server/handlers.h"
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-
 #include <charconv>
 #include <chrono>
-#include <limits>
 #include <optional>
 #include <stdexcept>
 #include <utility>
@@ -13,39 +9,20 @@
 #include <nlohmann/json.hpp>
 
 #include "core/text.h"
+#include "server/auth.h"
+#include "server/body.h"
 #include "server/headers.h"
 
 namespace sluice::server {
 namespace {
 
+using internal::iequals;
 using internal::percent_decode;
 using internal::quote;
+using internal::trim;
 using json = nlohmann::json;
-using digest = std::array<unsigned char, 32>;
 
 constexpr std::string_view kJson = "application/json";
-
-digest sha256(std::string_view text) {
-  digest out{};
-  unsigned int n = 0;
-  EVP_Digest(text.data(), text.size(), out.data(), &n, EVP_sha256(), nullptr);
-  return out;
-}
-
-bool iequals(std::string_view a, std::string_view b) noexcept {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
-    if (lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
-
-std::string_view trim(std::string_view s) noexcept {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
 
 // Returns the %-decoded value of the first parameter `name` in `query`, if there is one.
 std::optional<std::string> query_parameter(std::string_view query, std::string_view name) {
@@ -60,121 +37,6 @@ std::optional<std::string> query_parameter(std::string_view query, std::string_v
     return percent_decode(pair.substr(eq + 1), true);
   }
   return std::nullopt;
-}
-
-// A field of a decision request's body, reduced to what the validation asks of it.
-struct body_value {
-  enum class kind : std::uint8_t { absent, string, integer, too_large, other };
-  kind k = kind::absent;
-  std::string_view text;    // kind::string: the value, unescaped
-  std::int64_t number = 0;  // kind::integer
-};
-
-// The fields of `{"key", "policy", "limit", "algorithm", "cost"}`.
-struct body_fields {
-  body_value key, policy, limit, algorithm, cost;
-
-  // Returns the field called `name`, or nullptr when there is none.
-  body_value* find(std::string_view name) noexcept {
-    if (name == "key") return &key;
-    if (name == "policy") return &policy;
-    if (name == "limit") return &limit;
-    if (name == "algorithm") return &algorithm;
-    if (name == "cost") return &cost;
-    return nullptr;
-  }
-};
-
-body_value from_dom(const json& v) {
-  body_value out;
-  if (v.is_string()) {
-    out.k = body_value::kind::string;
-    out.text = v.get_ref<const std::string&>();
-  } else if (v.is_number_unsigned() &&
-             v.get<std::uint64_t>() >
-                 static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
-    out.k = body_value::kind::too_large;
-  } else if (v.is_number_integer()) {
-    out.k = body_value::kind::integer;
-    out.number = v.get<std::int64_t>();
-  } else {
-    out.k = body_value::kind::other;
-  }
-  return out;
-}
-
-// Reads `body` into `out` when it is a flat object of known fields, each at most once, whose
-// values are printable ASCII strings without escapes or integers of at most 18 digits: what
-// clients send, read without building a DOM. Returns false for anything else, valid JSON or
-// not, which nlohmann then reads, so every error and edge case stays as it says.
-bool parse_flat(std::string_view body, body_fields& out) noexcept {
-  const char* p = body.data();
-  const char* const end = p + body.size();
-  const auto skip_ws = [&] {
-    while (p != end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) ++p;
-  };
-  // Reads a string after its opening quote; false if it has an escape or a byte outside ASCII.
-  const auto read_string = [&](std::string_view& s) {
-    const char* const begin = p;
-    while (p != end && *p != '"') {
-      const auto c = static_cast<unsigned char>(*p);
-      if (c < 0x20 || c > 0x7e || c == '\\') return false;
-      ++p;
-    }
-    if (p == end) return false;
-    s = std::string_view(begin, static_cast<std::size_t>(p - begin));
-    ++p;
-    return true;
-  };
-  skip_ws();
-  if (p == end || *p != '{') return false;
-  ++p;
-  skip_ws();
-  if (p != end && *p == '}') {
-    ++p;
-  } else {
-    for (;;) {
-      std::string_view name;
-      if (p == end || *p != '"') return false;
-      ++p;
-      if (!read_string(name)) return false;
-      body_value* v = out.find(name);
-      if (v == nullptr || v->k != body_value::kind::absent) return false;
-      skip_ws();
-      if (p == end || *p != ':') return false;
-      ++p;
-      skip_ws();
-      if (p == end) return false;
-      if (*p == '"') {
-        ++p;
-        if (!read_string(v->text)) return false;
-        v->k = body_value::kind::string;
-      } else {
-        const bool negative = *p == '-';
-        if (negative) ++p;
-        const char* const digits = p;
-        while (p != end && *p >= '0' && *p <= '9') ++p;
-        const auto count = p - digits;
-        if (count == 0 || count > 18 || (*digits == '0' && count > 1)) return false;
-        if (p != end && (*p == '.' || *p == 'e' || *p == 'E')) return false;
-        std::int64_t n = 0;  // at most 18 digits: no overflow
-        for (const char* d = digits; d != p; ++d) n = n * 10 + (*d - '0');
-        v->k = body_value::kind::integer;
-        v->number = negative ? -n : n;
-      }
-      skip_ws();
-      if (p == end) return false;
-      if (*p == '}') {
-        ++p;
-        break;
-      }
-      if (*p != ',') return false;
-      ++p;
-      skip_ws();
-    }
-  }
-  skip_ws();
-  return p == end;
 }
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
@@ -337,19 +199,12 @@ bool request_handler::authorized(const http_request& req, bool admin) const {
   if (allowed.empty()) return true;
   const auto it = req.find(http::field::authorization);
   if (it == req.end()) return false;
-  const std::string_view value = trim(it->value());
-  const std::size_t space = value.find(' ');
-  if (space == std::string_view::npos || !iequals(value.substr(0, space), "bearer")) return false;
-  const digest presented = sha256(trim(value.substr(space + 1)));
-  // Every configured token is compared, each in constant time: neither the time nor the
-  // number of comparisons depends on which one matches or how much of it.
-  bool match = false;
-  for (const digest& d : allowed) match |= CRYPTO_memcmp(d.data(), presented.data(), d.size()) == 0;
-  if (!admin) {
-    for (const digest& d : admin_digests_) {
-      match |= CRYPTO_memcmp(d.data(), presented.data(), d.size()) == 0;
-    }
-  }
+  const auto token = bearer_token(it->value());
+  if (!token) return false;
+  const token_digest presented = sha256(*token);
+  // An admin token is good for the API routes too; `|=` compares both lists, whichever matches.
+  bool match = matches_any(presented, allowed);
+  if (!admin) match |= matches_any(presented, admin_digests_);
   return match;
 }
 
@@ -411,24 +266,8 @@ void request_handler::handle(http_request req, respond done) const {
 void request_handler::decide(const http_request& req, bool acquire, reply r) const {
   body_fields f;
   json dom;  // only when the body is outside what parse_flat reads; `f` points into it
-  if (!parse_flat(req.body(), f)) {
-    dom = json::parse(req.body(), nullptr, /*allow_exceptions=*/false);
-    if (dom.is_discarded()) {
-      return r(error_response(http::status::bad_request, "body is not valid JSON", "body"));
-    }
-    if (!dom.is_object()) {
-      return r(error_response(http::status::bad_request, "body must be a JSON object", "body"));
-    }
-    for (const auto& [name, value] : dom.items()) {
-      body_value* slot = f.find(name);
-      if (slot == nullptr) {
-        return r(error_response(
-            http::status::bad_request,
-            "unknown field " + quote(name) + "; use key, policy or limit (+ algorithm), cost",
-            name));
-      }
-      *slot = from_dom(value);
-    }
+  if (const auto e = parse_body(req.body(), f, dom)) {
+    return r(error_response(http::status::bad_request, e->message, e->field));
   }
   const auto bad = [&](std::string message, std::string_view field) {
     r(error_response(http::status::bad_request, message, field));

@@ -71,15 +71,6 @@ struct worker {
   std::thread thread;
 };
 
-bool iequals(std::string_view a, std::string_view b) noexcept {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           const auto lower = [](char c) {
-             return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c;
-           };
-           return lower(x) == lower(y);
-         });
-}
-
 // Returns true when `ec` is the parser refusing the bytes (answered 400), rather than the
 // connection ending or timing out (closed without an answer).
 bool is_parse_error(const error_code& ec) {
@@ -285,7 +276,7 @@ class session : public std::enable_shared_from_this<session> {
     stream_.expires_after(srv_.options.body_timeout);
     const auto& req = parser_->get();
     const auto it = req.find(http::field::expect);
-    if (it == req.end() || !iequals(it->value(), "100-continue")) return false;
+    if (it == req.end() || !internal::iequals(it->value(), "100-continue")) return false;
     static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
     asio::async_write(stream_, asio::buffer(kContinue.data(), kContinue.size()),
                       [self = shared_from_this()](const error_code& e, std::size_t) {
