@@ -3,4 +3,5 @@
 sluice_gtest(core_test
   ${CMAKE_CURRENT_LIST_DIR}/core/limit_test.cc
   ${CMAKE_CURRENT_LIST_DIR}/core/algorithms_test.cc
-  ${CMAKE_CURRENT_LIST_DIR}/core/clock_test.cc)
+  ${CMAKE_CURRENT_LIST_DIR}/core/clock_test.cc
+  ${CMAKE_CURRENT_LIST_DIR}/core/result_test.cc)

@@ -13,21 +13,64 @@ if(SLUICE_INSTALL)
   if(NOT sluice_fp_build_type)
     set(sluice_fp_build_type Release)
   endif()
-  add_test(NAME find_package.consumer
+  # One consumer asks for core alone (and builds the README's library example), one for
+  # core and redis: each component gives its targets and no more.
+  set(sluice_fp_options
+    --build-generator ${CMAKE_GENERATOR}
+    --build-makeprogram ${CMAKE_MAKE_PROGRAM}
+    --build-options
+      -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
+      -DCMAKE_CXX_COMPILER=${CMAKE_CXX_COMPILER}
+      -DCMAKE_BUILD_TYPE=${sluice_fp_build_type}
+      "-DCMAKE_CXX_FLAGS=${CMAKE_CXX_FLAGS}"
+      "-DCMAKE_EXE_LINKER_FLAGS=${CMAKE_EXE_LINKER_FLAGS}")
+  add_test(NAME find_package.core
     COMMAND ${CMAKE_CTEST_COMMAND}
       --build-and-test ${CMAKE_CURRENT_LIST_DIR}/find_package
-                       ${CMAKE_CURRENT_BINARY_DIR}/find_package_consumer
-      --build-generator ${CMAKE_GENERATOR}
-      --build-makeprogram ${CMAKE_MAKE_PROGRAM}
-      --build-options
+                       ${CMAKE_CURRENT_BINARY_DIR}/find_package_core
+      ${sluice_fp_options}
         -DCMAKE_PREFIX_PATH=${sluice_fp_prefix}
-        -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
-        -DCMAKE_CXX_COMPILER=${CMAKE_CXX_COMPILER}
-        -DCMAKE_BUILD_TYPE=${sluice_fp_build_type}
-        "-DCMAKE_CXX_FLAGS=${CMAKE_CXX_FLAGS}"
-        "-DCMAKE_EXE_LINKER_FLAGS=${CMAKE_EXE_LINKER_FLAGS}"
-      --test-command find_package_consumer)
-  set_tests_properties(find_package.consumer PROPERTIES
+        -DSLUICE_COMPONENTS=core
+        -DSLUICE_README=${PROJECT_SOURCE_DIR}/README.md
+      --test-command ${CMAKE_CTEST_COMMAND} --output-on-failure)
+  add_test(NAME find_package.redis
+    COMMAND ${CMAKE_CTEST_COMMAND}
+      --build-and-test ${CMAKE_CURRENT_LIST_DIR}/find_package
+                       ${CMAKE_CURRENT_BINARY_DIR}/find_package_redis
+      ${sluice_fp_options}
+        -DCMAKE_PREFIX_PATH=${sluice_fp_prefix}
+        -DSLUICE_COMPONENTS=core,redis
+      --test-command ${CMAKE_CTEST_COMMAND} --output-on-failure)
+  set_tests_properties(find_package.core find_package.redis PROPERTIES
     FIXTURES_REQUIRED sluice_installed
     TIMEOUT 300)
+
+  # sluice built with SLUICE_WITH_REDIS=OFF (no hiredis, Boost or OpenSSL) installs
+  # sluice::core alone, and the core consumer builds against it. Release build only: it
+  # compiles sluice::core once more.
+  if(sluice_fp_build_type STREQUAL "Release")
+    set(sluice_nr_prefix ${CMAKE_BINARY_DIR}/find_package_without_redis_prefix)
+    add_test(NAME find_package.without_redis.install
+      COMMAND ${CMAKE_CTEST_COMMAND}
+        --build-and-test ${PROJECT_SOURCE_DIR} ${CMAKE_CURRENT_BINARY_DIR}/without_redis
+        --build-generator ${CMAKE_GENERATOR}
+        --build-makeprogram ${CMAKE_MAKE_PROGRAM}
+        --build-target install
+        --build-options
+          -DSLUICE_WITH_REDIS=OFF
+          -DCMAKE_CXX_COMPILER=${CMAKE_CXX_COMPILER}
+          -DCMAKE_INSTALL_PREFIX=${sluice_nr_prefix})
+    set_tests_properties(find_package.without_redis.install PROPERTIES
+      FIXTURES_SETUP sluice_without_redis TIMEOUT 600)
+    add_test(NAME find_package.without_redis
+      COMMAND ${CMAKE_CTEST_COMMAND}
+        --build-and-test ${CMAKE_CURRENT_LIST_DIR}/find_package
+                         ${CMAKE_CURRENT_BINARY_DIR}/find_package_without_redis
+        ${sluice_fp_options}
+          -DCMAKE_PREFIX_PATH=${sluice_nr_prefix}
+          -DSLUICE_COMPONENTS=core
+        --test-command ${CMAKE_CTEST_COMMAND} --output-on-failure)
+    set_tests_properties(find_package.without_redis PROPERTIES
+      FIXTURES_REQUIRED sluice_without_redis TIMEOUT 300)
+  endif()
 endif()

@@ -2,7 +2,8 @@
 # their protocol logic without a socket, and the stores against real redis-server processes
 # and real Redis Clusters (tests/support starts and stops them). Included from
 # tests/CMakeLists.txt.
-sluice_gtest(memory_store_test ${CMAKE_CURRENT_LIST_DIR}/store/memory/memory_store_test.cc)
+sluice_gtest(memory_store_test ${CMAKE_CURRENT_LIST_DIR}/store/memory/memory_store_test.cc
+  ${CMAKE_CURRENT_LIST_DIR}/store/open_store_test.cc)
 
 # RESP, the pipeline, cluster slots and redirections, URIs: bytes in, no I/O.
 sluice_gtest(redis_unit_test

@@ -78,6 +78,10 @@ result<memory_store_options> parse_memory(std::string_view uri, bool& key_length
       internal::split_query(q == std::string_view::npos ? std::string_view{} : rest.substr(q + 1));
   if (!params) return bad_uri(uri, params.error().detail);
   for (const auto& [name, value] : *params) {
+    if (name != "shards" && name != "max_keys" && name != "max_key_length") {
+      return bad_uri(uri, "unknown parameter \"" + std::string(name.substr(0, 64)) +
+                              "\" (memory:// takes shards, max_keys, max_key_length)");
+    }
     std::size_t n = 0;
     if (!internal::parse_number(value, n)) {
       return bad_uri(uri, "parameter \"" + std::string(name) + "\" must be a whole number");
@@ -87,13 +91,10 @@ result<memory_store_options> parse_memory(std::string_view uri, bool& key_length
       options.shards = n;
     } else if (name == "max_keys") {
       options.max_keys = n;
-    } else if (name == "max_key_length") {
+    } else {  // max_key_length
       if (n < 1 || n > 65535) return bad_uri(uri, "max_key_length must be between 1 and 65535");
       options.max_key_length = n;
       key_length_given = true;
-    } else {
-      return bad_uri(uri, "unknown parameter \"" + std::string(name.substr(0, 64)) +
-                              "\" (memory:// takes shards, max_keys, max_key_length)");
     }
   }
   return options;
