@@ -14,7 +14,7 @@ if(SLUICE_INSTALL)
     set(sluice_fp_build_type Release)
   endif()
   # One consumer asks for core alone (and builds the README's library example), one for
-  # core and redis: each component gives its targets and no more.
+  # core, redis and server: each component gives its targets and no more.
   set(sluice_fp_options
     --build-generator ${CMAKE_GENERATOR}
     --build-makeprogram ${CMAKE_MAKE_PROGRAM}
@@ -39,7 +39,7 @@ if(SLUICE_INSTALL)
                        ${CMAKE_CURRENT_BINARY_DIR}/find_package_redis
       ${sluice_fp_options}
         -DCMAKE_PREFIX_PATH=${sluice_fp_prefix}
-        -DSLUICE_COMPONENTS=core,redis
+        -DSLUICE_COMPONENTS=core,redis,server
       --test-command ${CMAKE_CTEST_COMMAND} --output-on-failure)
   set_tests_properties(find_package.core find_package.redis PROPERTIES
     FIXTURES_REQUIRED sluice_installed
