@@ -4,7 +4,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-
 #include <string_view>
 
 #include "sluice/clock.h"
