@@ -35,6 +35,9 @@ enum class failure_mode : std::uint8_t {
 result<failure_mode> parse_failure_mode(std::string_view name);
 // Returns the mode's name, as `parse_failure_mode` accepts it.
 std::string_view to_string(failure_mode m) noexcept;
+// Returns the failure mode that made a decision of source `s` (fallback_allow → allow, ...),
+// or nothing when the store made it or a shadow policy answered it.
+std::optional<failure_mode> fallback_of(decision_source s) noexcept;
 
 // A named limit and algorithm, e.g. `chat: 30/hour sliding_log`. The name scopes the keys:
 // key `user:42` under policy `chat` is stored as `chat:user:42`.

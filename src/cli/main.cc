@@ -46,23 +46,6 @@ struct check_args {
   std::vector<std::string> keys;
 };
 
-// Returns the failure mode that made `d` ("allow", "deny", "local"), or empty when the
-// store did.
-std::string_view fallback_mode(const sluice::decision& d) {
-  switch (d.source) {
-    case sluice::decision_source::fallback_allow:
-      return "allow";
-    case sluice::decision_source::fallback_deny:
-      return "deny";
-    case sluice::decision_source::fallback_local:
-      return "local";
-    case sluice::decision_source::store:
-    case sluice::decision_source::shadow:
-      break;
-  }
-  return {};
-}
-
 // Prints one decision per key; returns 0 when all were allowed, 1 when any was denied and
 // 2 when any failed. With --on-failure, a store that fails gives the failure mode's
 // decision, marked "fallback", instead of an error.
@@ -104,7 +87,11 @@ int run_check(const check_args& a) {
     }
     nlohmann::ordered_json j;
     j["key"] = key;
-    if (d && !fallback_mode(*d).empty()) j["fallback"] = std::string(fallback_mode(*d));
+    if (d) {
+      if (const auto mode = sluice::fallback_of(d->source)) {
+        j["fallback"] = std::string(sluice::to_string(*mode));
+      }
+    }
     if (!d) {
       j["error"] = d.error().message();
       status = 2;

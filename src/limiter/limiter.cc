@@ -87,6 +87,21 @@ result<failure_mode> parse_failure_mode(std::string_view name) {
                     "failure mode " + quote(name) + ": use allow, deny or local");
 }
 
+std::optional<failure_mode> fallback_of(decision_source s) noexcept {
+  switch (s) {
+    case decision_source::fallback_allow:
+      return failure_mode::allow;
+    case decision_source::fallback_deny:
+      return failure_mode::deny;
+    case decision_source::fallback_local:
+      return failure_mode::local;
+    case decision_source::store:
+    case decision_source::shadow:
+      break;
+  }
+  return std::nullopt;
+}
+
 std::string_view to_string(failure_mode m) noexcept {
   switch (m) {
     case failure_mode::allow:

@@ -91,7 +91,8 @@ http_response from_error(const error& e, std::string_view key_field) {
 }
 
 // Returns `{"allowed", "limit", "remaining", "retry_after_ms", "reset_after_ms", "policy"}`,
-// with `"shadow_denied": true` when a shadow policy denied and the answer says allowed.
+// with `"shadow_denied": true` when a shadow policy denied and the answer says allowed, and
+// `"fallback": "allow"|"deny"|"local"` when the store failed and that failure mode decided.
 std::string decision_body(const decision& d, std::string_view json_name, bool shadow_denied) {
   std::string out;
   out.reserve(128 + json_name.size());
@@ -109,6 +110,11 @@ std::string decision_body(const decision& d, std::string_view json_name, bool sh
   out += ",\"policy\":";
   out += json_name;
   if (shadow_denied) out += ",\"shadow_denied\":true";
+  if (const std::optional<failure_mode> mode = fallback_of(d.source)) {
+    out += ",\"fallback\":\"";
+    out += to_string(*mode);
+    out += '"';
+  }
   out += '}';
   return out;
 }

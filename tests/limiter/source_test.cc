@@ -35,6 +35,8 @@ TEST(LimiterSource, StoreDecisionsSayStore) {
     EXPECT_EQ(d->source, decision_source::store);
   }
   EXPECT_EQ(lim.peek("p", "k")->source, decision_source::store);
+  EXPECT_EQ(fallback_of(decision_source::store), std::nullopt);
+  EXPECT_EQ(fallback_of(decision_source::shadow), std::nullopt);
 }
 
 // Verifies that each failure mode marks its decisions, sync and async alike.
@@ -58,6 +60,7 @@ TEST(LimiterSource, FallbacksSayWhichMode) {
     ASSERT_TRUE(d) << c.name << ": " << d.error().message();
     EXPECT_EQ(d->source, c.source) << c.name;
     EXPECT_EQ(d->allowed, c.allowed) << c.name;
+    EXPECT_EQ(fallback_of(d->source), c.mode) << c.name;
     std::optional<result<decision>> async;
     lim.async_acquire(c.name, "k", 1, [&](result<decision> r) { async = std::move(r); });
     ASSERT_TRUE(async.has_value()) << "a store that is down answers at once";

@@ -526,7 +526,8 @@ TEST_F(Handlers, HealthReadinessAndMetrics) {
 }
 
 // Verifies the failure modes through the API: allow answers allowed, deny answers denied
-// with Retry-After (429 at the gate), both counted as fallbacks in the metrics.
+// with Retry-After (429 at the gate), each body naming the mode that decided, both counted
+// as fallbacks in the metrics.
 TEST_F(Handlers, StoreDownFallsBackByPolicy) {
   server_config c;
   c.policies.push_back(make_policy("open", "5/1m"));
@@ -539,8 +540,10 @@ TEST_F(Handlers, StoreDownFallsBackByPolicy) {
   EXPECT_EQ(r.result(), http::status::ok);
   EXPECT_EQ(body_of(r)["allowed"], true);
   EXPECT_EQ(body_of(r)["remaining"], 5);
+  EXPECT_EQ(body_of(r)["fallback"], "allow");
   r = acquire(R"({"key": "u", "policy": "shut"})");
   EXPECT_EQ(body_of(r)["allowed"], false);
+  EXPECT_EQ(body_of(r)["fallback"], "deny");
   EXPECT_TRUE(r.count(http::field::retry_after));
   EXPECT_EQ(call(http::verb::get, "/v1/gate/shut", "", {{"X-Forwarded-For", "u"}}).result(),
             http::status::too_many_requests);
