@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -236,6 +237,9 @@ void deliver(py::handle future, bool ok, py::handle outcome, py::handle /*keepal
   future.attr(ok ? "set_result" : "set_exception")(outcome);
 }
 
+// True on a thread while it runs an async call's completion.
+thread_local bool in_completion = false;
+
 // Limiters no pending completion could hand back to their loop (it was closed): kept
 // rather than released on a store's I/O thread.
 PyObject* orphans = nullptr;
@@ -243,7 +247,7 @@ PyObject* orphans = nullptr;
 class py_limiter {
  public:
   py_limiter(const std::string& store_uri, const py::object& policies) : lim_(open(store_uri)) {
-    sync_ = dynamic_cast<const sluice::sync_store*>(&lim_.store()) != nullptr;
+    sync_ = dynamic_cast<const sluice::sync_store*>(&lim_->store()) != nullptr;
     if (policies.is_none()) return;
     const py::object mapping = py::module_::import("collections.abc").attr("Mapping");
     if (!py::isinstance(policies, mapping)) {
@@ -256,7 +260,23 @@ class py_limiter {
       }
       auto p = to_policy(name.cast<std::string>(), spec);
       if (!p) raise(p.error());
-      if (auto added = lim_.add_policy(std::move(*p)); !added) raise(added.error());
+      if (auto added = lim_->add_policy(std::move(*p)); !added) raise(added.error());
+    }
+  }
+
+  py_limiter(const py_limiter&) = delete;
+  py_limiter& operator=(const py_limiter&) = delete;
+
+  // The last reference to a Limiter may drop inside a completion, on the store's I/O thread
+  // (after the future is set, the awaiting task can finish and let go of the Limiter before
+  // the completion returns). The store's destructor joins that thread, so the limiter is
+  // then destroyed on a thread of its own instead.
+  ~py_limiter() {
+    if (!in_completion) return;
+    try {
+      std::thread([l = std::move(lim_)]() mutable { l.reset(); }).detach();
+    } catch (const std::system_error&) {
+      static_cast<void>(lim_.release());  // no thread to spare: leak rather than deadlock
     }
   }
 
@@ -268,10 +288,10 @@ class py_limiter {
     const std::string_view k = key_view(key);
     sluice::result<sluice::decision> r;
     if (sync_) {
-      r = c == call::acquire ? lim_.acquire(t->get(), k, cost) : lim_.peek(t->get(), k, cost);
+      r = c == call::acquire ? lim_->acquire(t->get(), k, cost) : lim_->peek(t->get(), k, cost);
     } else {
       const py::gil_scoped_release nogil;
-      r = c == call::acquire ? lim_.acquire(t->get(), k, cost) : lim_.peek(t->get(), k, cost);
+      r = c == call::acquire ? lim_->acquire(t->get(), k, cost) : lim_->peek(t->get(), k, cost);
     }
     if (!r) raise(r.error());
     return to_python(*r);
@@ -283,10 +303,10 @@ class py_limiter {
     const std::string_view k = key_view(key);
     sluice::result<void> r;
     if (sync_) {
-      r = lim_.reset(t->get(), k);
+      r = lim_->reset(t->get(), k);
     } else {
       const py::gil_scoped_release nogil;
-      r = lim_.reset(t->get(), k);
+      r = lim_->reset(t->get(), k);
     }
     if (!r) raise(r.error());
   }
@@ -313,6 +333,7 @@ class py_limiter {
     auto p = std::make_shared<pending>(pending{self, loop, future, t->inline_policy});
     auto done = [p](sluice::result<sluice::decision> r) {
       const py::gil_scoped_acquire gil;
+      in_completion = true;
       try {
         const bool ok = r.has_value();
         const py::object outcome = ok ? py::cast(to_python(*r)) : make_exception(r.error());
@@ -332,6 +353,7 @@ class py_limiter {
       p->self = py::object();
       p->loop = py::object();
       p->future = py::object();
+      in_completion = false;
     };
     const sluice::policy& pol = t->get();
     if (me.sync_) {
@@ -343,7 +365,7 @@ class py_limiter {
     return future;
   }
 
-  std::string describe() { return lim_.store().describe(); }
+  std::string describe() { return lim_->store().describe(); }
 
  private:
   // A registered policy, or an inline one owned here (and by pending completions).
@@ -353,10 +375,10 @@ class py_limiter {
     const sluice::policy& get() const { return named != nullptr ? *named : *inline_policy; }
   };
 
-  static sluice::limiter open(const std::string& uri) {
+  static std::unique_ptr<sluice::limiter> open(const std::string& uri) {
     auto s = sluice::open_store(uri);
     if (!s) raise(s.error());
-    return sluice::limiter(std::move(*s));
+    return std::make_unique<sluice::limiter>(std::move(*s));
   }
 
   // A str is a policy's name when one has it, else a limit if it looks like one ("10/1m",
@@ -365,7 +387,7 @@ class py_limiter {
   sluice::result<target> resolve(py::handle spec) const {
     if (PyUnicode_Check(spec.ptr())) {
       const std::string name = spec.cast<std::string>();
-      if (const auto* p = lim_.find_policy(name)) return target{p, nullptr};
+      if (const auto* p = lim_->find_policy(name)) return target{p, nullptr};
       if (name.find_first_of("/ ") == std::string::npos) {
         return sluice::make_error(sluice::errc::unknown_policy,
                                   "no policy named \"" + name.substr(0, 64) + "\"");
@@ -384,13 +406,13 @@ class py_limiter {
   void start(call c, const sluice::policy& p, std::string_view key, std::int64_t cost,
              sluice::limiter::completion done) {
     if (c == call::acquire) {
-      lim_.async_acquire(p, key, cost, std::move(done));
+      lim_->async_acquire(p, key, cost, std::move(done));
     } else {
-      lim_.async_peek(p, key, cost, std::move(done));
+      lim_->async_peek(p, key, cost, std::move(done));
     }
   }
 
-  sluice::limiter lim_;
+  std::unique_ptr<sluice::limiter> lim_;  // never null
   bool sync_ = false;  // the store decides on the caller's thread and never waits
 };
 
