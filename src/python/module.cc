@@ -522,7 +522,8 @@ PYBIND11_MODULE(_sluice, m) {
           },
           py::arg("policy"), py::arg("key"), py::arg("cost") = 1,
           "Returns an awaitable (an asyncio.Future of the running loop) of what `acquire`\n"
-          "returns; the loop never blocks on the store. Errors are raised by the await.\n"
+          "returns; the loop never blocks on the store. sluice's errors are raised by the\n"
+          "await (a TypeError by the call). Needs a running loop (else RuntimeError).\n"
           "Cancelling it is safe; a decision already made by the store stands.")
       .def(
           "peek_async",
