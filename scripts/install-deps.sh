@@ -27,6 +27,9 @@ packages=(
   openssl
   python3-redis
   python3
+  python3-dev
+  python3-pytest
+  pybind11-dev
   nginx-light
   wrk
   curl

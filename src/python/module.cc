@@ -1,0 +1,545 @@
+// The compiled part of the Python package `sluice`: `sluice._sluice`, a sluice::limiter for
+// Python (docs/DESIGN.md, "Python"). python/sluice/__init__.py re-exports it and
+// python/sluice/_sluice.pyi types it; the docstrings here are what help() shows.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <thread>
+#include <utility>
+
+#include "sluice/limiter.h"
+#include "sluice/open_store.h"
+
+namespace py = pybind11;
+
+namespace {
+
+// A decision as Python sees it: times in float seconds, and the failure mode that made it.
+struct py_decision {
+  bool allowed = false;
+  std::int64_t limit = 0;
+  std::int64_t remaining = 0;
+  double retry_after = 0;
+  double reset_after = 0;
+  std::optional<std::string> fallback;
+  bool shadow = false;
+
+  friend bool operator==(const py_decision&, const py_decision&) = default;
+};
+
+double seconds(std::chrono::microseconds d) { return static_cast<double>(d.count()) / 1e6; }
+
+py_decision to_python(const sluice::decision& d) {
+  py_decision p;
+  p.allowed = d.allowed;
+  p.limit = d.limit;
+  p.remaining = d.remaining;
+  p.retry_after = seconds(d.retry_after);
+  p.reset_after = seconds(d.reset_after);
+  if (const auto f = sluice::fallback_of(d.source)) p.fallback = std::string(to_string(*f));
+  p.shadow = d.source == sluice::decision_source::shadow;
+  return p;
+}
+
+std::string decision_repr(const py_decision& d) {
+  auto text = [](double v) { return std::string(py::str(py::float_(v))); };
+  return "Decision(allowed=" + std::string(d.allowed ? "True" : "False") +
+         ", limit=" + std::to_string(d.limit) + ", remaining=" + std::to_string(d.remaining) +
+         ", retry_after=" + text(d.retry_after) + ", reset_after=" + text(d.reset_after) +
+         ", fallback=" + (d.fallback ? "'" + *d.fallback + "'" : std::string("None")) +
+         ", shadow=" + (d.shadow ? "True" : "False") + ")";
+}
+
+// The exception types of the module, created once and kept for the process's life.
+PyObject* store_error_type = nullptr;
+PyObject* unknown_policy_type = nullptr;
+// sluice._sluice._deliver, which completes a future on its loop's thread.
+PyObject* deliver_function = nullptr;
+
+// Returns the name of a sluice error code ("invalid_cost"), for the exceptions' `code`.
+std::string_view code_name(const std::error_code& ec) {
+  using sluice::errc;
+  if (ec.category() != sluice::sluice_category()) return "unknown";
+  switch (static_cast<errc>(ec.value())) {
+    case errc::invalid_limit:
+      return "invalid_limit";
+    case errc::invalid_algorithm:
+      return "invalid_algorithm";
+    case errc::invalid_duration:
+      return "invalid_duration";
+    case errc::invalid_key:
+      return "invalid_key";
+    case errc::invalid_cost:
+      return "invalid_cost";
+    case errc::cost_exceeds_limit:
+      return "cost_exceeds_limit";
+    case errc::invalid_time:
+      return "invalid_time";
+    case errc::invalid_policy:
+      return "invalid_policy";
+    case errc::unknown_policy:
+      return "unknown_policy";
+    case errc::invalid_store_uri:
+      return "invalid_store_uri";
+    case errc::unsupported_store:
+      return "unsupported_store";
+    case errc::store_full:
+      return "store_full";
+    case errc::store_unavailable:
+      return "store_unavailable";
+    case errc::timeout:
+      return "timeout";
+    case errc::store_error:
+      return "store_error";
+  }
+  return "unknown";
+}
+
+// Bad input is a ValueError, an unknown policy an UnknownPolicyError (a LookupError), and
+// anything the store did a StoreError.
+PyObject* exception_type(const std::error_code& ec) {
+  using sluice::errc;
+  if (ec.category() != sluice::sluice_category()) return store_error_type;
+  switch (static_cast<errc>(ec.value())) {
+    case errc::unknown_policy:
+      return unknown_policy_type;
+    case errc::unsupported_store:
+    case errc::store_full:
+    case errc::store_unavailable:
+    case errc::timeout:
+    case errc::store_error:
+      return store_error_type;
+    default:
+      return PyExc_ValueError;
+  }
+}
+
+// Returns the exception for `e`, with sluice's message and the code's name as `code`.
+py::object make_exception(const sluice::error& e) {
+  py::object exc = py::handle(exception_type(e.code))(e.message());
+  exc.attr("code") = std::string(code_name(e.code));
+  return exc;
+}
+
+[[noreturn]] void raise(const sluice::error& e) {
+  const py::object exc = make_exception(e);
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+  throw py::error_already_set();
+}
+
+sluice::unexpected<sluice::error> invalid_limit(std::string detail) {
+  return sluice::make_error(sluice::errc::invalid_limit, std::move(detail));
+}
+
+std::string type_name(py::handle h) { return Py_TYPE(h.ptr())->tp_name; }
+
+// Returns the bytes of a str (UTF-8) or bytes key, valid while `key` is.
+std::string_view key_view(py::handle key) {
+  if (PyUnicode_Check(key.ptr())) {
+    Py_ssize_t n = 0;
+    const char* s = PyUnicode_AsUTF8AndSize(key.ptr(), &n);
+    if (s == nullptr) throw py::error_already_set();
+    return {s, static_cast<std::size_t>(n)};
+  }
+  if (PyBytes_Check(key.ptr())) {
+    return {PyBytes_AS_STRING(key.ptr()), static_cast<std::size_t>(PyBytes_GET_SIZE(key.ptr()))};
+  }
+  throw py::type_error("key must be str or bytes, not " + type_name(key));
+}
+
+// Returns the limit of a limit string ("30/hour") or a (count, seconds) tuple.
+sluice::result<sluice::limit> to_limit(py::handle spec) {
+  if (PyUnicode_Check(spec.ptr())) return sluice::parse_limit(spec.cast<std::string>());
+  if (!PyTuple_Check(spec.ptr())) {
+    throw py::type_error("a limit is a str such as \"30/hour\" or a (count, seconds) tuple, not " +
+                         type_name(spec));
+  }
+  const auto t = py::reinterpret_borrow<py::tuple>(spec);
+  if (t.size() != 2) throw py::type_error("a limit tuple is (count, seconds)");
+  if (!PyLong_Check(t[0].ptr()) || PyBool_Check(t[0].ptr())) {
+    throw py::type_error("a limit's count must be an int, not " + type_name(t[0]));
+  }
+  int overflow = 0;
+  const long long count = PyLong_AsLongLongAndOverflow(t[0].ptr(), &overflow);
+  if (overflow != 0) return invalid_limit("limit count is out of range");
+  if (!PyFloat_Check(t[1].ptr()) && (!PyLong_Check(t[1].ptr()) || PyBool_Check(t[1].ptr()))) {
+    throw py::type_error("a limit's window must be a number of seconds, not " + type_name(t[1]));
+  }
+  const double window = PyFloat_AsDouble(t[1].ptr());
+  if (window == -1.0 && PyErr_Occurred() != nullptr) throw py::error_already_set();
+  const double us = std::round(window * 1e6);
+  // Beyond max_window, and NaN, are left for make_limit to name; 1e300 must not overflow.
+  if (!(us > -1e18 && us < 1e18)) return invalid_limit("limit window is out of range");
+  return sluice::make_limit(count, std::chrono::microseconds(static_cast<std::int64_t>(us)));
+}
+
+// Returns the policy `name` described by a limit, or a dict of limit, algorithm, on_failure
+// and shadow (only limit required).
+sluice::result<sluice::policy> to_policy(std::string name, py::handle spec) {
+  sluice::policy p;
+  p.name = std::move(name);
+  if (!PyDict_Check(spec.ptr())) {
+    auto l = to_limit(spec);
+    if (!l) return sluice::fail(l.error());
+    p.limit = *l;
+    return p;
+  }
+  const auto fields = py::reinterpret_borrow<py::dict>(spec);
+  auto bad = [&p](std::string detail) {
+    return sluice::make_error(sluice::errc::invalid_policy,
+                              "policy \"" + p.name + "\": " + std::move(detail));
+  };
+  if (!fields.contains("limit")) return bad("limit is required");
+  for (const auto& [k, v] : fields) {
+    const std::string field = py::str(k);
+    auto text = [&]() {
+      if (!PyUnicode_Check(v.ptr())) {
+        throw py::type_error("policy field " + field + " must be a str, not " + type_name(v));
+      }
+      return v.cast<std::string>();
+    };
+    if (field == "limit") {
+      auto l = to_limit(v);
+      if (!l) return sluice::fail(l.error());
+      p.limit = *l;
+    } else if (field == "algorithm") {
+      auto a = sluice::parse_algorithm(text());
+      if (!a) return sluice::fail(a.error());
+      p.algorithm = *a;
+    } else if (field == "on_failure") {
+      auto m = sluice::parse_failure_mode(text());
+      if (!m) return sluice::fail(m.error());
+      p.on_failure = *m;
+    } else if (field == "shadow") {
+      if (!PyBool_Check(v.ptr())) {
+        throw py::type_error("policy field shadow must be a bool, not " + type_name(v));
+      }
+      p.shadow = v.cast<bool>();
+    } else {
+      return bad("unknown field \"" + field + "\" (limit, algorithm, on_failure, shadow)");
+    }
+  }
+  return p;
+}
+
+// Completes `future` with `outcome` unless it is done already (cancelled while the store
+// decided). `keepalive` is the Limiter, so that its last reference never drops on the
+// store's I/O thread, whose destructor would then join itself.
+void deliver(py::handle future, bool ok, py::handle outcome, py::handle /*keepalive*/) {
+  if (future.attr("done")().cast<bool>()) return;
+  future.attr(ok ? "set_result" : "set_exception")(outcome);
+}
+
+// True on a thread while it runs an async call's completion.
+thread_local bool in_completion = false;
+
+// Limiters no pending completion could hand back to their loop (it was closed): kept
+// rather than released on a store's I/O thread.
+PyObject* orphans = nullptr;
+
+class py_limiter {
+ public:
+  py_limiter(const std::string& store_uri, const py::object& policies) : lim_(open(store_uri)) {
+    sync_ = dynamic_cast<const sluice::sync_store*>(&lim_->store()) != nullptr;
+    if (policies.is_none()) return;
+    const py::object mapping = py::module_::import("collections.abc").attr("Mapping");
+    if (!py::isinstance(policies, mapping)) {
+      throw py::type_error("policies must be a mapping of names to policies, not " +
+                           type_name(policies));
+    }
+    for (const auto& [name, spec] : py::dict(policies)) {
+      if (!PyUnicode_Check(name.ptr())) {
+        throw py::type_error("policy names must be str, not " + type_name(name));
+      }
+      auto p = to_policy(name.cast<std::string>(), spec);
+      if (!p) raise(p.error());
+      if (auto added = lim_->add_policy(std::move(*p)); !added) raise(added.error());
+    }
+  }
+
+  py_limiter(const py_limiter&) = delete;
+  py_limiter& operator=(const py_limiter&) = delete;
+
+  // The last reference to a Limiter may drop inside a completion, on the store's I/O thread
+  // (after the future is set, the awaiting task can finish and let go of the Limiter before
+  // the completion returns). The store's destructor joins that thread, so the limiter is
+  // then destroyed on a thread of its own instead.
+  ~py_limiter() {
+    if (!in_completion) return;
+    try {
+      std::thread([l = std::move(lim_)]() mutable { l.reset(); }).detach();
+    } catch (const std::system_error&) {
+      static_cast<void>(lim_.release());  // no thread to spare: leak rather than deadlock
+    }
+  }
+
+  enum class call { acquire, peek };
+
+  py_decision decide(call c, py::handle policy, py::handle key, std::int64_t cost) {
+    const auto t = resolve(policy);
+    if (!t) raise(t.error());
+    const std::string_view k = key_view(key);
+    sluice::result<sluice::decision> r;
+    if (sync_) {
+      r = c == call::acquire ? lim_->acquire(t->get(), k, cost) : lim_->peek(t->get(), k, cost);
+    } else {
+      const py::gil_scoped_release nogil;
+      r = c == call::acquire ? lim_->acquire(t->get(), k, cost) : lim_->peek(t->get(), k, cost);
+    }
+    if (!r) raise(r.error());
+    return to_python(*r);
+  }
+
+  void reset(py::handle policy, py::handle key) {
+    const auto t = resolve(policy);
+    if (!t) raise(t.error());
+    const std::string_view k = key_view(key);
+    sluice::result<void> r;
+    if (sync_) {
+      r = lim_->reset(t->get(), k);
+    } else {
+      const py::gil_scoped_release nogil;
+      r = lim_->reset(t->get(), k);
+    }
+    if (!r) raise(r.error());
+  }
+
+  // Returns an asyncio future of the running loop that the decision completes.
+  static py::object decide_async(py::object self, call c, py::handle policy, py::handle key,
+                                 std::int64_t cost) {
+    auto& me = self.cast<py_limiter&>();
+    py::object loop = py::module_::import("asyncio").attr("get_running_loop")();
+    py::object future = loop.attr("create_future")();
+    auto t = me.resolve(policy);
+    if (!t) {
+      future.attr("set_exception")(make_exception(t.error()));
+      return future;
+    }
+    const std::string_view k = key_view(key);
+    // Everything the completion touches. Its Python references are dropped under the GIL
+    // by the completion itself, so destroying it later needs no GIL.
+    struct pending {
+      py::object self, loop, future;
+      std::shared_ptr<const sluice::policy> inline_policy;  // read until the completion
+      std::thread::id caller = std::this_thread::get_id();
+    };
+    auto p = std::make_shared<pending>(pending{self, loop, future, t->inline_policy});
+    auto done = [p](sluice::result<sluice::decision> r) {
+      const py::gil_scoped_acquire gil;
+      in_completion = true;
+      try {
+        const bool ok = r.has_value();
+        const py::object outcome = ok ? py::cast(to_python(*r)) : make_exception(r.error());
+        if (std::this_thread::get_id() == p->caller) {
+          deliver(p->future, ok, outcome, p->self);  // inline, on the loop's own thread
+        } else {
+          try {
+            p->loop.attr("call_soon_threadsafe")(py::handle(deliver_function), p->future, ok,
+                                                 outcome, p->self);
+          } catch (py::error_already_set&) {
+            PyList_Append(orphans, p->self.ptr());  // the loop is closed; nobody waits
+          }
+        }
+      } catch (py::error_already_set& e) {
+        e.discard_as_unraisable("sluice: completing an asyncio future");
+      }
+      p->self = py::object();
+      p->loop = py::object();
+      p->future = py::object();
+      in_completion = false;
+    };
+    const sluice::policy& pol = t->get();
+    if (me.sync_) {
+      me.start(c, pol, k, cost, std::move(done));
+    } else {
+      const py::gil_scoped_release nogil;
+      me.start(c, pol, k, cost, std::move(done));
+    }
+    return future;
+  }
+
+  std::string describe() { return lim_->store().describe(); }
+
+ private:
+  // A registered policy, or an inline one owned here (and by pending completions).
+  struct target {
+    const sluice::policy* named = nullptr;
+    std::shared_ptr<const sluice::policy> inline_policy;
+    const sluice::policy& get() const { return named != nullptr ? *named : *inline_policy; }
+  };
+
+  static std::unique_ptr<sluice::limiter> open(const std::string& uri) {
+    auto s = sluice::open_store(uri);
+    if (!s) raise(s.error());
+    return std::make_unique<sluice::limiter>(std::move(*s));
+  }
+
+  // A str is a policy's name when one has it, else a limit if it looks like one ("10/1m",
+  // "10 per minute": policy names have neither '/' nor spaces); a tuple is a limit. Inline
+  // limits are unscoped sliding_log policies that fail open, as the server's.
+  sluice::result<target> resolve(py::handle spec) const {
+    if (PyUnicode_Check(spec.ptr())) {
+      const std::string name = spec.cast<std::string>();
+      if (const auto* p = lim_->find_policy(name)) return target{p, nullptr};
+      if (name.find_first_of("/ ") == std::string::npos) {
+        return sluice::make_error(sluice::errc::unknown_policy,
+                                  "no policy named \"" + name.substr(0, 64) + "\"");
+      }
+    } else if (!PyTuple_Check(spec.ptr())) {
+      throw py::type_error("policy must be a policy name (str) or a limit (str or tuple), not " +
+                           type_name(spec));
+    }
+    auto l = to_limit(spec);
+    if (!l) return sluice::fail(l.error());
+    auto p = std::make_shared<sluice::policy>();
+    p->limit = *l;
+    return target{nullptr, std::move(p)};
+  }
+
+  void start(call c, const sluice::policy& p, std::string_view key, std::int64_t cost,
+             sluice::limiter::completion done) {
+    if (c == call::acquire) {
+      lim_->async_acquire(p, key, cost, std::move(done));
+    } else {
+      lim_->async_peek(p, key, cost, std::move(done));
+    }
+  }
+
+  std::unique_ptr<sluice::limiter> lim_;  // never null
+  bool sync_ = false;  // the store decides on the caller's thread and never waits
+};
+
+PyObject* new_exception(py::module_& m, const char* name, PyObject* base, const char* doc) {
+  const std::string qualified = std::string("sluice.") + name;
+  PyObject* type = PyErr_NewExceptionWithDoc(qualified.c_str(), doc, base, nullptr);
+  if (type == nullptr) throw py::error_already_set();
+  m.add_object(name, py::handle(type));  // the module takes a reference; ours is kept
+  return type;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_sluice, m) {
+  m.doc() = "sluice's rate limiter, compiled. Import it as `sluice`.";
+
+  store_error_type = new_exception(
+      m, "StoreError", PyExc_Exception,
+      "The store failed (unreachable, timed out, full, or answered something unusable) and\n"
+      "nothing decided in its place. `code` names the failure: store_unavailable, timeout,\n"
+      "store_error, store_full or unsupported_store.");
+  unknown_policy_type =
+      new_exception(m, "UnknownPolicyError", PyExc_LookupError,
+                    "No policy has that name (and it is not a limit such as \"10/1m\"). `code` is\n"
+                    "\"unknown_policy\".");
+  orphans = PyList_New(0);
+  if (orphans == nullptr) throw py::error_already_set();
+
+  py::class_<py_decision>(m, "Decision",
+                          "The answer to \"may this key spend this much now?\". Immutable.\n\n"
+                          "True when allowed: `if limiter.acquire(\"chat\", user): ...`.")
+      .def(py::init([](bool allowed, std::int64_t limit, std::int64_t remaining, double retry_after,
+                       double reset_after, std::optional<std::string> fallback, bool shadow) {
+             return py_decision{
+                 allowed, limit, remaining, retry_after, reset_after, std::move(fallback), shadow};
+           }),
+           py::kw_only(), py::arg("allowed"), py::arg("limit"), py::arg("remaining"),
+           py::arg("retry_after") = 0.0, py::arg("reset_after") = 0.0,
+           py::arg("fallback") = py::none(), py::arg("shadow") = false,
+           "Builds a decision (for tests and fakes; limiters build their own).")
+      .def_readonly("allowed", &py_decision::allowed, "Whether the request is admitted.")
+      .def_readonly("limit", &py_decision::limit, "The limit's count.")
+      .def_readonly("remaining", &py_decision::remaining,
+                    "Units still available (after this request, when allowed).")
+      .def_readonly("retry_after", &py_decision::retry_after,
+                    "Seconds until this request would be admitted; 0.0 when allowed.")
+      .def_readonly("reset_after", &py_decision::reset_after,
+                    "Seconds until the key is back to its full limit.")
+      .def_readonly("fallback", &py_decision::fallback,
+                    "\"allow\", \"deny\" or \"local\" when the policy's failure mode decided\n"
+                    "because the store failed; None when the store decided.")
+      .def_readonly("shadow", &py_decision::shadow,
+                    "True when a shadow policy denied and the decision says allowed.")
+      .def("__bool__", [](const py_decision& d) { return d.allowed; })
+      .def("__eq__",
+           [](const py_decision& a, py::object b) -> py::object {
+             if (!py::isinstance<py_decision>(b))
+               return py::reinterpret_borrow<py::object>(Py_NotImplemented);
+             return py::bool_(a == b.cast<const py_decision&>());
+           })
+      .def("__hash__",
+           [](const py_decision& d) {
+             return py::hash(py::make_tuple(d.allowed, d.limit, d.remaining, d.retry_after,
+                                            d.reset_after, d.fallback, d.shadow));
+           })
+      .def("__repr__", &decision_repr);
+
+  using call = py_limiter::call;
+  py::class_<py_limiter>(
+      m, "Limiter",
+      "Named policies bound to a store. Thread-safe: share one among threads and tasks.\n\n"
+      "    limiter = sluice.Limiter(\"memory://\", {\"chat\": \"30/hour\"})\n"
+      "    if not limiter.acquire(\"chat\", \"user:42\"): ...\n")
+      .def(py::init<const std::string&, const py::object&>(), py::arg("store") = "memory://",
+           py::arg("policies") = py::none(),
+           "Opens `store` (memory://, redis://, rediss://, unix://, redis+cluster://...) and\n"
+           "registers `policies`: name -> a limit (\"30/hour\" or (30, 3600.0)) or a dict\n"
+           "{\"limit\": ..., \"algorithm\": \"sliding_log\" | \"sliding_counter\" | \"gcra\",\n"
+           "\"on_failure\": \"allow\" | \"deny\" | \"local\", \"shadow\": bool} (only limit\n"
+           "required). Raises ValueError for a bad URI or policy, StoreError for a store this\n"
+           "build does not provide.")
+      .def(
+          "acquire",
+          [](py_limiter& l, py::handle policy, py::handle key, std::int64_t cost) {
+            return l.decide(call::acquire, policy, key, cost);
+          },
+          py::arg("policy"), py::arg("key"), py::arg("cost") = 1,
+          "Returns the decision for `key` spending `cost` under `policy`, recording it when\n"
+          "allowed. `policy` is a registered policy's name or an inline limit (\"10/1m\" or\n"
+          "(10, 60.0): an unscoped sliding_log policy that fails open); `key` is str or\n"
+          "bytes. Raises ValueError for bad input and UnknownPolicyError for an unknown name.\n"
+          "Releases the GIL while a remote store answers.")
+      .def(
+          "peek",
+          [](py_limiter& l, py::handle policy, py::handle key, std::int64_t cost) {
+            return l.decide(call::peek, policy, key, cost);
+          },
+          py::arg("policy"), py::arg("key"), py::arg("cost") = 1,
+          "Returns the decision `acquire` would give, spending nothing.")
+      .def("reset", &py_limiter::reset, py::arg("policy"), py::arg("key"),
+           "Forgets `key` under `policy`. Raises StoreError when the store fails (or its\n"
+           "circuit breaker is open): the state kept there is then not forgotten.")
+      .def(
+          "acquire_async",
+          [](py::object self, py::handle policy, py::handle key, std::int64_t cost) {
+            return py_limiter::decide_async(std::move(self), call::acquire, policy, key, cost);
+          },
+          py::arg("policy"), py::arg("key"), py::arg("cost") = 1,
+          "Returns an awaitable (an asyncio.Future of the running loop) of what `acquire`\n"
+          "returns; the loop never blocks on the store. sluice's errors are raised by the\n"
+          "await (a TypeError by the call). Needs a running loop (else RuntimeError).\n"
+          "Cancelling it is safe; a decision already made by the store stands.")
+      .def(
+          "peek_async",
+          [](py::object self, py::handle policy, py::handle key, std::int64_t cost) {
+            return py_limiter::decide_async(std::move(self), call::peek, policy, key, cost);
+          },
+          py::arg("policy"), py::arg("key"), py::arg("cost") = 1,
+          "Returns an awaitable of what `peek` returns.")
+      .def_property_readonly("store", &py_limiter::describe,
+                             "The store's URI, without credentials.")
+      .def("__repr__", [](py_limiter& l) {
+        return "sluice.Limiter(" + std::string(py::repr(py::str(l.describe()))) + ")";
+      });
+
+  m.def("_deliver", &deliver, py::arg("future"), py::arg("ok"), py::arg("outcome"),
+        py::arg("keepalive"), "Completes an async call's future on its loop (internal).");
+  deliver_function = m.attr("_deliver").ptr();
+  Py_INCREF(deliver_function);
+}

@@ -1,0 +1,113 @@
+"""sluice.Limiter on a real redis-server (conftest.redis_port), and on one that is down."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import sluice
+from conftest import free_port
+
+
+def redis_uri(port: int) -> str:
+    return f"redis://127.0.0.1:{port}?timeout=500ms"
+
+
+def test_acquire_peek_reset_on_redis(redis_port):
+    """Verifies the decisions of a window on Redis, peek spending nothing, reset forgetting."""
+    lim = sluice.Limiter(redis_uri(redis_port), {
+        "chat": "3/1m",
+        "g": {"limit": "2/1m", "algorithm": "gcra"},
+    })
+    assert lim.store.startswith("redis://127.0.0.1")
+    assert [lim.acquire("chat", "u").remaining for _ in range(3)] == [2, 1, 0]
+    denied = lim.acquire("chat", "u")
+    assert not denied and denied.fallback is None and 0 < denied.retry_after <= 60
+    assert [lim.peek("chat", "u").allowed for _ in range(3)] == [False] * 3
+    lim.reset("chat", "u")
+    assert lim.peek("chat", "u").remaining == 3  # all of the limit again
+    assert [lim.acquire("g", b"u").allowed for _ in range(3)] == [True, True, False]
+    assert lim.acquire("5/1m", "inline").remaining == 4
+
+
+def test_acquire_async_on_redis(redis_port):
+    """Verifies 1,000 concurrent acquire_async on Redis admit exactly the limit."""
+    lim = sluice.Limiter(redis_uri(redis_port), {"p": "100/1h"})
+
+    async def main():
+        return await asyncio.gather(*(lim.acquire_async("p", "k") for _ in range(1000)))
+
+    decisions = asyncio.run(main())
+    assert sum(1 for d in decisions if d.allowed) == 100
+    assert all(d.fallback is None for d in decisions)
+
+
+def test_cancelled_futures_on_redis(redis_port):
+    """Verifies futures cancelled while Redis decides are left alone when the answer comes."""
+    lim = sluice.Limiter(redis_uri(redis_port), {"p": "1000/1h"})
+
+    async def main():
+        futures = [lim.acquire_async("p", "k") for _ in range(200)]
+        for f in futures[::2]:
+            f.cancel()
+        done = await asyncio.gather(*futures[1::2])
+        await asyncio.sleep(0.2)  # let the cancelled ones' answers arrive
+        return done, await lim.peek_async("p", "k")
+
+    done, after = asyncio.run(main())
+    assert all(d.allowed for d in done)
+    assert after.remaining == 800  # the store decided all 200; cancelling does not undo
+
+
+def test_threads_release_the_gil_on_redis(redis_port):
+    """Verifies 8 threads racing 1,000 acquires on Redis, limit 100, admit exactly 100."""
+    lim = sluice.Limiter(redis_uri(redis_port), {"p": "100/1h"})
+    admitted = []
+
+    def worker():
+        admitted.append(sum(1 for _ in range(125) if lim.acquire("p", "k")))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sum(admitted) == 100 and len(admitted) == 8
+
+
+def test_store_down_falls_back_by_policy():
+    """Verifies a store that is down: each policy's failure mode decides, reset raises."""
+    lim = sluice.Limiter(redis_uri(free_port()), {
+        "open": {"limit": "5/1m", "on_failure": "allow"},
+        "closed": {"limit": "5/1m", "on_failure": "deny"},
+        "local": {"limit": "1/1m", "on_failure": "local"},
+    })
+    start = time.monotonic()
+    d = lim.acquire("open", "k")
+    assert d.allowed and d.fallback == "allow" and d.remaining == 5
+    d = lim.acquire("closed", "k")
+    assert not d.allowed and d.fallback == "deny" and d.retry_after > 0
+    assert lim.acquire("local", "k").fallback == "local"
+    assert not lim.acquire("local", "k").allowed
+    assert lim.acquire("5/1m", "k").fallback == "allow"  # inline limits fail open
+
+    async def main():
+        return await lim.acquire_async("open", "k")
+
+    assert asyncio.run(main()).fallback == "allow"
+    with pytest.raises(sluice.StoreError) as info:
+        lim.reset("open", "k")
+    assert info.value.code in ("store_unavailable", "timeout", "store_error")
+    assert time.monotonic() - start < 30
+
+
+def test_limiter_dropped_right_after_an_await(redis_port):
+    """Verifies a Limiter whose last reference drops as its completion runs is no crash."""
+    async def once():
+        return (await sluice.Limiter(redis_uri(redis_port)).acquire_async("9/1h", "k")).allowed
+
+    async def main():
+        return [await once() for _ in range(100)]
+
+    assert asyncio.run(main()) == [True] * 9 + [False] * 91
