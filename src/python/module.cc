@@ -286,13 +286,9 @@ class py_limiter {
     const auto t = resolve(policy);
     if (!t) raise(t.error());
     const std::string_view k = key_view(key);
-    sluice::result<sluice::decision> r;
-    if (sync_) {
-      r = c == call::acquire ? lim_->acquire(t->get(), k, cost) : lim_->peek(t->get(), k, cost);
-    } else {
-      const py::gil_scoped_release nogil;
-      r = c == call::acquire ? lim_->acquire(t->get(), k, cost) : lim_->peek(t->get(), k, cost);
-    }
+    const sluice::result<sluice::decision> r = outside_gil([&] {
+      return c == call::acquire ? lim_->acquire(t->get(), k, cost) : lim_->peek(t->get(), k, cost);
+    });
     if (!r) raise(r.error());
     return to_python(*r);
   }
@@ -301,13 +297,7 @@ class py_limiter {
     const auto t = resolve(policy);
     if (!t) raise(t.error());
     const std::string_view k = key_view(key);
-    sluice::result<void> r;
-    if (sync_) {
-      r = lim_->reset(t->get(), k);
-    } else {
-      const py::gil_scoped_release nogil;
-      r = lim_->reset(t->get(), k);
-    }
+    const sluice::result<void> r = outside_gil([&] { return lim_->reset(t->get(), k); });
     if (!r) raise(r.error());
   }
 
@@ -356,12 +346,7 @@ class py_limiter {
       in_completion = false;
     };
     const sluice::policy& pol = t->get();
-    if (me.sync_) {
-      me.start(c, pol, k, cost, std::move(done));
-    } else {
-      const py::gil_scoped_release nogil;
-      me.start(c, pol, k, cost, std::move(done));
-    }
+    me.outside_gil([&] { me.start(c, pol, k, cost, std::move(done)); });
     return future;
   }
 
@@ -401,6 +386,15 @@ class py_limiter {
     auto p = std::make_shared<sluice::policy>();
     p->limit = *l;
     return target{nullptr, std::move(p)};
+  }
+
+  // Runs `f` with the GIL released when the store may wait (a remote store), else holding it:
+  // on the memory store, releasing it measured 5-10% slower per call from one thread.
+  template <class F>
+  auto outside_gil(F&& f) const -> decltype(f()) {
+    if (sync_) return f();
+    const py::gil_scoped_release nogil;
+    return f();
   }
 
   void start(call c, const sluice::policy& p, std::string_view key, std::int64_t cost,

@@ -32,33 +32,35 @@ class waiter {
   std::optional<result<T>> value_;
 };
 
-unexpected<error> io_thread_error(const store& s) {
-  return make_error(errc::store_error, "store " + s.describe() +
-                                           ": a synchronous call from a completion would wait "
-                                           "for itself; use the async form there");
+// Starts an async call, `start(completion)`, and waits for its result, unless the caller is
+// the store's own I/O thread, where the wait would never end.
+template <class T, class Start>
+result<T> wait_for(const store& s, bool on_io_thread, Start&& start) {
+  if (on_io_thread) {
+    return make_error(errc::store_error, "store " + s.describe() +
+                                             ": a synchronous call from a completion would wait "
+                                             "for itself; use the async form there");
+  }
+  waiter<T> w;
+  std::forward<Start>(start)(w.completion());
+  return w.wait();
 }
 
 }  // namespace
 
 result<decision> async_store::acquire(const request& r) {
-  if (on_io_thread()) return io_thread_error(*this);
-  waiter<decision> w;
-  async_acquire(r, w.completion());
-  return w.wait();
+  return wait_for<decision>(*this, on_io_thread(),
+                            [&](completion done) { async_acquire(r, std::move(done)); });
 }
 
 result<decision> async_store::peek(const request& r) {
-  if (on_io_thread()) return io_thread_error(*this);
-  waiter<decision> w;
-  async_peek(r, w.completion());
-  return w.wait();
+  return wait_for<decision>(*this, on_io_thread(),
+                            [&](completion done) { async_peek(r, std::move(done)); });
 }
 
 result<void> async_store::reset(std::string_view key) {
-  if (on_io_thread()) return io_thread_error(*this);
-  waiter<void> w;
-  async_reset(key, w.completion());
-  return w.wait();
+  return wait_for<void>(*this, on_io_thread(),
+                        [&](reset_completion done) { async_reset(key, std::move(done)); });
 }
 
 }  // namespace sluice
