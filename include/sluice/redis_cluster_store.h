@@ -81,6 +81,9 @@ class redis_cluster_store final : public async_store {
   void async_peek(const request& r, completion done) override;
   void async_reset(std::string_view key, reset_completion done) override;
   std::string describe() const override;
+  // Ready while a slot map is known and some master has a connection up (keys of a master
+  // that is down get the failure policy until its replica takes over); the detail says how
+  // many slots have a reachable master.
   store_health health() const override;
   // Reports the counters of `stats()` as sluice_redis_* metrics (and the routing as
   // sluice_redis_cluster_*).
@@ -96,9 +99,6 @@ class redis_cluster_store final : public async_store {
   int slot_of(std::string_view key) const;
 
   redis_cluster_stats stats() const;
-  // True when a slot map is known and some master has a connection up: the store decides
-  // (keys of a master that is down get the failure policy until its replica takes over).
-  bool ready() const;
 
  private:
   bool on_io_thread() const noexcept override;

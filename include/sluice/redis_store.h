@@ -81,13 +81,12 @@ class redis_store final : public async_store {
   void async_peek(const request& r, completion done) override;
   void async_reset(std::string_view key, reset_completion done) override;
   std::string describe() const override;
+  // Ready while at least one connection is up; the detail names why one is down.
   store_health health() const override;
   // Reports the counters of `stats()` as sluice_redis_* metrics.
   void visit_metrics(const metric_visitor& visit) const override;
 
   redis_store_stats stats() const;
-  // True when at least one connection is up (for readiness checks).
-  bool ready() const;
 
  private:
   bool on_io_thread() const noexcept override;

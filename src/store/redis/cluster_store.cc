@@ -547,8 +547,6 @@ redis_cluster_stats redis_cluster_store::stats() const {
   return out;
 }
 
-bool redis_cluster_store::ready() const { return stats().slots_served > 0; }
-
 bool redis_cluster_store::on_io_thread() const noexcept {
   return std::this_thread::get_id() == impl_->thread.get_id();
 }

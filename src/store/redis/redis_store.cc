@@ -149,11 +149,4 @@ void redis_store::visit_metrics(const metric_visitor& visit) const {
   redis::visit_common_metrics(visit, stats());
 }
 
-bool redis_store::ready() const {
-  for (const auto& c : impl_->connections) {
-    if (c->ready()) return true;
-  }
-  return false;
-}
-
 }  // namespace sluice

@@ -174,7 +174,7 @@ TEST(RedisClusterStore, NoReachableSeedIsAnError) {
   const auto start = steady::now();
   redis_cluster_store redis(*o);
   EXPECT_LT(steady::now() - start, 2s);
-  EXPECT_FALSE(redis.ready());
+  EXPECT_FALSE(redis.health().ready);
   auto d = redis.acquire(req("k", 5, 60s, algorithm::gcra));
   ASSERT_FALSE(d);
   EXPECT_EQ(d.error().code, errc::store_unavailable);
@@ -197,7 +197,7 @@ TEST(RedisClusterStore, StandaloneRedisIsAClearError) {
       "redis+cluster://127.0.0.1:" + std::to_string(standalone.port()) + "?connect_timeout=300ms");
   ASSERT_TRUE(o);
   redis_cluster_store redis(*o);
-  EXPECT_FALSE(redis.ready());
+  EXPECT_FALSE(redis.health().ready);
   auto d = redis.acquire(req("k", 5, 60s, algorithm::gcra));
   ASSERT_FALSE(d);
   EXPECT_EQ(d.error().code, errc::store_unavailable);
@@ -282,7 +282,7 @@ void expect_survives_failover(bool hang) {
   ASSERT_GT(calls_after, 0);
   EXPECT_EQ(ok_after, calls_after) << "the failed master's keys did not come back";
   EXPECT_GE(redis.stats().refreshes, 2u);
-  EXPECT_TRUE(redis.ready());
+  EXPECT_TRUE(redis.health().ready);
   std::printf(
       "%zu calls on the other masters, %zu on the failed one's keys (%d failed while it "
       "was down, %d after the promotion)\n",
@@ -463,7 +463,7 @@ TEST(RedisClusterStore, AuthenticatesOnEveryNode) {
   o->connection.password = "wrong";
   o->connection.connect_timeout = 500ms;
   redis_cluster_store wrong(*o);
-  EXPECT_FALSE(wrong.ready());
+  EXPECT_FALSE(wrong.health().ready);
   auto d = wrong.acquire(req("auth:0", 5, 60s, algorithm::gcra));
   ASSERT_FALSE(d);
   EXPECT_EQ(d.error().code, errc::store_unavailable);
@@ -489,7 +489,7 @@ TEST(RedisClusterStore, TlsToEveryNode) {
   o->connection.tls_ca_file = cluster.other_ca_file().string();
   o->connection.connect_timeout = 500ms;
   redis_cluster_store wrong(*o);
-  EXPECT_FALSE(wrong.ready());
+  EXPECT_FALSE(wrong.health().ready);
   auto d = wrong.acquire(req("tls:0", 5, 60s, algorithm::gcra));
   ASSERT_FALSE(d);
   EXPECT_EQ(d.error().code, errc::store_unavailable);

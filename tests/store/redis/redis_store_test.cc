@@ -168,7 +168,7 @@ TEST(RedisStore, SurvivesARestart) {
   redis_store redis(o);
   ASSERT_TRUE(redis.acquire(req("restart", 10, 1h, algorithm::gcra)));
   server.stop();
-  ASSERT_TRUE(eventually([&] { return !redis.ready(); }));
+  ASSERT_TRUE(eventually([&] { return !redis.health().ready; }));
   std::vector<std::chrono::microseconds> latencies;
   for (int i = 0; i < 200; ++i) {
     const auto start = std::chrono::steady_clock::now();
@@ -182,7 +182,7 @@ TEST(RedisStore, SurvivesARestart) {
   EXPECT_LT(latencies[latencies.size() * 99 / 100], o.timeout);
   server.start();
   const auto back = std::chrono::steady_clock::now();
-  ASSERT_TRUE(eventually([&] { return redis.ready(); }, 5s));
+  ASSERT_TRUE(eventually([&] { return redis.health().ready; }, 5s));
   EXPECT_LT(std::chrono::steady_clock::now() - back, 1s);
   auto d = redis.acquire(req("restart", 10, 1h, algorithm::gcra));
   ASSERT_TRUE(d) << d.error().message();
@@ -228,7 +228,7 @@ TEST(RedisStore, AuthenticatesWithPasswordOrAclUser) {
   auto wrong = o;
   wrong.password = "wrong";
   redis_store redis(wrong);
-  EXPECT_FALSE(redis.ready());
+  EXPECT_FALSE(redis.health().ready);
   auto d = redis.acquire(req("auth", 1, 1s, algorithm::gcra));
   ASSERT_FALSE(d);
   EXPECT_EQ(d.error().code, make_error_code(errc::store_unavailable));
@@ -253,7 +253,7 @@ TEST(RedisStore, TlsVerifiesTheServer) {
   }
   o.tls_ca_file = server.other_ca_file().string();
   redis_store redis(o);
-  EXPECT_FALSE(redis.ready());
+  EXPECT_FALSE(redis.health().ready);
   auto d = redis.acquire(req("tls", 2, 1s, algorithm::sliding_log));
   ASSERT_FALSE(d);
   EXPECT_NE(d.error().message().find("TLS"), std::string::npos) << d.error().message();
@@ -290,7 +290,7 @@ TEST(RedisStore, BadServersAreErrorsNotCrashes) {
     o->timeout = 100ms;
     o->connect_timeout = 200ms;
     redis_store redis(*o);
-    EXPECT_FALSE(redis.ready());
+    EXPECT_FALSE(redis.health().ready);
     auto d = redis.acquire(req("k", 1, 1s, algorithm::gcra));
     ASSERT_FALSE(d) << "reply " << reply;
     EXPECT_FALSE(d.error().message().empty());
