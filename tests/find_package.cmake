@@ -13,37 +13,36 @@ if(SLUICE_INSTALL)
   if(NOT sluice_fp_build_type)
     set(sluice_fp_build_type Release)
   endif()
+  # sluice_fp_consumer(NAME PREFIX FIXTURE -D...): the test find_package.NAME, which
+  # configures, builds and runs tests/find_package against the sluice installed in PREFIX
+  # (by the test that sets up FIXTURE), with the -D options that follow.
+  function(sluice_fp_consumer name prefix fixture)
+    add_test(NAME find_package.${name}
+      COMMAND ${CMAKE_CTEST_COMMAND}
+        --build-and-test ${CMAKE_CURRENT_LIST_DIR}/find_package
+                         ${CMAKE_CURRENT_BINARY_DIR}/find_package_${name}
+        --build-generator ${CMAKE_GENERATOR}
+        --build-makeprogram ${CMAKE_MAKE_PROGRAM}
+        --build-options
+          -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
+          -DCMAKE_CXX_COMPILER=${CMAKE_CXX_COMPILER}
+          -DCMAKE_BUILD_TYPE=${sluice_fp_build_type}
+          "-DCMAKE_CXX_FLAGS=${CMAKE_CXX_FLAGS}"
+          "-DCMAKE_EXE_LINKER_FLAGS=${CMAKE_EXE_LINKER_FLAGS}"
+          -DCMAKE_PREFIX_PATH=${prefix}
+          ${ARGN}
+        --test-command ${CMAKE_CTEST_COMMAND} --output-on-failure)
+    set_tests_properties(find_package.${name} PROPERTIES
+      FIXTURES_REQUIRED ${fixture}
+      TIMEOUT 300)
+  endfunction()
+
   # One consumer asks for core alone (and builds the README's library example), one for
   # core, redis and server: each component gives its targets and no more.
-  set(sluice_fp_options
-    --build-generator ${CMAKE_GENERATOR}
-    --build-makeprogram ${CMAKE_MAKE_PROGRAM}
-    --build-options
-      -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
-      -DCMAKE_CXX_COMPILER=${CMAKE_CXX_COMPILER}
-      -DCMAKE_BUILD_TYPE=${sluice_fp_build_type}
-      "-DCMAKE_CXX_FLAGS=${CMAKE_CXX_FLAGS}"
-      "-DCMAKE_EXE_LINKER_FLAGS=${CMAKE_EXE_LINKER_FLAGS}")
-  add_test(NAME find_package.core
-    COMMAND ${CMAKE_CTEST_COMMAND}
-      --build-and-test ${CMAKE_CURRENT_LIST_DIR}/find_package
-                       ${CMAKE_CURRENT_BINARY_DIR}/find_package_core
-      ${sluice_fp_options}
-        -DCMAKE_PREFIX_PATH=${sluice_fp_prefix}
-        -DSLUICE_COMPONENTS=core
-        -DSLUICE_README=${PROJECT_SOURCE_DIR}/README.md
-      --test-command ${CMAKE_CTEST_COMMAND} --output-on-failure)
-  add_test(NAME find_package.redis
-    COMMAND ${CMAKE_CTEST_COMMAND}
-      --build-and-test ${CMAKE_CURRENT_LIST_DIR}/find_package
-                       ${CMAKE_CURRENT_BINARY_DIR}/find_package_redis
-      ${sluice_fp_options}
-        -DCMAKE_PREFIX_PATH=${sluice_fp_prefix}
-        -DSLUICE_COMPONENTS=core,redis,server
-      --test-command ${CMAKE_CTEST_COMMAND} --output-on-failure)
-  set_tests_properties(find_package.core find_package.redis PROPERTIES
-    FIXTURES_REQUIRED sluice_installed
-    TIMEOUT 300)
+  sluice_fp_consumer(core ${sluice_fp_prefix} sluice_installed
+    -DSLUICE_COMPONENTS=core -DSLUICE_README=${PROJECT_SOURCE_DIR}/README.md)
+  sluice_fp_consumer(redis ${sluice_fp_prefix} sluice_installed
+    -DSLUICE_COMPONENTS=core,redis,server)
 
   # sluice built with SLUICE_WITH_REDIS=OFF (no hiredis, Boost or OpenSSL) installs
   # sluice::core alone, and the core consumer builds against it. Release build only: it
@@ -62,15 +61,7 @@ if(SLUICE_INSTALL)
           -DCMAKE_INSTALL_PREFIX=${sluice_nr_prefix})
     set_tests_properties(find_package.without_redis.install PROPERTIES
       FIXTURES_SETUP sluice_without_redis TIMEOUT 600)
-    add_test(NAME find_package.without_redis
-      COMMAND ${CMAKE_CTEST_COMMAND}
-        --build-and-test ${CMAKE_CURRENT_LIST_DIR}/find_package
-                         ${CMAKE_CURRENT_BINARY_DIR}/find_package_without_redis
-        ${sluice_fp_options}
-          -DCMAKE_PREFIX_PATH=${sluice_nr_prefix}
-          -DSLUICE_COMPONENTS=core
-        --test-command ${CMAKE_CTEST_COMMAND} --output-on-failure)
-    set_tests_properties(find_package.without_redis PROPERTIES
-      FIXTURES_REQUIRED sluice_without_redis TIMEOUT 300)
+    sluice_fp_consumer(without_redis ${sluice_nr_prefix} sluice_without_redis
+      -DSLUICE_COMPONENTS=core)
   endif()
 endif()
