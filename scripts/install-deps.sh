@@ -29,6 +29,11 @@ packages=(
   python3
   python3-dev
   python3-pytest
+  python3-pip
+  python3-setuptools
+  python3-fastapi
+  python3-uvicorn
+  python3-httpx
   pybind11-dev
   nginx-light
   wrk

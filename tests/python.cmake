@@ -10,8 +10,8 @@ if(SLUICE_BUILD_PYTHON)
       COMMAND ${Python3_EXECUTABLE} -m pytest -q -p no:cacheprovider ${test_file}
       WORKING_DIRECTORY ${CMAKE_CURRENT_LIST_DIR}/python)
     set_tests_properties(python.${name} PROPERTIES TIMEOUT 120
-      ENVIRONMENT "PYTHONPATH=${PROJECT_BINARY_DIR}/python;PYTHONDONTWRITEBYTECODE=1")
-    if(name MATCHES "redis")
+      ENVIRONMENT "PYTHONPATH=${PROJECT_BINARY_DIR}/python;PYTHONDONTWRITEBYTECODE=1;SLUICE_REFERENCE_DIR=${sluice_reference_dir}")
+    if(name MATCHES "redis|compat")
       set_tests_properties(python.${name} PROPERTIES LABELS redis)
     endif()
   endforeach()

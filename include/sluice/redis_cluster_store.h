@@ -33,7 +33,8 @@ struct redis_cluster_options {
   // Keys are `<prefix>:{<key>}`: the braces make Redis hash the identity alone, so every
   // piece of one key's state sits in one slot, whatever the prefix. False keeps
   // `<prefix>:<key>`, the reference limiter's layout (each state is one Redis key, so it
-  // too lives in one slot; see README "Redis Cluster").
+  // too lives in one slot; see README "Redis Cluster"). With an empty prefix, `{<key>}` and
+  // `<key>`.
   bool hash_tag = true;
   // How many MOVED / ASK redirections one call follows before it fails.
   int max_redirects = 5;

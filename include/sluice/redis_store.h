@@ -33,7 +33,7 @@ struct redis_store_options {
   std::string password;
   int db = 0;
   // Keys are `<key_prefix>:<key>`; the reference limiter's deployments use
-  // `chrysopedia:ratelimit`.
+  // `chrysopedia:ratelimit`. An empty prefix keeps keys verbatim (`<key>`, no colon).
   std::string key_prefix = "sluice";
   // Deadline of one decision, from the call to its answer.
   std::chrono::milliseconds timeout{50};

@@ -4,9 +4,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -244,9 +247,47 @@ thread_local bool in_completion = false;
 // rather than released on a store's I/O thread.
 PyObject* orphans = nullptr;
 
+// The limiter's warnings (store failures, at most one per 10 s), kept until a thread holding
+// the GIL hands them to Python's `logging` (logger "sluice"). They are made wherever the
+// limiter notices the failure, often on a store's I/O thread, which must not wait for the
+// GIL; every call and completion passes them on before it returns.
+class warning_queue {
+ public:
+  void push(std::string_view message) {
+    const std::lock_guard lock(mu_);
+    if (messages_.size() == kMax) messages_.pop_front();  // the newest say the most
+    messages_.emplace_back(message);
+    pending_.store(true, std::memory_order_release);
+  }
+
+  // Logs what is queued. Precondition: the GIL is held.
+  void flush() {
+    if (!pending_.load(std::memory_order_acquire)) return;
+    std::deque<std::string> out;
+    {
+      const std::lock_guard lock(mu_);
+      out.swap(messages_);
+      pending_.store(false, std::memory_order_relaxed);
+    }
+    try {
+      const py::object logger = py::module_::import("logging").attr("getLogger")("sluice");
+      for (const auto& m : out) logger.attr("warning")("%s", m);
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("sluice: logging a warning");
+    }
+  }
+
+ private:
+  static constexpr std::size_t kMax = 16;
+  std::mutex mu_;
+  std::deque<std::string> messages_;
+  std::atomic<bool> pending_{false};
+};
+
 class py_limiter {
  public:
-  py_limiter(const std::string& store_uri, const py::object& policies) : lim_(open(store_uri)) {
+  py_limiter(const std::string& store_uri, const py::object& policies)
+      : warnings_(std::make_shared<warning_queue>()), lim_(open(store_uri, warnings_)) {
     sync_ = dynamic_cast<const sluice::sync_store*>(&lim_->store()) != nullptr;
     if (policies.is_none()) return;
     const py::object mapping = py::module_::import("collections.abc").attr("Mapping");
@@ -289,6 +330,7 @@ class py_limiter {
     const sluice::result<sluice::decision> r = outside_gil([&] {
       return c == call::acquire ? lim_->acquire(t->get(), k, cost) : lim_->peek(t->get(), k, cost);
     });
+    warnings_->flush();
     if (!r) raise(r.error());
     return to_python(*r);
   }
@@ -298,6 +340,7 @@ class py_limiter {
     if (!t) raise(t.error());
     const std::string_view k = key_view(key);
     const sluice::result<void> r = outside_gil([&] { return lim_->reset(t->get(), k); });
+    warnings_->flush();
     if (!r) raise(r.error());
   }
 
@@ -318,12 +361,14 @@ class py_limiter {
     struct pending {
       py::object self, loop, future;
       std::shared_ptr<const sluice::policy> inline_policy;  // read until the completion
+      std::shared_ptr<warning_queue> warnings;
       std::thread::id caller = std::this_thread::get_id();
     };
-    auto p = std::make_shared<pending>(pending{self, loop, future, t->inline_policy});
+    auto p = std::make_shared<pending>(pending{self, loop, future, t->inline_policy, me.warnings_});
     auto done = [p](sluice::result<sluice::decision> r) {
       const py::gil_scoped_acquire gil;
       in_completion = true;
+      p->warnings->flush();
       try {
         const bool ok = r.has_value();
         const py::object outcome = ok ? py::cast(to_python(*r)) : make_exception(r.error());
@@ -360,12 +405,27 @@ class py_limiter {
     const sluice::policy& get() const { return named != nullptr ? *named : *inline_policy; }
   };
 
-  static std::unique_ptr<sluice::limiter> open(const std::string& uri) {
+  static std::unique_ptr<sluice::limiter> open(const std::string& uri,
+                                               std::shared_ptr<warning_queue> warnings) {
     auto s = sluice::open_store(uri);
     if (!s) raise(s.error());
-    return std::make_unique<sluice::limiter>(std::move(*s));
+    sluice::limiter_options o;
+    o.store = std::move(*s);
+    o.warn = [w = std::move(warnings)](std::string_view message) { w->push(message); };
+    return std::make_unique<sluice::limiter>(std::move(o));
   }
 
+ public:
+  // Returns the limit of a registered policy's name or an inline limit, as the calls read
+  // `policy`.
+  std::pair<std::int64_t, double> limit_of(py::handle policy) const {
+    const auto t = resolve(policy);
+    if (!t) raise(t.error());
+    const sluice::limit& l = t->get().limit;
+    return {l.count, seconds(l.window)};
+  }
+
+ private:
   // A str is a policy's name when one has it, else a limit if it looks like one ("10/1m",
   // "10 per minute": policy names have neither '/' nor spaces); a tuple is a limit. Inline
   // limits are unscoped sliding_log policies that fail open, as the server's.
@@ -406,7 +466,8 @@ class py_limiter {
     }
   }
 
-  std::unique_ptr<sluice::limiter> lim_;  // never null
+  std::shared_ptr<warning_queue> warnings_;  // the limiter's warn pushes here
+  std::unique_ptr<sluice::limiter> lim_;     // never null
   bool sync_ = false;  // the store decides on the caller's thread and never waits
 };
 
@@ -526,12 +587,25 @@ PYBIND11_MODULE(_sluice, m) {
           },
           py::arg("policy"), py::arg("key"), py::arg("cost") = 1,
           "Returns an awaitable of what `peek` returns.")
+      .def("limit", &py_limiter::limit_of, py::arg("policy"),
+           "Returns (count, window in seconds) of `policy`: a registered policy's name or an\n"
+           "inline limit, read as acquire reads it. Raises ValueError or UnknownPolicyError.")
       .def_property_readonly("store", &py_limiter::describe,
                              "The store's URI, without credentials.")
       .def("__repr__", [](py_limiter& l) {
         return "sluice.Limiter(" + std::string(py::repr(py::str(l.describe()))) + ")";
       });
 
+  m.def(
+      "parse_limit",
+      [](py::handle spec) {
+        auto l = to_limit(spec);
+        if (!l) raise(l.error());
+        return std::make_pair(l->count, seconds(l->window));
+      },
+      py::arg("limit"),
+      "Returns (count, window in seconds) of a limit: \"30/hour\", \"10/1m\", \"2/500ms\",\n"
+      "\"10 per minute\", or a (count, seconds) tuple. Raises ValueError when it is not one.");
   m.def("_deliver", &deliver, py::arg("future"), py::arg("ok"), py::arg("outcome"),
         py::arg("keepalive"), "Completes an async call's future on its loop (internal).");
   deliver_function = m.attr("_deliver").ptr();

@@ -169,7 +169,10 @@ struct redis_cluster_store::impl {
     const std::string& prefix = shared->options.key_prefix;
     std::string out;
     out.reserve(prefix.size() + key.size() + 3);
-    out.append(prefix).append(options.hash_tag ? ":{" : ":").append(key);
+    out.append(prefix);
+    if (!prefix.empty()) out += ':';
+    if (options.hash_tag) out += '{';
+    out.append(key);
     if (options.hash_tag) out += '}';
     return out;
   }
@@ -509,7 +512,7 @@ int redis_cluster_store::slot_of(std::string_view key) const {
     return redis::key_slot(impl_->redis_key(key));
   }
   char* end = std::copy(prefix.begin(), prefix.end(), buffer.data());
-  *end++ = ':';
+  if (!prefix.empty()) *end++ = ':';
   if (tag) *end++ = '{';
   end = std::copy(key.begin(), key.end(), end);
   if (tag) *end++ = '}';

@@ -69,9 +69,11 @@ struct redis_store::impl {
   }
 
   std::string full_key(std::string_view key) const {
+    const std::string& prefix = shared->options.key_prefix;
+    if (prefix.empty()) return std::string(key);  // verbatim: the reference's own keys
     std::string out;
-    out.reserve(shared->options.key_prefix.size() + 1 + key.size());
-    out.append(shared->options.key_prefix).append(":").append(key);
+    out.reserve(prefix.size() + 1 + key.size());
+    out.append(prefix).append(":").append(key);
     return out;
   }
 };

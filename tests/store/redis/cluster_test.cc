@@ -187,6 +187,18 @@ TEST(RedisClusterStore, NoReachableSeedIsAnError) {
       EXPECT_EQ(redis.slot_of(key), redis::key_slot(redis.redis_key(key))) << n << shape;
     }
   }
+  // An empty prefix keeps keys verbatim: the key itself, or in braces with a hash tag.
+  for (const char* tag : {"1", "0"}) {
+    auto bare = parse_redis_cluster_uri(
+        std::string("redis+cluster://127.0.0.1:1?connect_timeout=50ms&prefix=&hash_tag=") + tag);
+    ASSERT_TRUE(bare);
+    redis_cluster_store verbatim(*bare);
+    const std::string want = *tag == '1' ? "{chat:u1}" : "chat:u1";
+    EXPECT_EQ(verbatim.redis_key("chat:u1"), want);
+    EXPECT_EQ(verbatim.slot_of("chat:u1"), redis::key_slot(want));
+    const std::string longer(300, 'k');
+    EXPECT_EQ(verbatim.slot_of(longer), redis::key_slot(verbatim.redis_key(longer)));
+  }
 }
 
 // Verifies that a redis+cluster:// store pointed at a Redis without cluster support says so

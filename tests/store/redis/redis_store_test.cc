@@ -270,6 +270,13 @@ TEST(RedisStore, UnixSocketAndDatabase) {
   ASSERT_TRUE(redis.acquire(req("u", 5, 1h, algorithm::sliding_counter)));
   EXPECT_EQ(server.command({"EXISTS", "p:u"}), "0");
   EXPECT_EQ(server.commands({{"SELECT", "3"}, {"EXISTS", "p:u"}})[1], "1");
+  // An empty prefix keeps the key verbatim, as the reference limiter names its keys.
+  auto bare = parse_redis_uri("unix://" + server.unix_socket().string() + "?prefix=");
+  ASSERT_TRUE(bare) << bare.error().message();
+  redis_store verbatim(*bare);
+  ASSERT_TRUE(verbatim.acquire(req("chrysopedia:ratelimit:s:u", 5, 1h, algorithm::sliding_log)));
+  EXPECT_EQ(server.command({"TYPE", "chrysopedia:ratelimit:s:u"}), "zset");
+  EXPECT_EQ(server.command({"EXISTS", ":chrysopedia:ratelimit:s:u"}), "0");
 }
 
 // Verifies that servers answering garbage, hanging up, or never answering give clear errors
