@@ -8,6 +8,7 @@
 #   make bench-redis   build release; Redis store vs redis-benchmark vs the reference
 #   make bench-server  build release; sluice serve vs nginx under wrk
 #   make bench-cluster build release; the Redis Cluster store vs a single Redis
+#   make bench-python  build release; the Python module vs the reference and sluice bench
 #   make fuzz          build the libFuzzer targets with clang, run each FUZZ_SECONDS (60)
 #   make format        clang-format every C++ file in place
 #   make format-check  fail if any C++ file is not clang-formatted
@@ -27,7 +28,7 @@ export ASAN_OPTIONS := detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS := print_stacktrace=1:halt_on_error=1
 export TSAN_OPTIONS := halt_on_error=1:second_deadlock_stack=1
 
-.PHONY: run test build build-cli bench bench-redis bench-server bench-cluster fuzz deps format format-check clean \
+.PHONY: run test build build-cli bench bench-redis bench-server bench-cluster bench-python fuzz deps format format-check clean \
 	$(addprefix build-,$(PRESETS)) $(addprefix test-,$(PRESETS))
 
 # SLUICE_DEPS_DONE is set for the sub-makes of `test`, which checked the packages already.
@@ -82,6 +83,12 @@ bench-redis: build-release
 # One run of benchmarks/server_compare.sh: nginx `return 204` vs sluice serve, under wrk.
 bench-server: build-release
 	SLUICE=./build/release/sluice bash benchmarks/server_compare.sh
+
+# One run of benchmarks/python_bench.py: sluice.compat vs the reference, Limiter.acquire on
+# the memory store, acquire_async vs `sluice bench` on Redis (docs/BENCHMARKS.md, "Python").
+bench-python: build-release
+	PYTHONPATH=build/release/python /usr/bin/python3 benchmarks/python_bench.py \
+	  --sluice build/release/sluice --reference-dir ../shared/reference $(BENCH_ARGS)
 
 # One run of benchmarks/cluster_compare.sh: a 3-master Redis Cluster vs one redis-server.
 bench-cluster: build-release

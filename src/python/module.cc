@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <deque>
@@ -16,6 +17,10 @@
 #include <system_error>
 #include <thread>
 #include <utility>
+#include <vector>
+
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "sluice/limiter.h"
 #include "sluice/open_store.h"
@@ -63,8 +68,8 @@ std::string decision_repr(const py_decision& d) {
 // The exception types of the module, created once and kept for the process's life.
 PyObject* store_error_type = nullptr;
 PyObject* unknown_policy_type = nullptr;
-// sluice._sluice._deliver, which completes a future on its loop's thread.
-PyObject* deliver_function = nullptr;
+// asyncio.get_running_loop, looked up once.
+PyObject* get_running_loop = nullptr;
 
 // Returns the name of a sluice error code ("invalid_cost"), for the exceptions' `code`.
 std::string_view code_name(const std::error_code& ec) {
@@ -232,20 +237,55 @@ sluice::result<sluice::policy> to_policy(std::string name, py::handle spec) {
   return p;
 }
 
-// Completes `future` with `outcome` unless it is done already (cancelled while the store
-// decided). `keepalive` is the Limiter, so that its last reference never drops on the
-// store's I/O thread, whose destructor would then join itself.
-void deliver(py::handle future, bool ok, py::handle outcome, py::handle /*keepalive*/) {
-  if (future.attr("done")().cast<bool>()) return;
-  future.attr(ok ? "set_result" : "set_exception")(outcome);
-}
+// Answers of async calls on one asyncio loop, handed from the store's I/O thread to the
+// loop's thread: the I/O thread queues them and wakes the loop through an eventfd the loop
+// watches (one write per batch, not per answer), so it never waits for the GIL; the loop
+// completes the futures. Thread-safe; holds no Python object, so it may die on any thread.
+class mailbox {
+ public:
+  struct answer {
+    std::uint64_t id;
+    sluice::result<sluice::decision> outcome;
+  };
 
-// True on a thread while it runs an async call's completion.
-thread_local bool in_completion = false;
+  mailbox() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+    if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+  }
+  mailbox(const mailbox&) = delete;
+  mailbox& operator=(const mailbox&) = delete;
+  ~mailbox() { ::close(fd_); }
 
-// Limiters no pending completion could hand back to their loop (it was closed): kept
-// rather than released on a store's I/O thread.
-PyObject* orphans = nullptr;
+  int fd() const noexcept { return fd_; }
+
+  void post(std::uint64_t id, sluice::result<sluice::decision> outcome) {
+    bool wake = false;
+    {
+      const std::lock_guard lock(mu_);
+      wake = answers_.empty();  // else the loop is woken already and has not taken them
+      answers_.push_back({id, std::move(outcome)});
+    }
+    if (wake) {
+      const std::uint64_t one = 1;
+      [[maybe_unused]] const ssize_t n = ::write(fd_, &one, sizeof one);  // cannot overflow
+    }
+  }
+
+  // Returns what was posted since the last call. The eventfd is read before the queue is
+  // taken, so an answer posted in between wakes the loop again rather than being stranded.
+  std::vector<answer> take() {
+    std::uint64_t count = 0;
+    [[maybe_unused]] const ssize_t n = ::read(fd_, &count, sizeof count);
+    std::vector<answer> out;
+    const std::lock_guard lock(mu_);
+    out.swap(answers_);
+    return out;
+  }
+
+ private:
+  const int fd_;
+  std::mutex mu_;
+  std::vector<answer> answers_;
+};
 
 // The limiter's warnings (store failures, at most one per 10 s), kept until a thread holding
 // the GIL hands them to Python's `logging` (logger "sluice"). They are made wherever the
@@ -308,16 +348,17 @@ class py_limiter {
   py_limiter(const py_limiter&) = delete;
   py_limiter& operator=(const py_limiter&) = delete;
 
-  // The last reference to a Limiter may drop inside a completion, on the store's I/O thread
-  // (after the future is set, the awaiting task can finish and let go of the Limiter before
-  // the completion returns). The store's destructor joins that thread, so the limiter is
-  // then destroyed on a thread of its own instead.
+  // Stops watching the mailboxes of loops still open. No call is in flight: each holds a
+  // reference to the Limiter until its answer is in.
   ~py_limiter() {
-    if (!in_completion) return;
-    try {
-      std::thread([l = std::move(lim_)]() mutable { l.reset(); }).detach();
-    } catch (const std::system_error&) {
-      static_cast<void>(lim_.release());  // no thread to spare: leak rather than deadlock
+    for (auto& ch : channels_) {
+      try {
+        if (!ch->loop.attr("is_closed")().cast<bool>()) {
+          ch->loop.attr("remove_reader")(ch->box->fd());
+        }
+      } catch (py::error_already_set& e) {
+        e.discard_as_unraisable("sluice: closing a Limiter");
+      }
     }
   }
 
@@ -345,10 +386,10 @@ class py_limiter {
   }
 
   // Returns an asyncio future of the running loop that the decision completes.
-  static py::object decide_async(py::object self, call c, py::handle policy, py::handle key,
+  static py::object decide_async(const py::object& self, call c, py::handle policy, py::handle key,
                                  std::int64_t cost) {
     auto& me = self.cast<py_limiter&>();
-    py::object loop = py::module_::import("asyncio").attr("get_running_loop")();
+    const py::object loop = py::handle(get_running_loop)();
     py::object future = loop.attr("create_future")();
     auto t = me.resolve(policy);
     if (!t) {
@@ -356,42 +397,36 @@ class py_limiter {
       return future;
     }
     const std::string_view k = key_view(key);
-    // Everything the completion touches. Its Python references are dropped under the GIL
-    // by the completion itself, so destroying it later needs no GIL.
-    struct pending {
-      py::object self, loop, future;
-      std::shared_ptr<const sluice::policy> inline_policy;  // read until the completion
-      std::shared_ptr<warning_queue> warnings;
+    // Shared: another thread may add a channel while this one waits in `start`.
+    const std::shared_ptr<channel> ch = me.channel_for(loop);
+    const std::uint64_t id = ++me.last_id_;
+    const py::int_ py_id(id);
+    // The entry keeps the Limiter (so its store) alive until the answer is in.
+    ch->calls[py_id] = py::make_tuple(future, self);
+    // A store that decides on the calling thread (the memory store, a breaker that is
+    // open) answers inside `start`: that answer is kept here and given at once.
+    struct inline_answer {
       std::thread::id caller = std::this_thread::get_id();
+      bool returned = false;  // read and written by the caller's thread only
+      std::optional<sluice::result<sluice::decision>> outcome;
     };
-    auto p = std::make_shared<pending>(pending{self, loop, future, t->inline_policy, me.warnings_});
-    auto done = [p](sluice::result<sluice::decision> r) {
-      const py::gil_scoped_acquire gil;
-      in_completion = true;
-      p->warnings->flush();
-      try {
-        const bool ok = r.has_value();
-        const py::object outcome = ok ? py::cast(to_python(*r)) : make_exception(r.error());
-        if (std::this_thread::get_id() == p->caller) {
-          deliver(p->future, ok, outcome, p->self);  // inline, on the loop's own thread
-        } else {
-          try {
-            p->loop.attr("call_soon_threadsafe")(py::handle(deliver_function), p->future, ok,
-                                                 outcome, p->self);
-          } catch (py::error_already_set&) {
-            PyList_Append(orphans, p->self.ptr());  // the loop is closed; nobody waits
-          }
-        }
-      } catch (py::error_already_set& e) {
-        e.discard_as_unraisable("sluice: completing an asyncio future");
+    auto here = std::make_shared<inline_answer>();
+    auto done = [box = ch->box, id, here,
+                 keep = t->inline_policy](sluice::result<sluice::decision> r) {
+      if (std::this_thread::get_id() == here->caller && !here->returned) {
+        here->outcome.emplace(std::move(r));
+      } else {
+        box->post(id, std::move(r));
       }
-      p->self = py::object();
-      p->loop = py::object();
-      p->future = py::object();
-      in_completion = false;
     };
     const sluice::policy& pol = t->get();
     me.outside_gil([&] { me.start(c, pol, k, cost, std::move(done)); });
+    here->returned = true;
+    if (here->outcome) {
+      PyDict_DelItem(ch->calls.ptr(), py_id.ptr());
+      complete(future, *here->outcome);
+    }
+    me.warnings_->flush();
     return future;
   }
 
@@ -431,11 +466,11 @@ class py_limiter {
   // limits are unscoped sliding_log policies that fail open, as the server's.
   sluice::result<target> resolve(py::handle spec) const {
     if (PyUnicode_Check(spec.ptr())) {
-      const std::string name = spec.cast<std::string>();
+      const std::string_view name = key_view(spec);
       if (const auto* p = lim_->find_policy(name)) return target{p, nullptr};
-      if (name.find_first_of("/ ") == std::string::npos) {
+      if (name.find_first_of("/ ") == std::string_view::npos) {
         return sluice::make_error(sluice::errc::unknown_policy,
-                                  "no policy named \"" + name.substr(0, 64) + "\"");
+                                  "no policy named \"" + std::string(name.substr(0, 64)) + "\"");
       }
     } else if (!PyTuple_Check(spec.ptr())) {
       throw py::type_error("policy must be a policy name (str) or a limit (str or tuple), not " +
@@ -466,6 +501,64 @@ class py_limiter {
     }
   }
 
+  // The async calls of one asyncio loop: the loop watches `box`; `calls` maps each call in
+  // flight to (its future, the Limiter).
+  struct channel {
+    py::object loop;
+    std::shared_ptr<mailbox> box;
+    py::dict calls;
+  };
+
+  // Completes `future` with `outcome` unless it is done already (cancelled meanwhile).
+  static void complete(const py::object& future, const sluice::result<sluice::decision>& r) {
+    if (future.attr("done")().cast<bool>()) return;
+    if (r) {
+      future.attr("set_result")(py::cast(to_python(*r)));
+    } else {
+      future.attr("set_exception")(make_exception(r.error()));
+    }
+  }
+
+  // Completes the calls whose answers `box` holds; run by `loop` when its eventfd is ready.
+  static void drain(mailbox& box, const py::dict& calls, warning_queue& warnings) {
+    warnings.flush();
+    for (auto& a : box.take()) {
+      const py::int_ id(a.id);
+      PyObject* entry = PyDict_GetItemWithError(calls.ptr(), id.ptr());
+      if (entry == nullptr) continue;  // its loop was closed and the call forgotten
+      const auto call = py::reinterpret_borrow<py::tuple>(entry);
+      PyDict_DelItem(calls.ptr(), id.ptr());
+      try {
+        complete(call[0], a.outcome);
+      } catch (py::error_already_set& e) {
+        e.discard_as_unraisable("sluice: completing an asyncio future");
+      }
+    }  // `call` may hold the last reference to the Limiter: it goes here, on the loop
+  }
+
+  // Returns the channel of `loop`, made and watched on first use. Channels of loops closed
+  // since are dropped then, with the calls they still held (nobody can await those).
+  std::shared_ptr<channel> channel_for(const py::object& loop) {
+    if (!channels_.empty() && channels_.back()->loop.is(loop)) return channels_.back();
+    for (auto& ch : channels_) {
+      if (ch->loop.is(loop)) return ch;
+    }
+    std::erase_if(channels_, [](const std::shared_ptr<channel>& ch) {
+      if (!ch->loop.attr("is_closed")().cast<bool>()) return false;
+      ch->calls.clear();
+      return true;
+    });
+    auto ch = std::make_shared<channel>(channel{loop, std::make_shared<mailbox>(), py::dict()});
+    auto on_ready = py::cpp_function([box = ch->box, calls = ch->calls, warnings = warnings_] {
+      drain(*box, calls, *warnings);
+    });
+    loop.attr("add_reader")(ch->box->fd(), on_ready);
+    channels_.push_back(ch);
+    return ch;
+  }
+
+  std::vector<std::shared_ptr<channel>> channels_;  // touched with the GIL held only
+  std::uint64_t last_id_ = 0;
   std::shared_ptr<warning_queue> warnings_;  // the limiter's warn pushes here
   std::unique_ptr<sluice::limiter> lim_;     // never null
   bool sync_ = false;  // the store decides on the caller's thread and never waits
@@ -493,8 +586,8 @@ PYBIND11_MODULE(_sluice, m) {
       new_exception(m, "UnknownPolicyError", PyExc_LookupError,
                     "No policy has that name (and it is not a limit such as \"10/1m\"). `code` is\n"
                     "\"unknown_policy\".");
-  orphans = PyList_New(0);
-  if (orphans == nullptr) throw py::error_already_set();
+  get_running_loop =
+      py::object(py::module_::import("asyncio").attr("get_running_loop")).release().ptr();
 
   py::class_<py_decision>(m, "Decision",
                           "The answer to \"may this key spend this much now?\". Immutable.\n\n"
@@ -573,7 +666,7 @@ PYBIND11_MODULE(_sluice, m) {
       .def(
           "acquire_async",
           [](py::object self, py::handle policy, py::handle key, std::int64_t cost) {
-            return py_limiter::decide_async(std::move(self), call::acquire, policy, key, cost);
+            return py_limiter::decide_async(self, call::acquire, policy, key, cost);
           },
           py::arg("policy"), py::arg("key"), py::arg("cost") = 1,
           "Returns an awaitable (an asyncio.Future of the running loop) of what `acquire`\n"
@@ -583,7 +676,7 @@ PYBIND11_MODULE(_sluice, m) {
       .def(
           "peek_async",
           [](py::object self, py::handle policy, py::handle key, std::int64_t cost) {
-            return py_limiter::decide_async(std::move(self), call::peek, policy, key, cost);
+            return py_limiter::decide_async(self, call::peek, policy, key, cost);
           },
           py::arg("policy"), py::arg("key"), py::arg("cost") = 1,
           "Returns an awaitable of what `peek` returns.")
@@ -606,8 +699,4 @@ PYBIND11_MODULE(_sluice, m) {
       py::arg("limit"),
       "Returns (count, window in seconds) of a limit: \"30/hour\", \"10/1m\", \"2/500ms\",\n"
       "\"10 per minute\", or a (count, seconds) tuple. Raises ValueError when it is not one.");
-  m.def("_deliver", &deliver, py::arg("future"), py::arg("ok"), py::arg("outcome"),
-        py::arg("keepalive"), "Completes an async call's future on its loop (internal).");
-  deliver_function = m.attr("_deliver").ptr();
-  Py_INCREF(deliver_function);
 }
