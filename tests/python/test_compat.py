@@ -221,7 +221,7 @@ asyncio.run(main())
 
 def test_eight_processes_racing_admit_exactly_the_limit(redis_port):
     """Verifies 8 processes racing 1,000 check_rate_limit on one key, limit 100, admit 100."""
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, url(redis_port)],
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, url(redis_port) + "?timeout=10s"],
                               stdout=subprocess.PIPE, text=True) for _ in range(8)]
     admitted = []
     for p in procs:
