@@ -11,6 +11,11 @@ Starts a redis-server of its own on a free loopback port (stopped by its pid), t
      await's return, next to `sluice bench --inflight 64` on the same Redis (--sluice).
 Prints one line per measurement and a summary of medians and ranges.
 
+--compare-memory A B instead compares two builds of the module (two PYTHONPATHs) on step 2
+alone, alternating them round by round, and prints the ratio B/A per round, its median and
+range:
+    /usr/bin/python3 benchmarks/python_bench.py --compare-memory OLD/python NEW/python
+
     PYTHONPATH=build/release/python /usr/bin/python3 benchmarks/python_bench.py \\
         --sluice build/release/sluice --reference-dir ../shared/reference
 """
@@ -143,6 +148,37 @@ def sluice_bench(binary, port, seconds):
     return r["per_second"], r["p50_us"] / 1e3, r["p99_us"] / 1e3
 
 
+MEMORY_CHILD = """
+import sys, time, sluice
+n = int(sys.argv[1])
+limiter = sluice.Limiter("memory://", {"p": "1000000000/1h"})
+acquire = limiter.acquire
+keys = [f"k{i}" for i in range(1000)]
+start = time.perf_counter()
+for i in range(n):
+    acquire("p", keys[i % 1000])
+print(n / (time.perf_counter() - start))
+"""
+
+
+def compare_memory(paths, rounds, calls):
+    """Prints Limiter.acquire's decisions/s of two builds, alternated, and their ratios."""
+    rates = {0: [], 1: []}
+    ratios = []
+    for r in range(rounds):
+        for side in ((0, 1) if r % 2 == 0 else (1, 0)):
+            env = dict(os.environ, PYTHONPATH=paths[side])
+            out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(calls)], env=env,
+                                 check=True, capture_output=True, text=True).stdout
+            rates[side].append(float(out))
+        ratios.append(rates[1][-1] / rates[0][-1])
+        print(f"round {r + 1}: A {rates[0][-1]:,.0f}/s, B {rates[1][-1]:,.0f}/s, "
+              f"B/A {ratios[-1]:.2f}", flush=True)
+    print(summary("A", rates[0], " decisions/s"))
+    print(summary("B", rates[1], " decisions/s"))
+    print(summary("B/A", ratios, " x"))
+
+
 def summary(name, values, unit):
     return (f"{name}: median {statistics.median(values):,.2f}{unit} "
             f"(range {min(values):,.2f}-{max(values):,.2f}, {len(values)} rounds)")
@@ -157,7 +193,10 @@ def main():
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--keys", type=int, default=10000)
     p.add_argument("--memory-calls", type=int, default=2_000_000)
+    p.add_argument("--compare-memory", nargs=2, metavar=("PYTHONPATH_A", "PYTHONPATH_B"))
     args = p.parse_args()
+    if args.compare_memory:
+        return compare_memory(args.compare_memory, args.rounds, args.memory_calls)
     reference = load_reference(args.reference_dir)
     if reference is None:
         print(f"python_bench: no rate_limiter.py in {args.reference_dir}: reference skipped")

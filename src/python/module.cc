@@ -3,15 +3,18 @@
 // python/sluice/_sluice.pyi types it; the docstrings here are what help() shows.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <structmember.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -29,41 +32,194 @@ namespace py = pybind11;
 
 namespace {
 
-// A decision as Python sees it: times in float seconds, and the failure mode that made it.
-struct py_decision {
-  bool allowed = false;
-  std::int64_t limit = 0;
-  std::int64_t remaining = 0;
-  double retry_after = 0;
-  double reset_after = 0;
-  std::optional<std::string> fallback;
-  bool shadow = false;
-
-  friend bool operator==(const py_decision&, const py_decision&) = default;
+// sluice.Decision: a decision as Python sees it, times in float seconds, and the failure mode
+// that made it. A type written with the C API rather than a pybind11 class: every call
+// returns one, and a pybind11 instance (a separately allocated C++ object, registered in
+// pybind11's instance map and looked up by type on every cast) cost about a third of a
+// memory-store `acquire` from Python. This one is a single allocation with its fields inline.
+// Immutable, no __dict__; its only reference (`fallback`: None or an interned str) cannot
+// make a cycle, so it is not tracked by the GC.
+struct decision_object {
+  PyObject_HEAD char allowed;  // T_BOOL
+  char shadow;
+  long long limit;
+  long long remaining;
+  double retry_after;
+  double reset_after;
+  PyObject* fallback;  // never null: None or "allow" / "deny" / "local"
 };
+
+PyTypeObject* decision_type = nullptr;
+PyObject* fallback_names[3] = {};  // interned "allow", "deny", "local"
 
 double seconds(std::chrono::microseconds d) { return static_cast<double>(d.count()) / 1e6; }
 
-py_decision to_python(const sluice::decision& d) {
-  py_decision p;
-  p.allowed = d.allowed;
-  p.limit = d.limit;
-  p.remaining = d.remaining;
-  p.retry_after = seconds(d.retry_after);
-  p.reset_after = seconds(d.reset_after);
-  if (const auto f = sluice::fallback_of(d.source)) p.fallback = std::string(to_string(*f));
-  p.shadow = d.source == sluice::decision_source::shadow;
-  return p;
+// Returns a new Decision, or null with a Python error set (no memory).
+PyObject* new_decision(bool allowed, long long limit, long long remaining, double retry_after,
+                       double reset_after, PyObject* fallback, bool shadow) {
+  auto* o = PyObject_New(decision_object, decision_type);
+  if (o == nullptr) return nullptr;
+  o->allowed = allowed ? 1 : 0;
+  o->shadow = shadow ? 1 : 0;
+  o->limit = limit;
+  o->remaining = remaining;
+  o->retry_after = retry_after;
+  o->reset_after = reset_after;
+  Py_INCREF(fallback);
+  o->fallback = fallback;
+  return reinterpret_cast<PyObject*>(o);
 }
 
-std::string decision_repr(const py_decision& d) {
-  auto text = [](double v) { return std::string(py::str(py::float_(v))); };
-  return "Decision(allowed=" + std::string(d.allowed ? "True" : "False") +
-         ", limit=" + std::to_string(d.limit) + ", remaining=" + std::to_string(d.remaining) +
-         ", retry_after=" + text(d.retry_after) + ", reset_after=" + text(d.reset_after) +
-         ", fallback=" + (d.fallback ? "'" + *d.fallback + "'" : std::string("None")) +
-         ", shadow=" + (d.shadow ? "True" : "False") + ")";
+py::object to_python(const sluice::decision& d) {
+  PyObject* fallback = Py_None;
+  if (const auto f = sluice::fallback_of(d.source)) {
+    fallback = fallback_names[static_cast<int>(*f) % 3];
+  }
+  PyObject* o =
+      new_decision(d.allowed, d.limit, d.remaining, seconds(d.retry_after), seconds(d.reset_after),
+                   fallback, d.source == sluice::decision_source::shadow);
+  if (o == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(o);
 }
+
+decision_object& as_decision(PyObject* o) { return *reinterpret_cast<decision_object*>(o); }
+
+PyObject* decision_new(PyTypeObject*, PyObject* args, PyObject* kwargs) {
+  static const char* names[] = {"allowed",     "limit",    "remaining", "retry_after",
+                                "reset_after", "fallback", "shadow",    nullptr};
+  int allowed = -1;
+  long long limit = 0;
+  long long remaining = 0;
+  double retry_after = 0;
+  double reset_after = 0;
+  PyObject* fallback = Py_None;
+  int shadow = 0;
+  PyObject* limit_given = nullptr;
+  PyObject* remaining_given = nullptr;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pOOddOp:Decision", const_cast<char**>(names),
+                                   &allowed, &limit_given, &remaining_given, &retry_after,
+                                   &reset_after, &fallback, &shadow)) {
+    return nullptr;
+  }
+  if (allowed < 0 || limit_given == nullptr || remaining_given == nullptr) {
+    PyErr_SetString(PyExc_TypeError,
+                    "Decision() needs the keyword arguments allowed, limit and remaining");
+    return nullptr;
+  }
+  for (PyObject* v : {limit_given, remaining_given}) {
+    if (!PyLong_Check(v) || PyBool_Check(v)) {
+      PyErr_Format(PyExc_TypeError, "Decision: limit and remaining must be int, not %s",
+                   Py_TYPE(v)->tp_name);
+      return nullptr;
+    }
+  }
+  limit = PyLong_AsLongLong(limit_given);
+  remaining = PyLong_AsLongLong(remaining_given);
+  if (PyErr_Occurred() != nullptr) return nullptr;
+  if (fallback != Py_None) {
+    int known = 0;
+    for (PyObject* name : fallback_names) {
+      const int eq = PyUnicode_Check(fallback) ? PyUnicode_Compare(fallback, name) == 0 : 0;
+      if (eq) {
+        fallback = name;
+        known = 1;
+      }
+    }
+    if (known == 0) {
+      PyErr_SetString(PyExc_ValueError,
+                      "Decision: fallback must be None, \"allow\", \"deny\" or \"local\"");
+      return nullptr;
+    }
+  }
+  return new_decision(allowed != 0, limit, remaining, retry_after, reset_after, fallback,
+                      shadow != 0);
+}
+
+void decision_dealloc(PyObject* self) {
+  Py_DECREF(as_decision(self).fallback);
+  PyTypeObject* type = Py_TYPE(self);
+  type->tp_free(self);
+  Py_DECREF(type);  // a heap type's instances hold a reference to it
+}
+
+int decision_bool(PyObject* self) { return as_decision(self).allowed; }
+
+PyObject* decision_compare(PyObject* a, PyObject* b, int op) {
+  if (!PyObject_TypeCheck(b, decision_type) || (op != Py_EQ && op != Py_NE)) {
+    Py_RETURN_NOTIMPLEMENTED;
+  }
+  const auto& x = as_decision(a);
+  const auto& y = as_decision(b);
+  const bool same = x.allowed == y.allowed && x.shadow == y.shadow && x.limit == y.limit &&
+                    x.remaining == y.remaining && x.retry_after == y.retry_after &&
+                    x.reset_after == y.reset_after && x.fallback == y.fallback;
+  return PyBool_FromLong((op == Py_EQ) == same ? 1 : 0);
+}
+
+Py_hash_t decision_hash(PyObject* self) {
+  const auto& d = as_decision(self);
+  PyObject* t = Py_BuildValue("(NLLddON)", PyBool_FromLong(d.allowed), d.limit, d.remaining,
+                              d.retry_after, d.reset_after, d.fallback, PyBool_FromLong(d.shadow));
+  if (t == nullptr) return -1;
+  const Py_hash_t h = PyObject_Hash(t);
+  Py_DECREF(t);
+  return h;
+}
+
+PyObject* decision_repr(PyObject* self) {
+  const auto& d = as_decision(self);
+  try {
+    auto text = [](double v) { return std::string(py::str(py::float_(v))); };
+    const std::string out =
+        "Decision(allowed=" + std::string(d.allowed ? "True" : "False") +
+        ", limit=" + std::to_string(d.limit) + ", remaining=" + std::to_string(d.remaining) +
+        ", retry_after=" + text(d.retry_after) + ", reset_after=" + text(d.reset_after) +
+        ", fallback=" + std::string(py::repr(d.fallback)) +
+        ", shadow=" + (d.shadow ? "True" : "False") + ")";
+    return PyUnicode_FromStringAndSize(out.data(), static_cast<Py_ssize_t>(out.size()));
+  } catch (py::error_already_set& e) {
+    e.restore();
+    return nullptr;
+  }
+}
+
+PyMemberDef decision_members[] = {
+    {"allowed", T_BOOL, offsetof(decision_object, allowed), READONLY,
+     "Whether the request is admitted."},
+    {"limit", T_LONGLONG, offsetof(decision_object, limit), READONLY, "The limit's count."},
+    {"remaining", T_LONGLONG, offsetof(decision_object, remaining), READONLY,
+     "Units still available (after this request, when allowed)."},
+    {"retry_after", T_DOUBLE, offsetof(decision_object, retry_after), READONLY,
+     "Seconds until this request would be admitted; 0.0 when allowed."},
+    {"reset_after", T_DOUBLE, offsetof(decision_object, reset_after), READONLY,
+     "Seconds until the key is back to its full limit."},
+    {"fallback", T_OBJECT, offsetof(decision_object, fallback), READONLY,
+     "\"allow\", \"deny\" or \"local\" when the policy's failure mode decided\n"
+     "because the store failed; None when the store decided."},
+    {"shadow", T_BOOL, offsetof(decision_object, shadow), READONLY,
+     "True when a shadow policy denied and the decision says allowed."},
+    {nullptr, 0, 0, 0, nullptr},
+};
+
+PyType_Slot decision_slots[] = {
+    {Py_tp_doc,
+     const_cast<char*>("Decision(*, allowed, limit, remaining, retry_after=0.0, reset_after=0.0,\n"
+                       "fallback=None, shadow=False)\n\n"
+                       "The answer to \"may this key spend this much now?\". Immutable.\n"
+                       "True when allowed: `if limiter.acquire(\"chat\", user): ...`.\n"
+                       "Limiters build their own; the constructor is for tests and fakes.")},
+    {Py_tp_new, reinterpret_cast<void*>(&decision_new)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(&decision_dealloc)},
+    {Py_tp_richcompare, reinterpret_cast<void*>(&decision_compare)},
+    {Py_tp_hash, reinterpret_cast<void*>(&decision_hash)},
+    {Py_tp_repr, reinterpret_cast<void*>(&decision_repr)},
+    {Py_tp_members, decision_members},
+    {Py_nb_bool, reinterpret_cast<void*>(&decision_bool)},
+    {0, nullptr},
+};
+
+PyType_Spec decision_spec = {"sluice.Decision", sizeof(decision_object), 0,
+                             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE, decision_slots};
 
 // The exception types of the module, created once and kept for the process's life.
 PyObject* store_error_type = nullptr;
@@ -364,7 +520,7 @@ class py_limiter {
 
   enum class call { acquire, peek };
 
-  py_decision decide(call c, py::handle policy, py::handle key, std::int64_t cost) {
+  py::object decide(call c, py::handle policy, py::handle key, std::int64_t cost) {
     const auto t = resolve(policy);
     if (!t) raise(t.error());
     const std::string_view k = key_view(key);
@@ -513,7 +669,7 @@ class py_limiter {
   static void complete(const py::object& future, const sluice::result<sluice::decision>& r) {
     if (future.attr("done")().cast<bool>()) return;
     if (r) {
-      future.attr("set_result")(py::cast(to_python(*r)));
+      future.attr("set_result")(to_python(*r));
     } else {
       future.attr("set_exception")(make_exception(r.error()));
     }
@@ -589,44 +745,18 @@ PYBIND11_MODULE(_sluice, m) {
   get_running_loop =
       py::object(py::module_::import("asyncio").attr("get_running_loop")).release().ptr();
 
-  py::class_<py_decision>(m, "Decision",
-                          "The answer to \"may this key spend this much now?\". Immutable.\n\n"
-                          "True when allowed: `if limiter.acquire(\"chat\", user): ...`.")
-      .def(py::init([](bool allowed, std::int64_t limit, std::int64_t remaining, double retry_after,
-                       double reset_after, std::optional<std::string> fallback, bool shadow) {
-             return py_decision{
-                 allowed, limit, remaining, retry_after, reset_after, std::move(fallback), shadow};
-           }),
-           py::kw_only(), py::arg("allowed"), py::arg("limit"), py::arg("remaining"),
-           py::arg("retry_after") = 0.0, py::arg("reset_after") = 0.0,
-           py::arg("fallback") = py::none(), py::arg("shadow") = false,
-           "Builds a decision (for tests and fakes; limiters build their own).")
-      .def_readonly("allowed", &py_decision::allowed, "Whether the request is admitted.")
-      .def_readonly("limit", &py_decision::limit, "The limit's count.")
-      .def_readonly("remaining", &py_decision::remaining,
-                    "Units still available (after this request, when allowed).")
-      .def_readonly("retry_after", &py_decision::retry_after,
-                    "Seconds until this request would be admitted; 0.0 when allowed.")
-      .def_readonly("reset_after", &py_decision::reset_after,
-                    "Seconds until the key is back to its full limit.")
-      .def_readonly("fallback", &py_decision::fallback,
-                    "\"allow\", \"deny\" or \"local\" when the policy's failure mode decided\n"
-                    "because the store failed; None when the store decided.")
-      .def_readonly("shadow", &py_decision::shadow,
-                    "True when a shadow policy denied and the decision says allowed.")
-      .def("__bool__", [](const py_decision& d) { return d.allowed; })
-      .def("__eq__",
-           [](const py_decision& a, py::object b) -> py::object {
-             if (!py::isinstance<py_decision>(b))
-               return py::reinterpret_borrow<py::object>(Py_NotImplemented);
-             return py::bool_(a == b.cast<const py_decision&>());
-           })
-      .def("__hash__",
-           [](const py_decision& d) {
-             return py::hash(py::make_tuple(d.allowed, d.limit, d.remaining, d.retry_after,
-                                            d.reset_after, d.fallback, d.shadow));
-           })
-      .def("__repr__", &decision_repr);
+  const char* fallbacks[] = {"allow", "deny", "local"};
+  for (int i = 0; i < 3; ++i) {
+    // In failure_mode's order, which to_python indexes by.
+    if (std::string_view(to_string(static_cast<sluice::failure_mode>(i))) != fallbacks[i]) {
+      throw std::logic_error("sluice: failure_mode names are out of order");
+    }
+    fallback_names[i] = PyUnicode_InternFromString(fallbacks[i]);
+    if (fallback_names[i] == nullptr) throw py::error_already_set();
+  }
+  decision_type = reinterpret_cast<PyTypeObject*>(PyType_FromSpec(&decision_spec));
+  if (decision_type == nullptr) throw py::error_already_set();
+  m.add_object("Decision", py::handle(reinterpret_cast<PyObject*>(decision_type)));
 
   using call = py_limiter::call;
   py::class_<py_limiter>(

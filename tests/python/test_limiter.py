@@ -97,6 +97,32 @@ def test_decision_is_immutable_comparable_and_printable():
     assert d == same and hash(d) == hash(same)
     assert d != sluice.Decision(allowed=False, limit=1, remaining=0)
     assert repr(d).startswith("Decision(allowed=True, limit=1, remaining=0, retry_after=0.0")
+    assert d != (True, 1, 0) and not bool(sluice.Decision(allowed=False, limit=1, remaining=0))
+    assert {d, same} == {d}
+    fell_back = sluice.Decision(allowed=True, limit=5, remaining=5, fallback="allow")
+    assert fell_back.fallback == "allow" and fell_back != sluice.Decision(
+        allowed=True, limit=5, remaining=5)
+    assert repr(fell_back).endswith("fallback='allow', shadow=False)")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"limit": 1, "remaining": 0}, TypeError, "allowed, limit and remaining"),
+        ({"allowed": True, "limit": "1", "remaining": 0}, TypeError, "must be int"),
+        ({"allowed": True, "limit": 1, "remaining": 0, "fallback": "maybe"}, ValueError,
+         "fallback"),
+        ({"allowed": True, "limit": 1, "remaining": 0, "retry_after": "soon"}, TypeError, ""),
+        ({"allowed": True, "limit": 1, "remaining": 0, "colour": 1}, TypeError, "colour"),
+        ({"allowed": True, "limit": 2**70, "remaining": 0}, OverflowError, ""),
+    ],
+)
+def test_decision_constructor_checks_its_arguments(kwargs, error, match):
+    """Verifies that Decision(...) refuses missing, mistyped and unknown arguments."""
+    with pytest.raises(error, match=match):
+        sluice.Decision(**kwargs)
+    with pytest.raises(TypeError, match="positional"):
+        sluice.Decision(True, 1, 0)
 
 
 @pytest.mark.parametrize(
