@@ -5,7 +5,8 @@ Starts a redis-server of its own on a free loopback port (stopped by its pid), t
 --rounds rounds, alternating the sides within each round:
   1. sluice.compat vs the reference limiter (rate_limiter.py from --reference-dir): the same
      asyncio loop shape (--concurrency tasks over --keys keys, every decision allowed),
-     decisions per second, and their ratio;
+     decisions per second, and their ratio; and `sluice bench` (the C++ client) with as many
+     calls in flight, what the Redis allows one client;
   2. sluice.Limiter.acquire on the memory store from one Python thread, decisions/s;
   3. acquire_async on Redis with 64 calls in flight: p50/p99 latency from the call to the
      await's return, next to `sluice bench --inflight 64` on the same Redis (--sluice).
@@ -139,9 +140,10 @@ async def async_latency(port, seconds):
     return len(latencies) / elapsed, q[49] * 1e3, q[98] * 1e3
 
 
-def sluice_bench(binary, port, seconds):
+def sluice_bench(binary, port, seconds, inflight=64):
     out = subprocess.run(
-        [binary, "bench", "--store", f"redis://127.0.0.1:{port}?timeout=1s", "--inflight", "64",
+        [binary, "bench", "--store", f"redis://127.0.0.1:{port}?timeout=1s", "--inflight",
+         str(inflight),
          "--keys", "10000", "--limit", "1000000/1s", "--seconds", str(seconds)],
         check=True, capture_output=True, text=True).stdout
     r = json.loads(out)
@@ -201,26 +203,31 @@ def main():
     if reference is None:
         print(f"python_bench: no rate_limiter.py in {args.reference_dir}: reference skipped")
 
-    results = {k: [] for k in ("compat", "reference", "ratio", "memory", "async_rate",
+    results = {k: [] for k in ("compat", "reference", "library", "ratio", "of_library", "memory", "async_rate",
                                "async_p50", "async_p99", "bench_p50", "bench_p99", "p99_ratio")}
     with tempfile.TemporaryDirectory() as directory:
         proc, port = start_redis(directory)
         try:
             compat = RateLimiter(f"redis://127.0.0.1:{port}?timeout=1s")
             for r in range(args.rounds):
-                sides = ["compat", "reference"] if r % 2 == 0 else ["reference", "compat"]
-                for side in sides:
-                    if side == "reference" and reference is None:
+                sides = ["compat", "reference", "library"]
+                for side in sides if r % 2 == 0 else sides[::-1]:
+                    if (side == "reference" and reference is None) or (
+                            side == "library" and not args.sluice):
                         continue
                     flushall(port)
                     if side == "compat":
                         rate = asyncio.run(throughput(compat, args))
-                    else:
+                    elif side == "reference":
                         rate = asyncio.run(reference_throughput(reference, port, args))
+                    else:  # the C++ client at the same concurrency: the Redis ceiling's proxy
+                        rate = sluice_bench(args.sluice, port, args.seconds, args.concurrency)[0]
                     results[side].append(rate)
                     print(f"round {r + 1}: {side}: {rate:,.0f} decisions/s", flush=True)
                 if reference is not None:
                     results["ratio"].append(results["compat"][-1] / results["reference"][-1])
+                if args.sluice:
+                    results["of_library"].append(results["compat"][-1] / results["library"][-1])
                 results["memory"].append(memory_throughput(args.memory_calls))
                 print(f"round {r + 1}: Limiter.acquire, memory: {results['memory'][-1]:,.0f}/s",
                       flush=True)
@@ -251,7 +258,9 @@ def main():
 
     print()
     for name, unit in (("compat", " decisions/s"), ("reference", " decisions/s"),
-                       ("ratio", " x (compat / reference)"), ("memory", " decisions/s"),
+                       ("library", " decisions/s (sluice bench, same in flight)"),
+                       ("ratio", " x (compat / reference)"),
+                       ("of_library", " x (compat / sluice bench)"), ("memory", " decisions/s"),
                        ("async_rate", " decisions/s"), ("async_p50", " ms"),
                        ("async_p99", " ms"), ("bench_p50", " ms"), ("bench_p99", " ms"),
                        ("p99_ratio", " x (acquire_async p99 / sluice bench p99)")):
