@@ -96,6 +96,8 @@ class sliding_log_state {
   // Returns false when memory could not be allocated (the state is unchanged).
   bool push_back(std::chrono::microseconds at, std::int64_t count) noexcept;
   void pop_front() noexcept;
+  // Removes up to `units` from the newest entries; returns how many it removed.
+  std::int64_t take_back(std::int64_t units) noexcept;
   // Gives memory back once the log is mostly empty.
   void shrink() noexcept;
 
@@ -112,5 +114,18 @@ class sliding_log_state {
 decision sliding_log_decide(sliding_log_state& s, const limit& l, std::chrono::microseconds now,
                             std::int64_t cost, mode m) noexcept;
 std::chrono::microseconds expiry(const sliding_log_state& s, const limit& l) noexcept;
+
+// Refunds: give back up to `cost` units that acquires spent, never more than is spent, so a
+// key never has more than its full limit available. Each returns the units given back.
+// gcra: the arrival time moves back by cost emission intervals, not before `now`.
+std::int64_t gcra_refund(gcra_state& s, const limit& l, std::chrono::microseconds now,
+                         std::int64_t cost) noexcept;
+// sliding_counter: from the current window's count first, then the previous window's.
+std::int64_t sliding_counter_refund(counter_state& s, const limit& l, std::chrono::microseconds now,
+                                    std::int64_t cost) noexcept;
+// sliding_log: the newest entries still in the window, as if the latest admissions had not
+// been made.
+std::int64_t sliding_log_refund(sliding_log_state& s, const limit& l, std::chrono::microseconds now,
+                                std::int64_t cost) noexcept;
 
 }  // namespace sluice

@@ -49,6 +49,9 @@ class memory_store final : public sync_store {
   result<decision> acquire(const request& r) override;
   result<decision> peek(const request& r) override;
   result<void> reset(std::string_view key) override;
+  // All or nothing under the locks of every shard involved (taken in one global order).
+  result<std::vector<decision>> acquire_all(std::span<const request> rs) override;
+  result<decision> refund(const request& r) override;
   std::string describe() const override;
   // Reports sluice_memory_keys (gauge), sluice_memory_expired_total and
   // sluice_memory_evicted_total.

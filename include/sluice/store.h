@@ -8,8 +8,10 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "sluice/clock.h"
 #include "sluice/decision.h"
@@ -62,6 +64,7 @@ class store {
  public:
   using completion = std::function<void(result<decision>)>;
   using reset_completion = std::function<void(result<void>)>;
+  using all_completion = std::function<void(result<std::vector<decision>>)>;
   using metric_visitor = std::function<void(const store_metric&)>;
 
   virtual ~store() = default;
@@ -72,10 +75,25 @@ class store {
   virtual result<decision> peek(const request& r) = 0;
   // Forgets all state of `key`, for every algorithm.
   virtual result<void> reset(std::string_view key) = 0;
+  // Returns one decision per request, in order, made as one atomic step over all their keys
+  // (all or nothing): when every request is allowed, every one is recorded; when any is
+  // denied, none is, and each decision says what that request alone would get now (as
+  // `peek`). A request of cost 0 only checks: it spends nothing and is allowed while one unit
+  // is available. Requests on one key must agree on limit and algorithm (else
+  // `errc::invalid_key`); their costs are added and each gets the key's one decision
+  // (`merge_requests`). At most `max_requests_per_call` requests.
+  virtual result<std::vector<decision>> acquire_all(std::span<const request> rs) = 0;
+  // Gives back up to `r.cost` units that earlier acquires of `r.key` spent (on its limit and
+  // algorithm), never making more than the full limit available; a key with nothing spent is
+  // left alone. Returns what `peek` of one unit answers afterwards.
+  virtual result<decision> refund(const request& r) = 0;
 
   virtual void async_acquire(const request& r, completion done) = 0;
   virtual void async_peek(const request& r, completion done) = 0;
   virtual void async_reset(std::string_view key, reset_completion done) = 0;
+  // The requests are only borrowed for the call, as a single request's key is.
+  virtual void async_acquire_all(std::span<const request> rs, all_completion done) = 0;
+  virtual void async_refund(const request& r, completion done) = 0;
 
   // Returns the store's URI, without credentials.
   virtual std::string describe() const = 0;
@@ -102,6 +120,10 @@ class sync_store : public store {
   void async_acquire(const request& r, completion done) final { done(acquire(r)); }
   void async_peek(const request& r, completion done) final { done(peek(r)); }
   void async_reset(std::string_view key, reset_completion done) final { done(reset(key)); }
+  void async_acquire_all(std::span<const request> rs, all_completion done) final {
+    done(acquire_all(rs));
+  }
+  void async_refund(const request& r, completion done) final { done(refund(r)); }
 };
 
 // The base of stores that answer on an I/O thread of their own (Redis): they implement the
@@ -114,10 +136,24 @@ class async_store : public store {
   result<decision> acquire(const request& r) final;
   result<decision> peek(const request& r) final;
   result<void> reset(std::string_view key) final;
+  result<std::vector<decision>> acquire_all(std::span<const request> rs) final;
+  result<decision> refund(const request& r) final;
 
  protected:
   // Returns whether the calling thread is one the store completes calls on.
   virtual bool on_io_thread() const noexcept = 0;
 };
+
+// The most requests one `acquire_all` takes.
+inline constexpr std::size_t max_requests_per_call = 64;
+
+// Returns the requests of an `acquire_all` with those on one key merged, in order of first
+// appearance: one request per key, its cost the sum (0 when all only check). `group[i]` is
+// the index, in the result, of `rs[i]`'s key. Fails with `errc::invalid_key` when two
+// requests on one key differ in limit or algorithm, `errc::invalid_cost` for a negative
+// cost or more than `max_requests_per_call` requests, and `errc::cost_exceeds_limit` when a
+// key's summed cost is above its count. Keys are checked by the store.
+result<std::vector<request>> merge_requests(std::span<const request> rs,
+                                            std::vector<std::size_t>& group);
 
 }  // namespace sluice

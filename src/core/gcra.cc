@@ -35,4 +35,14 @@ decision gcra_decide(gcra_state& s, const limit& l, microseconds now, std::int64
   return d;
 }
 
+std::int64_t gcra_refund(gcra_state& s, const limit& l, microseconds now,
+                         std::int64_t cost) noexcept {
+  const std::int64_t t = (l.window.count() + l.count - 1) / l.count;
+  const std::int64_t spent_until = s.tat.count() - now.count();  // time still owed
+  if (spent_until <= 0) return 0;
+  const std::int64_t back = std::min(spent_until, cost * t);
+  s.tat = microseconds{s.tat.count() - back};
+  return (back + t - 1) / t;
+}
+
 }  // namespace sluice

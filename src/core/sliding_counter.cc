@@ -35,15 +35,10 @@ std::int64_t decay_point(std::int64_t previous, std::int64_t room, std::int64_t 
   return e;
 }
 
-}  // namespace
-
-decision sliding_counter_decide(counter_state& s, const limit& l, microseconds now,
-                                std::int64_t cost, mode m) noexcept {
-  const std::int64_t w = l.window.count();
+// Returns `s` rolled forward to the window holding `now`. A stored window later than `now`
+// (a clock that stepped back, or a changed window) is kept as the current one.
+counter_state rolled(const counter_state& s, std::int64_t w, microseconds now) {
   const std::int64_t aligned = now.count() - now.count() % w;
-
-  // Roll the stored windows forward to the one holding `now`. A stored window later than
-  // `now` (a clock that stepped back, or a changed window) is kept as the current one.
   counter_state next = s;
   if (s.window_start.count() <= aligned) {
     if (s.window_start.count() < aligned - w) {
@@ -55,6 +50,15 @@ decision sliding_counter_decide(counter_state& s, const limit& l, microseconds n
     }
     next.window_start = microseconds{aligned};
   }
+  return next;
+}
+
+}  // namespace
+
+decision sliding_counter_decide(counter_state& s, const limit& l, microseconds now,
+                                std::int64_t cost, mode m) noexcept {
+  const std::int64_t w = l.window.count();
+  counter_state next = rolled(s, w, now);
   const std::int64_t elapsed = std::max<std::int64_t>(0, now.count() - next.window_start.count());
   const std::int64_t estimate = next.current + weighted(next.previous, w - elapsed, w);
 
@@ -84,6 +88,17 @@ decision sliding_counter_decide(counter_state& s, const limit& l, microseconds n
     d.reset_after = microseconds{w - elapsed};
   }
   return d;
+}
+
+std::int64_t sliding_counter_refund(counter_state& s, const limit& l, microseconds now,
+                                    std::int64_t cost) noexcept {
+  counter_state next = rolled(s, l.window.count(), now);
+  const std::int64_t from_current = std::min(cost, next.current);
+  const std::int64_t from_previous = std::min(cost - from_current, next.previous);
+  next.current -= from_current;
+  next.previous -= from_previous;
+  s = next;
+  return from_current + from_previous;
 }
 
 microseconds expiry(const counter_state& s, const limit& l) noexcept {

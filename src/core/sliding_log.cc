@@ -60,6 +60,19 @@ void sliding_log_state::pop_front() noexcept {
   --size_;
 }
 
+std::int64_t sliding_log_state::take_back(std::int64_t units) noexcept {
+  std::int64_t taken = 0;
+  while (size_ > 0 && taken < units) {
+    entry& newest = buf_[(head_ + size_ - 1) & (cap_ - 1)];
+    const std::int64_t n = std::min(newest.count, units - taken);
+    newest.count -= n;
+    total_ -= n;
+    taken += n;
+    if (newest.count == 0) --size_;
+  }
+  return taken;
+}
+
 void sliding_log_state::shrink() noexcept {
   if (size_ == 0 && buf_ != nullptr) {
     mr_->deallocate(buf_, capacity_bytes(), alignof(entry));
@@ -106,6 +119,15 @@ decision sliding_log_decide(sliding_log_state& s, const limit& l, microseconds n
   }
   if (!s.empty()) d.reset_after = s.back().at + l.window - now;
   return d;
+}
+
+std::int64_t sliding_log_refund(sliding_log_state& s, const limit& l, microseconds now,
+                                std::int64_t cost) noexcept {
+  const microseconds horizon = now - l.window;
+  while (!s.empty() && s[0].at <= horizon) s.pop_front();
+  const std::int64_t given = s.take_back(cost);
+  s.shrink();
+  return given;
 }
 
 microseconds expiry(const sliding_log_state& s, const limit& l) noexcept {

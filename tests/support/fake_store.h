@@ -17,6 +17,7 @@
 //   c.fail_domain(1);             // its calls fail with store_unavailable, "domain 1 down"
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <functional>
@@ -26,6 +27,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "sluice/algorithms.h"
 #include "sluice/clock.h"
@@ -122,6 +124,42 @@ class fake_store final : public async_store {
         return done(sluice::fail(*e));
       }
       done(inner_.reset(key));
+    });
+  }
+
+  // A multi-key call is counted once per key, against each key's domain, and fails when
+  // any of those domains fails (as a cluster's reservations do).
+  void async_acquire_all(std::span<const request> rs, all_completion done) override {
+    std::vector<std::size_t> ds;
+    std::vector<std::string> keys;
+    for (const request& r : rs) {
+      ds.push_back(reached(r.key));
+      keys.emplace_back(r.key);
+    }
+    complete([this, ds, keys, copies = std::vector<request>(rs.begin(), rs.end()),
+              done = std::move(done)]() mutable {
+      for (std::size_t i = 0; i < copies.size(); ++i) copies[i].key = keys[i];
+      for (const std::size_t d : ds) {
+        if (const std::optional<error> e = injected(d)) {
+          for (request r : copies) {
+            r.cost = std::max<std::int64_t>(r.cost, 1);  // a check (cost 0) is valid input
+            if (auto bad = refuse(r, *e); bad.error().code != e->code) {
+              return done(sluice::fail(bad.error()));
+            }
+          }
+          return done(sluice::fail(*e));
+        }
+      }
+      done(inner_.acquire_all(copies));
+    });
+  }
+  void async_refund(const request& r, completion done) override {
+    const std::size_t d = reached(r.key);
+    complete([this, d, key = std::string(r.key), r, done = std::move(done)] {
+      request copy = r;
+      copy.key = key;
+      if (const std::optional<error> e = injected(d)) return done(refuse(copy, *e));
+      done(inner_.refund(copy));
     });
   }
 

@@ -316,7 +316,89 @@ struct memory_store::impl {
     const std::uint64_t hash = hash_of(r.key);
     shard& s = shard_for(hash);
     std::lock_guard lock(s.mu);
+    return decide_locked(s, hash, r, now, m);
+  }
 
+  // The decisions of `acquire_all`: every shard involved is locked (in address order, so
+  // two calls never wait on each other), each key is peeked, and only when all are allowed
+  // are they acquired, under the same locks and `now`, so the answers are the same.
+  result<std::vector<decision>> decide_all(std::span<const request> rs) {
+    std::vector<std::size_t> group;
+    auto merged = merge_requests(rs, group);
+    if (!merged) return fail(merged.error());
+    std::vector<std::uint64_t> hashes;
+    std::vector<shard*> locked;
+    hashes.reserve(merged->size());
+    locked.reserve(merged->size());
+    microseconds now{0};
+    for (std::size_t g = 0; g < merged->size(); ++g) {
+      request& r = (*merged)[g];
+      if (auto ok = check_key(r.key); !ok) return fail(ok.error());
+      if (g == 0 || r.now) now = r.now ? *r.now : options.time_source->now();
+      r.now = now;  // one `now` for the whole call, unless each request gives its own
+      const std::int64_t checked_cost = std::max<std::int64_t>(r.cost, 1);
+      if (!request_in_range(r.limit, checked_cost, *r.now)) {
+        return fail(check_request(r.limit, checked_cost, *r.now).error());
+      }
+      hashes.push_back(hash_of(r.key));
+      locked.push_back(&shard_for(hashes.back()));
+    }
+    std::sort(locked.begin(), locked.end());
+    locked.erase(std::unique(locked.begin(), locked.end()), locked.end());
+    for (shard* s : locked) s->mu.lock();
+    struct unlock_all {
+      std::vector<shard*>& shards;
+      ~unlock_all() {
+        for (auto it = shards.rbegin(); it != shards.rend(); ++it) (*it)->mu.unlock();
+      }
+    } unlock{locked};
+
+    std::vector<decision> per_key;
+    per_key.reserve(merged->size());
+    bool all = true;
+    for (std::size_t g = 0; g < merged->size(); ++g) {
+      request r = (*merged)[g];
+      r.cost = std::max<std::int64_t>(r.cost, 1);  // a check asks for one unit
+      auto d = decide_locked(shard_for(hashes[g]), hashes[g], r, *r.now, mode::peek);
+      if (!d) return fail(d.error());
+      all = all && d->allowed;
+      per_key.push_back(*d);
+    }
+    if (all) {
+      for (std::size_t g = 0; g < merged->size(); ++g) {
+        const request& r = (*merged)[g];
+        if (r.cost == 0) continue;  // only checked
+        auto d = decide_locked(shard_for(hashes[g]), hashes[g], r, *r.now, mode::acquire);
+        if (!d) return fail(d.error());  // out of memory: earlier keys stay spent
+        per_key[g] = *d;
+      }
+    }
+    std::vector<decision> out;
+    out.reserve(rs.size());
+    for (const std::size_t g : group) out.push_back(per_key[g]);
+    return out;
+  }
+
+  result<decision> refund(const request& r) {
+    if (auto ok = check_key(r.key); !ok) return fail(ok.error());
+    const microseconds now = r.now ? *r.now : options.time_source->now();
+    if (!request_in_range(r.limit, r.cost, now))
+      return fail(check_request(r.limit, r.cost, now).error());
+    const std::uint64_t hash = hash_of(r.key);
+    shard& s = shard_for(hash);
+    std::lock_guard lock(s.mu);
+    const std::size_t i = s.capacity == 0 ? 0 : s.probe(r.key, hash);
+    if (s.capacity != 0 && s.ctrl[i] != kEmpty && algorithm_of(s.ctrl[i]) == r.algorithm) {
+      refund_node(s.slots[i], r.algorithm, r.limit, now, r.cost);
+    }
+    request one = r;
+    one.cost = 1;
+    return decide_locked(s, hash, one, now, mode::peek);
+  }
+
+  // Returns the decision for `r` on shard `s`, whose lock the caller holds.
+  static result<decision> decide_locked(shard& s, std::uint64_t hash, const request& r,
+                                        microseconds now, mode m) {
     std::size_t i = s.capacity == 0 ? 0 : s.probe(r.key, hash);
     void* n = s.capacity == 0 || s.ctrl[i] == kEmpty ? nullptr : s.slots[i];
     if (n != nullptr && algorithm_of(s.ctrl[i]) != r.algorithm) {
@@ -340,6 +422,35 @@ struct memory_store::impl {
       ++s.size;
     }
     return decide_node(n, r.algorithm, r.limit, now, r.cost, m);
+  }
+
+  // Gives back up to `cost` units of the node's state, in place, and updates its expiry.
+  static void refund_node(void* n, algorithm a, const limit& l, microseconds now,
+                          std::int64_t cost) {
+    switch (a) {
+      case algorithm::gcra: {
+        auto& g = *static_cast<gcra_node*>(n);
+        gcra_state st{microseconds{g.expires_at}};
+        gcra_refund(st, l, now, cost);
+        g.expires_at = expiry(st).count();
+        return;
+      }
+      case algorithm::sliding_counter: {
+        auto& c = *static_cast<counter_node*>(n);
+        counter_state st{microseconds{c.window_start}, c.previous, c.current};
+        sliding_counter_refund(st, l, now, cost);
+        c.expires_at = expiry(st, l).count();
+        c.window_start = st.window_start.count();
+        c.previous = st.previous;
+        c.current = st.current;
+        return;
+      }
+      case algorithm::sliding_log:
+        break;
+    }
+    auto& g = *static_cast<log_node*>(n);
+    sliding_log_refund(g.log, l, now, cost);
+    g.expires_at = expiry(g.log, l).count();
   }
 
   static decision decide_fresh(algorithm a, const limit& l, microseconds now, std::int64_t cost,
@@ -398,6 +509,12 @@ memory_store::~memory_store() = default;
 result<decision> memory_store::acquire(const request& r) { return impl_->decide(r, mode::acquire); }
 
 result<decision> memory_store::peek(const request& r) { return impl_->decide(r, mode::peek); }
+
+result<std::vector<decision>> memory_store::acquire_all(std::span<const request> rs) {
+  return impl_->decide_all(rs);
+}
+
+result<decision> memory_store::refund(const request& r) { return impl_->refund(r); }
 
 result<void> memory_store::reset(std::string_view key) {
   if (auto ok = impl_->check_key(key); !ok) return ok;
