@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -659,6 +660,147 @@ TEST(MemoryStore, DescribesItselfAsMemoryUri) {
 }
 
 // Verifies that open_store builds a memory store from its URI, applying the query options.
+// Verifies that acquire_all charges every key when all are allowed, and none when one is
+// denied, answering each request as a peek would then.
+TEST(MemoryStoreAcquireAll, AllOrNothing) {
+  for (const algorithm a : all_algorithms) {
+    sluice::memory_store store;
+    const auto user = must(sluice::parse_limit("3/1m"));
+    const auto ip = must(sluice::parse_limit("4/1m"));
+    const microseconds t0 = seconds(1000);
+    std::vector<sluice::request> both = {req("user", user, a, 1, t0), req("ip", ip, a, 1, t0)};
+    for (int i = 0; i < 3; ++i) {
+      const auto ds = must(store.acquire_all(both));
+      ASSERT_EQ(ds.size(), 2u);
+      EXPECT_TRUE(ds[0].allowed && ds[1].allowed) << to_string(a) << " " << i;
+      EXPECT_EQ(ds[0].remaining, 2 - i);
+      EXPECT_EQ(ds[1].remaining, 3 - i);
+    }
+    // The user's limit is spent: the pair is denied, and the IP is not charged.
+    const auto denied = must(store.acquire_all(both));
+    EXPECT_FALSE(denied[0].allowed) << to_string(a);
+    EXPECT_GT(denied[0].retry_after.count(), 0);
+    EXPECT_TRUE(denied[1].allowed);  // alone it would be admitted...
+    EXPECT_EQ(must(store.peek(req("ip", ip, a, 1, t0))).remaining, 1);  // ...but was not charged
+    EXPECT_EQ(denied[1], must(store.peek(req("ip", ip, a, 1, t0))));
+  }
+}
+
+// Verifies that requests on one key are merged (costs added, one decision for each), that a
+// cost of 0 only checks, and that mismatched or oversized requests are errors that charge
+// nothing.
+TEST(MemoryStoreAcquireAll, MergesKeysAndChecks) {
+  sluice::memory_store store;
+  const auto l = must(sluice::parse_limit("5/1m"));
+  const microseconds t0 = seconds(50);
+  const auto ds = must(store.acquire_all(std::vector<sluice::request>{
+      req("k", l, algorithm::sliding_log, 2, t0), req("other", l, algorithm::gcra, 0, t0),
+      req("k", l, algorithm::sliding_log, 1, t0)}));
+  ASSERT_EQ(ds.size(), 3u);
+  EXPECT_EQ(ds[0], ds[2]);
+  EXPECT_EQ(ds[0].remaining, 2);  // 2 + 1 spent together
+  EXPECT_TRUE(ds[1].allowed);
+  EXPECT_EQ(must(store.peek(req("other", l, algorithm::gcra, 1, t0))).remaining, 5);  // checked
+
+  auto mismatch = store.acquire_all(std::vector<sluice::request>{
+      req("k", l, algorithm::sliding_log, 1, t0), req("k", l, algorithm::gcra, 1, t0)});
+  ASSERT_FALSE(mismatch);
+  EXPECT_EQ(mismatch.error().code, sluice::errc::invalid_key);
+  auto too_much = store.acquire_all(std::vector<sluice::request>{
+      req("n", l, algorithm::sliding_log, 4, t0), req("n", l, algorithm::sliding_log, 2, t0)});
+  ASSERT_FALSE(too_much);
+  EXPECT_EQ(too_much.error().code, sluice::errc::cost_exceeds_limit);
+  auto overflow = store.acquire_all(std::vector<sluice::request>{
+      req("n", l, algorithm::sliding_log, 4, t0),
+      req("n", l, algorithm::sliding_log, std::numeric_limits<std::int64_t>::max(), t0)});
+  ASSERT_FALSE(overflow);
+  EXPECT_EQ(overflow.error().code, sluice::errc::cost_exceeds_limit);
+  auto bad_key = store.acquire_all(std::vector<sluice::request>{
+      req("m", l, algorithm::sliding_log, 1, t0), req("", l, algorithm::sliding_log, 1, t0)});
+  ASSERT_FALSE(bad_key);
+  EXPECT_EQ(bad_key.error().code, sluice::errc::invalid_key);
+  std::vector<sluice::request> many(sluice::max_requests_per_call + 1,
+                                    req("x", l, algorithm::sliding_log, 0, t0));
+  EXPECT_FALSE(store.acquire_all(many));
+  // None of the refused calls charged anything.
+  EXPECT_EQ(must(store.peek(req("n", l, algorithm::sliding_log, 1, t0))).remaining, 5);
+  EXPECT_EQ(must(store.peek(req("m", l, algorithm::sliding_log, 1, t0))).remaining, 5);
+  EXPECT_EQ(must(store.peek(req("k", l, algorithm::sliding_log, 1, t0))).remaining, 2);
+}
+
+// Verifies that racing acquire_all calls over shared keys (users sharing IPs) never admit
+// more than any limit, and that every admitted call is counted in both of its keys.
+TEST(MemoryStoreAcquireAll, RacingCallsKeepEveryLimit) {
+  sluice::memory_store store(sluice::memory_store_options{.shards = 4});
+  const auto per_user = must(sluice::parse_limit("100/1m"));
+  const auto per_ip = must(sluice::parse_limit("150/1m"));
+  const microseconds t0 = seconds(7);
+  for (const algorithm a : all_algorithms) {
+    std::atomic<int> next{0};
+    std::vector<std::atomic<int>> by_user(10), by_ip(2);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t) {
+      threads.emplace_back([&] {
+        for (int i; (i = next.fetch_add(1)) < 1000;) {
+          const int u = i % 10;
+          const std::string user = std::string(to_string(a)) + ":u" + std::to_string(u);
+          const std::string ip = std::string(to_string(a)) + ":ip" + std::to_string(u % 2);
+          const auto ds = must(store.acquire_all(std::vector<sluice::request>{
+              req(user, per_user, a, 1, t0), req(ip, per_ip, a, 1, t0)}));
+          if (ds[0].allowed && ds[1].allowed) {
+            ++by_user[u];
+            ++by_ip[u % 2];
+          }
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    int admitted = 0;
+    for (int ip = 0; ip < 2; ++ip) {
+      EXPECT_EQ(by_ip[ip].load(), 150) << to_string(a);  // 500 asked per IP: exactly its limit
+      const std::string key = std::string(to_string(a)) + ":ip" + std::to_string(ip);
+      EXPECT_EQ(must(store.peek(req(key, per_ip, a, 1, t0))).remaining, 0);
+      admitted += by_ip[ip].load();
+    }
+    int per_users = 0;
+    for (int u = 0; u < 10; ++u) {
+      EXPECT_LE(by_user[u].load(), 100);
+      const std::string key = std::string(to_string(a)) + ":u" + std::to_string(u);
+      // Each user's count is exactly what was admitted for it: denials changed nothing.
+      EXPECT_EQ(must(store.peek(req(key, per_user, a, 1, t0))).remaining, 100 - by_user[u].load())
+          << to_string(a) << " user " << u;
+      per_users += by_user[u].load();
+    }
+    EXPECT_EQ(per_users, admitted);
+  }
+}
+
+// Verifies that refund gives back what was spent, for every algorithm, never more than the
+// full limit, and answers the key's state afterwards.
+TEST(MemoryStoreRefund, GivesBackAtMostWhatWasSpent) {
+  for (const algorithm a : all_algorithms) {
+    sluice::memory_store store;
+    const auto l = must(sluice::parse_limit("10/1m"));
+    const microseconds t0 = seconds(3600);
+    ASSERT_TRUE(must(store.acquire(req("k", l, a, 6, t0))).allowed);
+    const decision after = must(store.refund(req("k", l, a, 4, t0 + seconds(1))));
+    EXPECT_TRUE(after.allowed) << to_string(a);
+    EXPECT_EQ(after.remaining, 8) << to_string(a);
+    // More than is spent: the key is back to its full limit and no further.
+    EXPECT_EQ(must(store.refund(req("k", l, a, 10, t0 + seconds(1)))).remaining, 10);
+    EXPECT_EQ(must(store.acquire(req("k", l, a, 10, t0 + seconds(1)))).remaining, 0);
+    EXPECT_FALSE(must(store.acquire(req("k", l, a, 1, t0 + seconds(1)))).allowed);
+    // A key nothing was spent on, and one of another algorithm, are left alone.
+    EXPECT_EQ(must(store.refund(req("fresh", l, a, 3, t0))).remaining, 10);
+    const algorithm other = a == algorithm::gcra ? algorithm::sliding_log : algorithm::gcra;
+    EXPECT_EQ(must(store.refund(req("k", l, other, 3, t0 + seconds(1)))).remaining, 10);
+    EXPECT_FALSE(must(store.acquire(req("k", l, a, 1, t0 + seconds(1)))).allowed);
+    // Bad input is an error, as for acquire.
+    EXPECT_FALSE(store.refund(req("k", l, a, 0, t0)));
+    EXPECT_FALSE(store.refund(req("", l, a, 1, t0)));
+  }
+}
+
 TEST(OpenStore, OpensMemoryStoreWithOptions) {
   sluice::manual_clock clock{seconds(10)};
   const result<std::shared_ptr<sluice::store>> s =
