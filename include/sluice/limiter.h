@@ -8,9 +8,11 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "sluice/algorithms.h"
 #include "sluice/breaker.h"
@@ -50,6 +52,15 @@ struct policy {
   // `decision_source::shadow`, so a new limit can be watched before it is enforced. Its
   // denials still spend nothing.
   bool shadow = false;
+};
+
+// One limit of a decision over several: a policy (registered or not; it must outlive the
+// call, and for the async form its completion), a key under it, and what it costs there
+// (0: only check that one unit is available, spend nothing).
+struct spend {
+  const policy* p = nullptr;
+  std::string_view key;
+  std::int64_t cost = 1;
 };
 
 struct limiter_options {
@@ -107,6 +118,7 @@ class limiter {
  public:
   using completion = sluice::store::completion;
   using reset_completion = sluice::store::reset_completion;
+  using all_completion = sluice::store::all_completion;
 
   // Precondition: `options.store` is not null.
   explicit limiter(limiter_options options);
@@ -154,6 +166,36 @@ class limiter {
   void async_reset(std::string_view policy_name, std::string_view key, reset_completion done);
   void async_reset(const policy& p, std::string_view key, reset_completion done);
 
+  // All or nothing over several limits (docs/DESIGN.md, "The limiter contract"): returns one
+  // decision per item, in order. The request is admitted only when every item's decision is
+  // allowed; then every item was spent, and when any is denied none was (each decision
+  // says what that item alone would get now, so the caller can name the ones that denied
+  // and take the longest retry_after). The items of policies that are not shadow are one
+  // `store::acquire_all`; when the store cannot make it (a breaker of one of their keys'
+  // domains is open, or the call fails), every such item falls back by its own policy's
+  // failure mode, still all or nothing (`local` items are one `acquire_all` on the local
+  // store, spent only when no `deny` item denies). Shadow policies' items are decided after,
+  // one by one: acquired when the rest was admitted, else peeked; they never deny.
+  // Errors: `errc::invalid_key` (empty key, a key twice with different policies' limits),
+  // `invalid_cost`, `cost_exceeds_limit`, no items or more than `max_requests_per_call`.
+  result<std::vector<decision>> acquire_all(std::span<const spend> items,
+                                            std::optional<std::chrono::microseconds> now = {});
+  // The async form: `done` runs exactly once, as for `async_acquire`. The keys are only
+  // borrowed for the call; the policies are read until `done` runs.
+  void async_acquire_all(std::span<const spend> items, all_completion done);
+
+  // Gives back up to `cost` units that acquires of `key` spent under the policy (a chat
+  // request that reserved its largest token count and used fewer), in the store and in the
+  // local store; never more than the full limit. Returns what `peek` of one unit answers
+  // then. Like `reset`, it fails while the store does (or the key's breaker is open):
+  // `errc::store_unavailable`, and nothing is given back there.
+  result<decision> refund(std::string_view policy_name, std::string_view key, std::int64_t cost);
+  result<decision> refund(const policy& p, std::string_view key, std::int64_t cost,
+                          std::optional<std::chrono::microseconds> now = {});
+  void async_refund(const policy& p, std::string_view key, std::int64_t cost, completion done);
+  void async_refund(std::string_view policy_name, std::string_view key, std::int64_t cost,
+                    completion done);
+
   sluice::store& store() noexcept { return *store_; }
   // Returns how many circuit breakers there are: the store's `failure_domains()` when the
   // limiter was built, clamped to [1, 1024] (a store with more shares them: domain d uses
@@ -168,11 +210,17 @@ class limiter {
 
  private:
   struct failover;  // the breakers, the local store, counters and warnings
+  struct multi;     // one acquire_all in progress
 
   result<decision> decide(const policy& p, std::string_view key, std::int64_t cost,
                           std::optional<std::chrono::microseconds> now, mode m);
   void async_decide(const policy& p, std::string_view key, std::int64_t cost, mode m,
                     completion done);
+  // Checks an acquire_all's items and builds its state; on bad input calls `done` with the
+  // error and returns it.
+  result<std::shared_ptr<multi>> make_multi(std::span<const spend> items,
+                                            std::optional<std::chrono::microseconds> now, bool sync,
+                                            all_completion done);
 
   // Lets find_policy look names up by string_view without building a std::string.
   struct name_hash {

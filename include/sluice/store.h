@@ -85,7 +85,8 @@ class store {
   virtual result<std::vector<decision>> acquire_all(std::span<const request> rs) = 0;
   // Gives back up to `r.cost` units that earlier acquires of `r.key` spent (on its limit and
   // algorithm), never making more than the full limit available; a key with nothing spent is
-  // left alone. Returns what `peek` of one unit answers afterwards.
+  // left alone. A cost above the limit's count gives back everything (at least 1 is
+  // required). Returns what `peek` of one unit answers afterwards.
   virtual result<decision> refund(const request& r) = 0;
 
   virtual void async_acquire(const request& r, completion done) = 0;

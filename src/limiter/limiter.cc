@@ -8,6 +8,8 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -238,6 +240,20 @@ struct limiter::failover {
     } else {
       dom.breaker.on_abandoned();
     }
+  }
+
+  // Settles a refund's result with the breaker of `dom`: the store's answer, or its error
+  // (a refund has no failure mode: what it would give back stays spent).
+  result<decision> settle_refund(domain& dom, result<decision> got) {
+    if (got) {
+      dom.breaker.on_success();
+      got->source = decision_source::store;
+    } else if (is_store_failure(got.error().code)) {
+      store_failed(dom, got.error());
+    } else {
+      dom.breaker.on_abandoned();
+    }
+    return got;
   }
 
   // Settles a store call's result: tells the breaker of `dom` (the one that let the call
@@ -485,6 +501,290 @@ void limiter::async_reset(const policy& p, std::string_view key, reset_completio
     f->settle_reset(*d, r);
     done(std::move(r));
   });
+}
+
+// One acquire_all in progress: the items, their store keys, what has been decided, and the
+// continuation. Shared by the store's completion and the shadow items' completions; the
+// sync form runs the same steps with the store's sync calls, inline.
+struct limiter::multi : std::enable_shared_from_this<multi> {
+  limiter* lim;
+  bool sync;
+  std::optional<microseconds> now;
+  std::vector<spend> items;                // keys point into `keys` once owned
+  std::vector<std::string> keys;           // the store keys (policy:key), owned for async calls
+  std::vector<std::string> raw_keys;       // the keys as given, for the shadow items' calls
+  std::vector<std::size_t> enforced;       // items of policies that are not shadow
+  std::vector<std::size_t> shadowing;      // items of shadow policies
+  std::vector<failover::domain*> domains;  // the enforced items' domains, each once
+  std::vector<decision> out;
+  std::size_t shadow_left = 0;
+  all_completion done;
+
+  std::vector<request> requests(const std::vector<std::size_t>& which) const {
+    std::vector<request> rs;
+    rs.reserve(which.size());
+    for (const std::size_t i : which) {
+      const spend& it = items[i];
+      rs.push_back({keys[i], it.p->limit, it.p->algorithm, it.cost, now});
+    }
+    return rs;
+  }
+
+  void start() {
+    failover& f = *lim->failover_;
+    if (enforced.empty()) return after_enforced(true);
+    for (const std::size_t i : enforced) {
+      failover::domain* d = &f.domain_of(keys[i]);
+      if (std::find(domains.begin(), domains.end(), d) == domains.end()) domains.push_back(d);
+    }
+    for (std::size_t k = 0; k < domains.size(); ++k) {
+      if (domains[k]->breaker.allow()) continue;
+      for (std::size_t j = 0; j < k; ++j) domains[j]->breaker.on_abandoned();
+      return fall_back(nullptr);
+    }
+    const std::vector<request> rs = requests(enforced);
+    if (sync) return settle(lim->store_->acquire_all(rs));
+    lim->store_->async_acquire_all(rs,
+                                   [self = shared_from_this()](result<std::vector<decision>> got) {
+                                     self->settle(std::move(got));
+                                   });
+  }
+
+  void settle(result<std::vector<decision>> got) {
+    failover& f = *lim->failover_;
+    if (got && got->size() == enforced.size()) {
+      bool all = true;
+      for (std::size_t k = 0; k < enforced.size(); ++k) {
+        decision d = (*got)[k];
+        d.source = decision_source::store;
+        all = all && d.allowed;
+        out[enforced[k]] = d;
+      }
+      count(all);
+      for (failover::domain* d : domains) d->breaker.on_success();
+      return after_enforced(all);
+    }
+    if (!got && !is_store_failure(got.error().code)) {
+      for (failover::domain* d : domains) d->breaker.on_abandoned();
+      return finish(fail(got.error()));
+    }
+    const error e =
+        got ? make_error(errc::store_error, "acquire_all: " + std::to_string(got->size()) +
+                                                " decisions for " +
+                                                std::to_string(enforced.size()) + " requests")
+                  .error()
+            : got.error();
+    for (failover::domain* d : domains) f.store_failed(*d, e);
+    fall_back(&e);
+  }
+
+  // Every enforced item decided by its policy's failure mode, all or nothing. `cause` is the
+  // store's error, or null when a breaker kept the store out of the call.
+  void fall_back(const error* cause) {
+    failover& f = *lim->failover_;
+    const microseconds at = now ? *now : f.time->now();
+    bool any_deny = false;
+    std::vector<std::size_t> local;
+    for (const std::size_t i : enforced) {
+      const policy& p = *items[i].p;
+      failover::domain& dom = f.domain_of(keys[i]);
+      decision d;
+      switch (p.on_failure) {
+        case failure_mode::allow:
+          d = {true,
+               p.limit.count,
+               p.limit.count,
+               microseconds(0),
+               microseconds(0),
+               decision_source::fallback_allow};
+          f.fallbacks_allow.fetch_add(1, std::memory_order_relaxed);
+          break;
+        case failure_mode::deny: {
+          const microseconds wait = failover::deny_wait(dom);
+          d = {false, p.limit.count, 0, wait, wait, decision_source::fallback_deny};
+          f.fallbacks_deny.fetch_add(1, std::memory_order_relaxed);
+          any_deny = true;
+          break;
+        }
+        case failure_mode::local:
+          local.push_back(i);
+          f.fallbacks_local.fetch_add(1, std::memory_order_relaxed);
+          continue;
+      }
+      out[i] = d;
+    }
+    bool all = !any_deny;
+    if (!local.empty()) {
+      std::vector<request> rs = requests(local);
+      for (request& r : rs) r.now = at;
+      result<std::vector<decision>> got;
+      if (any_deny) {  // the request is denied: the local items are only looked at
+        got = std::vector<decision>{};
+        for (request r : rs) {
+          r.cost = std::max<std::int64_t>(r.cost, 1);
+          result<decision> d = f.local.peek(r);
+          if (!d) {
+            got = fail(d.error());
+            break;
+          }
+          got->push_back(*d);
+        }
+      } else {
+        got = f.local.acquire_all(rs);
+      }
+      if (!got) return finish(fail(got.error()));
+      for (std::size_t k = 0; k < local.size(); ++k) {
+        decision d = (*got)[k];
+        d.source = decision_source::fallback_local;
+        all = all && d.allowed;
+        out[local[k]] = d;
+      }
+    }
+    count(all);
+    f.warn_about(f.domain_of(keys[enforced.front()]), *items[enforced.front()].p, cause);
+    after_enforced(all);
+  }
+
+  // Counts each enforced item in the limiter's statistics as the request went: allowed
+  // when it was admitted, denied when it was not (also the items that alone would pass).
+  void count(bool admitted) {
+    auto& counter = admitted ? lim->failover_->allowed : lim->failover_->denied;
+    counter.fetch_add(enforced.size(), std::memory_order_relaxed);
+  }
+
+  // Decides the shadow items now that the rest is known: spent when it was admitted.
+  void after_enforced(bool admitted) {
+    if (shadowing.empty()) return finish(std::move(out));
+    const mode m = admitted ? mode::acquire : mode::peek;
+    if (sync) {
+      for (const std::size_t i : shadowing) {
+        const spend& it = items[i];
+        result<decision> d = lim->decide(*it.p, raw_keys[i], std::max<std::int64_t>(it.cost, 1),
+                                         now, it.cost == 0 ? mode::peek : m);
+        if (!d) return finish(fail(d.error()));
+        out[i] = *d;
+      }
+      return finish(std::move(out));
+    }
+    shadow_left = shadowing.size();
+    for (const std::size_t i : shadowing) {
+      const spend& it = items[i];
+      lim->async_decide(*it.p, raw_keys[i], std::max<std::int64_t>(it.cost, 1),
+                        it.cost == 0 ? mode::peek : m,
+                        [self = shared_from_this(), i](result<decision> d) {
+                          self->shadow_done(i, std::move(d));
+                        });
+    }
+  }
+
+  void shadow_done(std::size_t i, result<decision> d) {
+    std::unique_lock lock(shadow_mu);
+    if (!d && !failed) failed = d.error();
+    if (d) out[i] = *d;
+    if (--shadow_left > 0) return;
+    lock.unlock();
+    if (failed) return finish(fail(*failed));
+    finish(std::move(out));
+  }
+
+  void finish(result<std::vector<decision>> r) {
+    all_completion call = std::move(done);
+    call(std::move(r));
+  }
+
+  std::mutex shadow_mu;
+  std::optional<error> failed;
+};
+
+result<std::vector<decision>> limiter::acquire_all(std::span<const spend> items,
+                                                   std::optional<std::chrono::microseconds> now) {
+  result<std::vector<decision>> out = make_error(errc::store_error, "acquire_all: no answer");
+  auto m =
+      make_multi(items, now, true, [&out](result<std::vector<decision>> r) { out = std::move(r); });
+  if (!m) return fail(m.error());
+  (*m)->start();
+  return out;
+}
+
+void limiter::async_acquire_all(std::span<const spend> items, all_completion done) {
+  auto m = make_multi(items, {}, false, std::move(done));
+  if (!m) return;  // `done` has been called with the error
+  (*m)->start();
+}
+
+result<std::shared_ptr<limiter::multi>> limiter::make_multi(
+    std::span<const spend> items, std::optional<std::chrono::microseconds> now, bool sync,
+    all_completion done) {
+  auto bad = [&done](unexpected<error> e) -> result<std::shared_ptr<multi>> {
+    done(e);
+    return e;
+  };
+  if (items.empty()) return bad(make_error(errc::invalid_cost, "acquire_all: no limits"));
+  if (items.size() > max_requests_per_call) {
+    return bad(make_error(errc::invalid_cost, std::to_string(items.size()) +
+                                                  " limits in one call; the most is " +
+                                                  std::to_string(max_requests_per_call)));
+  }
+  auto m = std::make_shared<multi>();
+  m->lim = this;
+  m->sync = sync;
+  m->now = now;
+  m->items.assign(items.begin(), items.end());
+  m->out.resize(items.size());
+  m->keys.reserve(items.size());
+  m->raw_keys.reserve(items.size());
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    const spend& it = items[i];
+    if (it.p == nullptr) return bad(make_error(errc::unknown_policy, "acquire_all: no policy"));
+    if (it.key.empty()) return bad(make_error(errc::invalid_key, "key is empty"));
+    if (it.cost < 0) return bad(make_error(errc::invalid_cost, "cost must not be negative"));
+    const scoped_key k(it.p->name, it.key);
+    m->keys.emplace_back(k.view());
+    m->raw_keys.emplace_back(it.key);
+    (it.p->shadow ? m->shadowing : m->enforced).push_back(i);
+  }
+  m->done = std::move(done);
+  return m;
+}
+
+result<decision> limiter::refund(std::string_view policy_name, std::string_view key,
+                                 std::int64_t cost) {
+  const policy* p = find_policy(policy_name);
+  if (p == nullptr) return unknown(policy_name);
+  return refund(*p, key, cost);
+}
+
+result<decision> limiter::refund(const policy& p, std::string_view key, std::int64_t cost,
+                                 std::optional<std::chrono::microseconds> now) {
+  if (key.empty()) return make_error(errc::invalid_key, "key is empty");
+  const scoped_key k(p.name, key);
+  const request r{k.view(), p.limit, p.algorithm, cost, now};
+  failover& f = *failover_;
+  (void)f.local.refund(r);  // what the local store spent through an outage goes back too
+  failover::domain& d = f.domain_of(r.key);
+  if (!d.breaker.allow()) return f.breaker_open(d);
+  return f.settle_refund(d, store_->refund(r));
+}
+
+void limiter::async_refund(const policy& p, std::string_view key, std::int64_t cost,
+                           completion done) {
+  if (key.empty()) return done(make_error(errc::invalid_key, "key is empty"));
+  const scoped_key k(p.name, key);
+  const request r{k.view(), p.limit, p.algorithm, cost, {}};
+  failover* f = failover_.get();
+  (void)f->local.refund(r);
+  failover::domain* d = &f->domain_of(r.key);
+  if (!d->breaker.allow()) return done(f->breaker_open(*d));
+  store_->async_refund(r, [f, d, done = std::move(done)](result<decision> got) {
+    done(f->settle_refund(*d, std::move(got)));
+  });
+}
+
+void limiter::async_refund(std::string_view policy_name, std::string_view key, std::int64_t cost,
+                           completion done) {
+  const policy* p = find_policy(policy_name);
+  if (p == nullptr) return done(unknown(policy_name));
+  async_refund(*p, key, cost, std::move(done));
 }
 
 void limiter::async_reset(std::string_view policy_name, std::string_view key,

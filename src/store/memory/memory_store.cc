@@ -379,9 +379,10 @@ struct memory_store::impl {
     return out;
   }
 
-  result<decision> refund(const request& r) {
+  result<decision> refund(request r) {
     if (auto ok = check_key(r.key); !ok) return fail(ok.error());
     const microseconds now = r.now ? *r.now : options.time_source->now();
+    if (r.cost > r.limit.count && r.limit.count >= 1) r.cost = r.limit.count;  // all there is
     if (!request_in_range(r.limit, r.cost, now))
       return fail(check_request(r.limit, r.cost, now).error());
     const std::uint64_t hash = hash_of(r.key);
