@@ -16,6 +16,7 @@ body_value* body_fields::find(std::string_view name) noexcept {
   if (name == "limit") return &limit;
   if (name == "algorithm") return &algorithm;
   if (name == "cost") return &cost;
+  if (name == "limits") return &limits;
   return nullptr;
 }
 
@@ -123,7 +124,7 @@ std::optional<body_error> parse_body(std::string_view body, body_fields& out, js
     body_value* slot = out.find(name);
     if (slot == nullptr) {
       return body_error{"unknown field " + internal::quote(name) +
-                            "; use key, policy or limit (+ algorithm), cost",
+                            "; use key, policy or limit (+ algorithm), cost, or limits",
                         name};
     }
     *slot = from_dom(value);

@@ -1,7 +1,7 @@
 // The body of a decision request (`POST /v1/acquire`, `/v1/peek`): untrusted bytes from any
 // client, read into the five fields the API knows. `parse_body` accepts exactly the bodies
 // that nlohmann::json parses (RFC 8259, UTF-8, an optional BOM) to an object whose members are
-// all among key, policy, limit, algorithm and cost; a repeated member counts with its last
+// all among key, policy, limit, algorithm, cost and limits; a repeated member counts with its last
 // value, except that a body with a NUL byte is refused (nlohmann's lexer would take one
 // where a token could start as the end of the input and accept what follows unread; JSON has
 // no raw NUL anywhere). It rejects anything else (not JSON, not an object, an unknown member) with
@@ -38,9 +38,11 @@ struct body_value {
   std::int64_t number = 0;  // kind::integer
 };
 
-// The fields of `{"key", "policy", "limit", "algorithm", "cost"}`.
+// The fields of `{"key", "policy", "limit", "algorithm", "cost"}`, and `"limits"`, the list
+// of a decision over several limits (an array: `other` here; the handler reads it from the
+// DOM, which such a body always has, since parse_flat declines arrays).
 struct body_fields {
-  body_value key, policy, limit, algorithm, cost;
+  body_value key, policy, limit, algorithm, cost, limits;
 
   // Returns the field called `name`, or nullptr when there is none.
   body_value* find(std::string_view name) noexcept;

@@ -1,5 +1,6 @@
 #include "server/handlers.h"
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <optional>
@@ -21,6 +22,7 @@ using internal::percent_decode;
 using internal::quote;
 using internal::trim;
 using json = nlohmann::json;
+using std::chrono::microseconds;
 
 constexpr std::string_view kJson = "application/json";
 
@@ -219,12 +221,18 @@ void request_handler::handle(http_request req, respond done) const {
   const std::string_view path = target.substr(0, target.find('?'));
   const http::verb method = req.method();
 
-  if (path == "/v1/acquire" || path == "/v1/peek") {
-    const bool acquire = path == "/v1/acquire";
-    reply r(metrics_, acquire ? route::acquire : route::peek, std::move(done));
+  if (path == "/v1/acquire" || path == "/v1/peek" || path == "/v1/refund") {
+    const op what = path == "/v1/acquire" ? op::acquire
+                    : path == "/v1/peek"  ? op::peek
+                                          : op::refund;
+    reply r(metrics_,
+            what == op::acquire ? route::acquire
+            : what == op::peek  ? route::peek
+                                : route::refund,
+            std::move(done));
     if (method != http::verb::post) return r(method_not_allowed("POST"));
     if (!authorized(req, false)) return r(unauthorized());
-    return decide(req, acquire, std::move(r));
+    return decide(req, what, std::move(r));
   }
   constexpr std::string_view kGate = "/v1/gate/";
   if (path.starts_with(kGate)) {
@@ -269,18 +277,40 @@ void request_handler::handle(http_request req, respond done) const {
   r(error_response(http::status::not_found, "no such route: " + quote(path)));
 }
 
-void request_handler::decide(const http_request& req, bool acquire, reply r) const {
+void request_handler::decide(const http_request& req, op what, reply r) const {
   body_fields f;
   json dom;  // only when the body is outside what parse_flat reads; `f` points into it
   if (const auto e = parse_body(req.body(), f, dom)) {
     return r(error_response(http::status::bad_request, e->message, e->field));
   }
+  if (f.limits.k != body_value::kind::absent) {
+    if (what != op::acquire) {
+      return r(error_response(http::status::bad_request,
+                              "limits (several limits at once) is for /v1/acquire only", "limits"));
+    }
+    for (const char* single : {"key", "policy", "limit", "algorithm", "cost"}) {
+      if (f.find(single)->k != body_value::kind::absent) {
+        return r(error_response(
+            http::status::bad_request,
+            std::string("give either limits or a single limit, not ") + single + " besides",
+            single));
+      }
+    }
+    return decide_all(dom.at("limits"), std::move(r));
+  }
+  decision_call call;
+  if (auto bad = read_call(f, call, 1, "")) return r(std::move(*bad));
+  run_decision(call, what, /*gate=*/false, std::move(r));
+}
+
+std::optional<http_response> request_handler::read_call(const body_fields& f, decision_call& call,
+                                                        std::int64_t min_cost,
+                                                        const std::string& where) const {
   const auto bad = [&](std::string message, std::string_view field) {
-    r(error_response(http::status::bad_request, message, field));
+    return error_response(http::status::bad_request, where + message, where + std::string(field));
   };
   using kind = body_value::kind;
 
-  decision_call call;
   if (f.key.k == kind::absent) return bad("key is required", "key");
   if (f.key.k != kind::string) return bad("key must be a string", "key");
   call.key = f.key.text;
@@ -295,7 +325,9 @@ void request_handler::decide(const http_request& req, bool acquire, reply r) con
     if (f.cost.k == kind::too_large) return bad("cost is too large", "cost");
     if (f.cost.k != kind::integer) return bad("cost must be an integer", "cost");
     call.cost = f.cost.number;
-    if (call.cost < 1) return bad("cost must be at least 1", "cost");
+    if (call.cost < min_cost) {
+      return bad("cost must be at least " + std::to_string(min_cost), "cost");
+    }
   }
 
   if (f.policy.k != kind::absent && f.limit.k != kind::absent) {
@@ -306,7 +338,8 @@ void request_handler::decide(const http_request& req, bool acquire, reply r) con
     const std::string_view name = f.policy.text;
     call.named = find(name);
     if (call.named == nullptr) {
-      return r(error_response(http::status::not_found, "no policy named " + quote(name), "policy"));
+      return error_response(http::status::not_found, where + "no policy named " + quote(name),
+                            where + "policy");
     }
     if (f.algorithm.k != kind::absent) {
       return bad("algorithm goes with an inline limit; policy " + quote(name) + " has its own",
@@ -333,7 +366,99 @@ void request_handler::decide(const http_request& req, bool acquire, reply r) con
   } else {
     return bad("policy (or an inline limit) is required", "policy");
   }
-  run_decision(call, acquire, /*gate=*/false, std::move(r));
+  return std::nullopt;
+}
+
+void request_handler::decide_all(const json& limits, reply r) const {
+  if (!limits.is_array() || limits.empty() || limits.size() > max_requests_per_call) {
+    return r(error_response(
+        http::status::bad_request,
+        "limits must be an array of 1 to " + std::to_string(max_requests_per_call) + " limits",
+        "limits"));
+  }
+  std::vector<decision_call> calls(limits.size());
+  for (std::size_t i = 0; i < limits.size(); ++i) {
+    const std::string where = "limits[" + std::to_string(i) + "].";
+    const json& item = limits[i];
+    if (!item.is_object()) {
+      return r(error_response(http::status::bad_request, where + " must be an object",
+                              "limits[" + std::to_string(i) + "]"));
+    }
+    body_fields f;
+    for (const auto& [name, value] : item.items()) {
+      body_value* slot = f.find(name);
+      if (slot == nullptr || slot == &f.limits) {
+        return r(error_response(http::status::bad_request,
+                                where + "unknown field " + quote(name) +
+                                    "; use key, policy or limit (+ algorithm), cost",
+                                where + name));
+      }
+      *slot = from_dom(value);
+    }
+    if (auto bad = read_call(f, calls[i], 0, where)) return r(std::move(*bad));
+  }
+  std::vector<spend> items;
+  items.reserve(calls.size());
+  for (const decision_call& c : calls) {
+    items.push_back({c.named != nullptr ? c.named->p : &c.in->p, c.key, c.cost});
+  }
+  // The completion keeps the inline policies alive; the limiter copies the keys.
+  std::vector<std::shared_ptr<const inline_policy>> inline_policies;
+  std::vector<const served*> named;
+  for (const decision_call& c : calls) {
+    inline_policies.push_back(c.in);
+    named.push_back(c.named);
+  }
+  limiter_.async_acquire_all(
+      items, [this, inline_policies = std::move(inline_policies), named = std::move(named),
+              r = std::move(r)](result<std::vector<decision>> got) mutable {
+        if (!got) return r(from_error(got.error(), "limits"));
+        const std::vector<decision>& ds = *got;
+        bool all = true;
+        for (const decision& d : ds) all = all && d.allowed;
+        std::string policies, fields, body = "[";
+        std::vector<std::size_t> denied;
+        std::int64_t wait = 0;  // the longest Retry-After of the limits that denied
+        microseconds longest{0};
+        for (std::size_t i = 0; i < ds.size(); ++i) {
+          const decision& d = ds[i];
+          const served* s = named[i];
+          const inline_policy* in = inline_policies[i].get();
+          const std::string_view name = s != nullptr ? std::string_view(s->p->name) : in->name;
+          outcome o = all ? outcome::allowed : outcome::denied;
+          if (d.source == decision_source::shadow) o = outcome::shadow_denied;
+          metrics_.count_decision(s != nullptr ? s->slot : metrics_.inline_slot(), o);
+          if (i > 0) {
+            policies += ", ";
+            fields += ", ";
+            body += ',';
+          }
+          policies += s != nullptr ? s->policy_field : in->policy_field;
+          fields += ratelimit_field(name, d);
+          body += decision_body(d, s != nullptr ? s->json_name : in->json_name,
+                                d.source == decision_source::shadow);
+          if (!d.allowed) {
+            denied.push_back(i);
+            wait = std::max(wait, retry_after_field(d));
+            longest = std::max(longest, d.retry_after);
+          }
+        }
+        body += ']';
+        std::string out = all ? "{\"allowed\":true" : "{\"allowed\":false";
+        out += ",\"retry_after_ms\":" + std::to_string(ceil_ms(longest)) + ",\"denied\":[";
+        for (std::size_t k = 0; k < denied.size(); ++k) {
+          if (k > 0) out += ',';
+          out += std::to_string(denied[k]);
+        }
+        out += "],\"limits\":" + body + '}';
+        http_response res{http::status::ok, 11};
+        res.set("RateLimit-Policy", policies);
+        res.set("RateLimit", fields);
+        if (!all) res.set(http::field::retry_after, std::to_string(wait));
+        res.set(http::field::content_type, kJson);
+        res.body() = std::move(out);
+        r(std::move(res));
+      });
 }
 
 void request_handler::gate(const http_request& req, std::string_view rest, reply r) const {
@@ -384,11 +509,10 @@ void request_handler::gate(const http_request& req, std::string_view rest, reply
   call.named = s;
   call.key = key;
   call.key_field = key_field;
-  run_decision(call, /*acquire=*/true, /*gate=*/true, std::move(r));
+  run_decision(call, op::acquire, /*gate=*/true, std::move(r));
 }
 
-void request_handler::run_decision(const decision_call& call, bool acquire, bool gate,
-                                   reply r) const {
+void request_handler::run_decision(const decision_call& call, op what, bool gate, reply r) const {
   auto complete = [this, named = call.named, in = call.in, gate,
                    key_field = call.key_field,  // "key", or a name in the configuration
                    r = std::move(r)](result<decision> got) mutable {
@@ -419,10 +543,13 @@ void request_handler::run_decision(const decision_call& call, bool acquire, bool
     r(std::move(res));
   };
   const policy& p = call.named != nullptr ? *call.named->p : call.in->p;
-  if (acquire) {
-    limiter_.async_acquire(p, call.key, call.cost, std::move(complete));
-  } else {
-    limiter_.async_peek(p, call.key, call.cost, std::move(complete));
+  switch (what) {
+    case op::acquire:
+      return limiter_.async_acquire(p, call.key, call.cost, std::move(complete));
+    case op::peek:
+      return limiter_.async_peek(p, call.key, call.cost, std::move(complete));
+    case op::refund:
+      return limiter_.async_refund(p, call.key, call.cost, std::move(complete));
   }
 }
 

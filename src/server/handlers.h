@@ -8,6 +8,10 @@
 //   POST   /v1/acquire              {"key", "policy"} or {"key", "limit", "algorithm"},
 //   POST   /v1/peek                 optional "cost" -> 200 {"allowed", "limit", "remaining",
 //                                   "retry_after_ms", "reset_after_ms", "policy"}
+//   POST   /v1/acquire              {"limits": [{"key", "policy" | "limit", "cost"}, ...]}
+//                                   all or nothing -> 200 {"allowed", "retry_after_ms",
+//                                   "denied": [index, ...], "limits": [decision, ...]}
+//   POST   /v1/refund               {"key", "policy" | "limit", "cost"} -> 200 decision
 //   DELETE /v1/keys/{policy}/{key}  admin token; key %-decoded -> 204
 //   *      /v1/gate/{policy}        key from a header or query parameter -> 204 | 429
 //   GET    /metrics, /healthz, /readyz
@@ -18,6 +22,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -26,7 +31,9 @@
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/status.hpp>
 #include <boost/beast/http/string_body.hpp>
+#include <nlohmann/json_fwd.hpp>
 
+#include "server/body.h"
 #include "server/config.h"
 #include "server/metrics.h"
 #include "sluice/limiter.h"
@@ -70,10 +77,17 @@ class request_handler {
   struct decision_call;  // one decision request, parsed
   class reply;           // counts the response in the metrics, then calls `done`
 
-  void decide(const http_request& req, bool acquire, reply r) const;
+  enum class op : std::uint8_t { acquire, peek, refund };
+
+  void decide(const http_request& req, op what, reply r) const;
+  void decide_all(const nlohmann::json& limits, reply r) const;
+  // Reads one limit of a request (`f`: its fields) into `call`; returns the 4xx response
+  // when the fields are wrong. `where` prefixes field names ("limits[2].").
+  std::optional<http_response> read_call(const body_fields& f, decision_call& call,
+                                         std::int64_t min_cost, const std::string& where) const;
   void gate(const http_request& req, std::string_view rest, reply r) const;
   void reset(std::string_view rest, reply r) const;
-  void run_decision(const decision_call& call, bool acquire, bool gate, reply r) const;
+  void run_decision(const decision_call& call, op what, bool gate, reply r) const;
   bool authorized(const http_request& req, bool admin) const;
   const served* find(std::string_view name) const noexcept;
 

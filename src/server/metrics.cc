@@ -79,6 +79,8 @@ std::string_view to_string(route r) noexcept {
       return "/readyz";
     case route::other:
       return "other";
+    case route::refund:
+      return "/v1/refund";
   }
   return "other";
 }

@@ -27,8 +27,9 @@ enum class route : std::uint8_t {
   healthz,  // GET /healthz
   readyz,   // GET /readyz
   other,    // unknown paths, and requests refused before routing (malformed, too large)
+  refund,   // POST /v1/refund
 };
-inline constexpr std::size_t route_count = 8;
+inline constexpr std::size_t route_count = 9;
 
 // Returns the route's label: "/v1/acquire", ..., "other".
 std::string_view to_string(route r) noexcept;

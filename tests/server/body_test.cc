@@ -183,8 +183,9 @@ TEST(Body, RejectsWithTheMessageAndField) {
       {R"(["key","a"])", "body must be a JSON object", "body"},
       {R"("key")", "body must be a JSON object", "body"},
       {R"({"key":"a","cots":1})",
-       R"(unknown field "cots"; use key, policy or limit (+ algorithm), cost)", "cots"},
-      {R"({"a\"b":1})", R"(unknown field "a\x22b"; use key, policy or limit (+ algorithm), cost)",
+       R"(unknown field "cots"; use key, policy or limit (+ algorithm), cost, or limits)", "cots"},
+      {R"({"a\"b":1})",
+       R"(unknown field "a\x22b"; use key, policy or limit (+ algorithm), cost, or limits)",
        "a\"b"},
   };
   for (const bad_case& c : cases) {

@@ -558,6 +558,91 @@ TEST_F(Handlers, StoreDownFallsBackByPolicy) {
 
 // Verifies that a handler refuses a configuration whose policies the limiter lacks, and
 // make_limiter refuses a bad policy name.
+// Verifies POST /v1/acquire with "limits": admitted while every limit admits, then denied
+// as a whole with the denying limit named, the longest Retry-After, one RateLimit item per
+// limit, and the other limits not charged.
+TEST_F(Handlers, SeveralLimitsAreAllOrNothing) {
+  server_config c = base_config();
+  c.policies.push_back(make_policy("user", "2/1m"));
+  c.policies.push_back(make_policy("ip", "3/1m"));
+  build(c);
+  const std::string body =
+      R"({"limits":[{"policy":"user","key":"u1"},{"policy":"ip","key":"10.0.0.1"},)"
+      R"({"limit":"10/1h","key":"u1","algorithm":"gcra","cost":0}]})";
+  for (int i = 0; i < 2; ++i) {
+    const http_response r = acquire(body);
+    ASSERT_EQ(r.result(), http::status::ok) << r.body();
+    const json j = body_of(r);
+    EXPECT_EQ(j["allowed"], true);
+    EXPECT_EQ(j["denied"], json::array());
+    ASSERT_EQ(j["limits"].size(), 3u);
+    EXPECT_EQ(j["limits"][0]["remaining"], 1 - i);
+    EXPECT_EQ(j["limits"][2]["remaining"], 10);  // cost 0: checked, not spent
+    EXPECT_EQ(r["RateLimit-Policy"], R"("user";q=2;w=60, "ip";q=3;w=60, "10/1h";q=10;w=3600)");
+    EXPECT_EQ(r.count(http::field::retry_after), 0u);
+  }
+  const http_response denied = acquire(body);
+  ASSERT_EQ(denied.result(), http::status::ok);
+  const json j = body_of(denied);
+  EXPECT_EQ(j["allowed"], false);
+  EXPECT_EQ(j["denied"], json::array({0}));
+  EXPECT_EQ(j["retry_after_ms"], 60000);
+  EXPECT_EQ(j["limits"][1]["allowed"], true);
+  EXPECT_EQ(denied[http::field::retry_after], "61");  // floor(60 s) + 1, as for one limit
+  EXPECT_EQ(denied["RateLimit"], R"("user";r=0;t=61, "ip";r=1;t=60, "10/1h";r=10;t=0)");
+  // The IP limit was charged twice, not three times.
+  const json ip =
+      body_of(call(http::verb::post, "/v1/peek", R"({"policy":"ip","key":"10.0.0.1"})"));
+  EXPECT_EQ(ip["remaining"], 1);
+}
+
+// Verifies the errors of a "limits" body, each naming its field.
+TEST_F(Handlers, SeveralLimitsErrorsNameTheField) {
+  expect_error(acquire(R"({"limits":[]})"), http::status::bad_request, "limits");
+  expect_error(acquire(R"({"limits":{"policy":"chat"}})"), http::status::bad_request, "limits");
+  expect_error(acquire(R"({"limits":[{"policy":"chat","key":"k"}],"key":"k"})"),
+               http::status::bad_request, "key");
+  expect_error(acquire(R"({"limits":[{"policy":"chat","key":"k"},3]})"), http::status::bad_request,
+               "limits[1]");
+  expect_error(acquire(R"({"limits":[{"policy":"chat","key":"k","colour":1}]})"),
+               http::status::bad_request, "limits[0].colour");
+  expect_error(acquire(R"({"limits":[{"policy":"chat","key":""}]})"), http::status::bad_request,
+               "limits[0].key");
+  expect_error(acquire(R"({"limits":[{"policy":"nope","key":"k"}]})"), http::status::not_found,
+               "limits[0].policy");
+  expect_error(acquire(R"({"limits":[{"policy":"chat","key":"k","cost":-1}]})"),
+               http::status::bad_request, "limits[0].cost");
+  expect_error(acquire(R"({"limits":[{"policy":"chat","key":"k","cost":20},)"
+                       R"({"policy":"chat","key":"k","cost":20}]})"),
+               http::status::bad_request, "cost");
+  expect_error(call(http::verb::post, "/v1/peek", R"({"limits":[{"policy":"chat","key":"k"}]})"),
+               http::status::bad_request, "limits");
+  std::string many = R"({"limits":[)";
+  for (int i = 0; i < 65; ++i) many += std::string(i ? "," : "") + R"({"policy":"chat","key":"k"})";
+  expect_error(acquire(many + "]}"), http::status::bad_request, "limits");
+  // Nothing was charged by any of them.
+  EXPECT_EQ(
+      body_of(call(http::verb::post, "/v1/peek", R"({"policy":"chat","key":"k"})"))["remaining"],
+      30);
+}
+
+// Verifies POST /v1/refund: units come back, never past the full limit, and errors as for
+// acquire.
+TEST_F(Handlers, RefundGivesBackUnits) {
+  ASSERT_EQ(body_of(acquire(R"({"policy":"chat","key":"u","cost":20})"))["remaining"], 10);
+  const http_response r =
+      call(http::verb::post, "/v1/refund", R"({"policy":"chat","key":"u","cost":15})");
+  ASSERT_EQ(r.result(), http::status::ok) << r.body();
+  EXPECT_EQ(body_of(r)["remaining"], 25);
+  EXPECT_EQ(body_of(call(http::verb::post, "/v1/refund",
+                         R"({"policy":"chat","key":"u","cost":99})"))["remaining"],
+            30);
+  expect_error(call(http::verb::post, "/v1/refund", R"({"policy":"chat","key":"u","cost":0})"),
+               http::status::bad_request, "cost");
+  expect_error(call(http::verb::get, "/v1/refund"), http::status::method_not_allowed, "");
+  EXPECT_NE(metrics_->render(limiter_->stats()).find("route=\"/v1/refund\""), std::string::npos);
+}
+
 TEST_F(Handlers, PoliciesMustBeRegistered) {
   server_config c = base_config();
   sluice::limiter lim(std::make_shared<sluice::memory_store>());
