@@ -296,7 +296,14 @@ void request_handler::decide(const http_request& req, op what, reply r) const {
             single));
       }
     }
-    return decide_all(dom.at("limits"), std::move(r));
+    // A string or an integer is read by parse_flat, which leaves no DOM; anything else is
+    // in `dom`.
+    const auto it = dom.is_object() ? dom.find("limits") : dom.end();
+    if (f.limits.k != body_value::kind::other || it == dom.end()) {
+      return r(
+          error_response(http::status::bad_request, "limits must be an array of limits", "limits"));
+    }
+    return decide_all(*it, std::move(r));
   }
   decision_call call;
   if (auto bad = read_call(f, call, 1, "")) return r(std::move(*bad));

@@ -599,6 +599,9 @@ TEST_F(Handlers, SeveralLimitsAreAllOrNothing) {
 // Verifies the errors of a "limits" body, each naming its field.
 TEST_F(Handlers, SeveralLimitsErrorsNameTheField) {
   expect_error(acquire(R"({"limits":[]})"), http::status::bad_request, "limits");
+  expect_error(acquire(R"({"limits":3})"), http::status::bad_request, "limits");
+  expect_error(acquire(R"({"limits":"chat"})"), http::status::bad_request, "limits");
+  expect_error(acquire(R"({"limits":null})"), http::status::bad_request, "limits");
   expect_error(acquire(R"({"limits":{"policy":"chat"}})"), http::status::bad_request, "limits");
   expect_error(acquire(R"({"limits":[{"policy":"chat","key":"k"}],"key":"k"})"),
                http::status::bad_request, "key");
