@@ -30,7 +30,7 @@ bool parse_int(std::string_view text, std::int64_t& out) {
   return ec == std::errc() && ptr == end;
 }
 
-enum class op { acquire, peek, reset };
+enum class op { acquire, peek, reset, refund };
 
 struct line_request {
   std::string_view key;
@@ -40,10 +40,25 @@ struct line_request {
   op what = op::acquire;
 };
 
-// Parses `KEY LIMIT [ALGORITHM] [COST] [peek|reset]`.
+std::string_view op_name(op o) {
+  switch (o) {
+    case op::acquire:
+      return "acquire";
+    case op::peek:
+      return "peek";
+    case op::reset:
+      return "reset";
+    case op::refund:
+      return "refund";
+  }
+  return "acquire";
+}
+
+// Parses `KEY LIMIT [ALGORITHM] [COST] [peek|reset|refund]`.
 result<line_request> parse_line(const std::vector<std::string_view>& tokens) {
   if (tokens.size() < 2) {
-    return make_error(errc::invalid_limit, "expected KEY LIMIT [ALGORITHM] [COST] [peek|reset]");
+    return make_error(errc::invalid_limit,
+                      "expected KEY LIMIT [ALGORITHM] [COST] [peek|reset|refund]");
   }
   line_request r;
   r.key = tokens[0];
@@ -58,29 +73,22 @@ result<line_request> parse_line(const std::vector<std::string_view>& tokens) {
     }
   }
   if (i < tokens.size() && parse_int(tokens[i], r.cost)) ++i;
-  if (i < tokens.size() && (tokens[i] == "peek" || tokens[i] == "reset")) {
-    r.what = tokens[i] == "peek" ? op::peek : op::reset;
-    ++i;
+  if (i < tokens.size()) {
+    for (const op o : {op::peek, op::reset, op::refund}) {
+      if (tokens[i] == op_name(o)) {
+        r.what = o;
+        ++i;
+        break;
+      }
+    }
   }
   if (i < tokens.size()) {
     return make_error(errc::invalid_algorithm,
                       "unexpected \"" + std::string(tokens[i].substr(0, 64)) +
-                          "\" (expected KEY LIMIT [ALGORITHM] [COST] [peek|reset], in that "
+                          "\" (expected KEY LIMIT [ALGORITHM] [COST] [peek|reset|refund], in that "
                           "order; algorithms: sliding_log, sliding_counter, gcra)");
   }
   return r;
-}
-
-std::string_view op_name(op o) {
-  switch (o) {
-    case op::acquire:
-      return "acquire";
-    case op::peek:
-      return "peek";
-    case op::reset:
-      return "reset";
-  }
-  return "acquire";
 }
 
 }  // namespace
@@ -148,7 +156,7 @@ int run_eval(std::istream& in, std::ostream& out, store& s, manual_clock* clock,
       continue;
     }
     const request q{r->key, r->lim, r->algo, r->cost, {}};
-    auto d = r->what == op::peek ? s.peek(q) : s.acquire(q);
+    auto d = r->what == op::peek ? s.peek(q) : r->what == op::refund ? s.refund(q) : s.acquire(q);
     if (!d) {
       fail(d.error().message());
       continue;

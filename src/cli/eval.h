@@ -28,7 +28,7 @@ struct eval_options {
   bool echo = false;
 };
 
-// Reads requests from `in`, one per line: `KEY LIMIT [ALGORITHM] [COST] [peek|reset]`.
+// Reads requests from `in`, one per line: `KEY LIMIT [ALGORITHM] [COST] [peek|reset|refund]`.
 // Blank lines and lines starting with `#` are skipped. Prints one JSON object per request
 // to `out`; a bad line prints {"line": N, "error": "..."} and the stream goes on.
 // `clock` is the manual clock the store was opened with when `options.start` is set.

@@ -240,7 +240,7 @@ int main(int argc, char** argv) {
   eval_args eval;
   auto* eval_cmd = app.add_subcommand(
       "eval",
-      "Read requests, one per line: KEY LIMIT [ALGORITHM] [COST] [peek|reset]; '#' starts a "
+      "Read requests, one per line: KEY LIMIT [ALGORITHM] [COST] [peek|reset|refund]; '#' starts a "
       "comment; with --now, '@advance DURATION' moves the clock. Prints one JSON line each.");
   eval_cmd->add_option("--store", eval.store, "Store URI (memory://)")->capture_default_str();
   eval_cmd->add_option("--now", eval.now,

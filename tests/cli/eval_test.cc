@@ -82,6 +82,16 @@ TEST(Eval, AdvanceMovesTheClockAndResetForgets) {
   EXPECT_EQ(r.lines[4]["allowed"], true);
 }
 
+// Verifies that refund gives back units and says what is available afterwards.
+TEST(Eval, RefundGivesBackUnits) {
+  const auto r = eval("k 10/1m gcra 8\nk 10/1m gcra 5 refund\nk 10/1m gcra 9 refund\n");
+  ASSERT_EQ(r.lines.size(), 3u);
+  EXPECT_EQ(r.lines[0]["remaining"], 2);
+  EXPECT_EQ(r.lines[1]["op"], "refund");
+  EXPECT_EQ(r.lines[1]["remaining"], 7);
+  EXPECT_EQ(r.lines[2]["remaining"], 10);  // never more than the full limit
+}
+
 // Verifies that @advance without a manual clock, and unknown directives, are line errors.
 TEST(Eval, DirectivesNeedAManualClock) {
   const auto r = eval("@advance 1s\n@jump 1s\n", /*with_clock=*/false);
