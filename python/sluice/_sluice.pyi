@@ -1,7 +1,8 @@
 """Type hints for sluice._sluice, the compiled part of sluice."""
 
 import asyncio
-from typing import Literal, Mapping, NotRequired, Optional, Tuple, TypedDict, Union
+from typing import (List, Literal, Mapping, NotRequired, Optional, Sequence, Tuple, TypedDict,
+                    Union)
 
 # A limit: "30/hour", "10/1m", "2/500ms", "10 per minute", or (count, seconds).
 Limit = Union[str, Tuple[int, float]]
@@ -73,6 +74,11 @@ class Limiter:
     def acquire(self, policy: Limit, key: Key, cost: int = 1) -> Decision: ...
     def peek(self, policy: Limit, key: Key, cost: int = 1) -> Decision: ...
     def reset(self, policy: Limit, key: Key) -> None: ...
+    def refund(self, policy: Limit, key: Key, cost: int) -> Decision: ...
+    def acquire_all(
+        self,
+        items: Sequence[Union[Tuple[Limit, Key], Tuple[Limit, Key, int]]],
+    ) -> List[Decision]: ...
     def acquire_async(
         self, policy: Limit, key: Key, cost: int = 1
     ) -> "asyncio.Future[Decision]": ...

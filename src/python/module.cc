@@ -541,6 +541,55 @@ class py_limiter {
     if (!r) raise(r.error());
   }
 
+  py::object refund(py::handle policy, py::handle key, std::int64_t cost) {
+    const auto t = resolve(policy);
+    if (!t) raise(t.error());
+    const std::string_view k = key_view(key);
+    const sluice::result<sluice::decision> r =
+        outside_gil([&] { return lim_->refund(t->get(), k, cost); });
+    warnings_->flush();
+    if (!r) raise(r.error());
+    return to_python(*r);
+  }
+
+  // Returns the decisions of (policy, key[, cost]) items, all or nothing.
+  py::list acquire_all(py::handle items) {
+    if (!PyList_Check(items.ptr()) && !PyTuple_Check(items.ptr())) {
+      throw py::type_error("items must be a list of (policy, key[, cost]) tuples, not " +
+                           type_name(items));
+    }
+    const auto seq = py::reinterpret_borrow<py::sequence>(items);
+    std::vector<target> targets;  // keep inline policies alive for the call
+    std::vector<sluice::spend> spends;
+    targets.reserve(seq.size());
+    spends.reserve(seq.size());
+    for (const py::handle item : seq) {
+      if (!PyTuple_Check(item.ptr()) ||
+          (PyTuple_GET_SIZE(item.ptr()) != 2 && PyTuple_GET_SIZE(item.ptr()) != 3)) {
+        throw py::type_error("each item is a (policy, key) or (policy, key, cost) tuple, not " +
+                             type_name(item));
+      }
+      const auto t = py::reinterpret_borrow<py::tuple>(item);
+      auto resolved = resolve(t[0]);
+      if (!resolved) raise(resolved.error());
+      targets.push_back(std::move(*resolved));
+      std::int64_t cost = 1;
+      if (t.size() == 3) {
+        if (!PyLong_Check(t[2].ptr()) || PyBool_Check(t[2].ptr())) {
+          throw py::type_error("a cost must be an int, not " + type_name(t[2]));
+        }
+        cost = t[2].cast<std::int64_t>();
+      }
+      spends.push_back({&targets.back().get(), key_view(t[1]), cost});
+    }
+    const auto r = outside_gil([&] { return lim_->acquire_all(spends); });
+    warnings_->flush();
+    if (!r) raise(r.error());
+    py::list out;
+    for (const sluice::decision& d : *r) out.append(to_python(d));
+    return out;
+  }
+
   // Returns an asyncio future of the running loop that the decision completes.
   static py::object decide_async(const py::object& self, call c, py::handle policy, py::handle key,
                                  std::int64_t cost) {
@@ -793,6 +842,15 @@ PYBIND11_MODULE(_sluice, m) {
       .def("reset", &py_limiter::reset, py::arg("policy"), py::arg("key"),
            "Forgets `key` under `policy`. Raises StoreError when the store fails (or its\n"
            "circuit breaker is open): the state kept there is then not forgotten.")
+      .def("refund", &py_limiter::refund, py::arg("policy"), py::arg("key"), py::arg("cost"),
+           "Gives back up to `cost` units that acquires of `key` spent under `policy` (never\n"
+           "more than the full limit) and returns what peek of one unit answers then. Raises\n"
+           "StoreError when the store fails: nothing is given back there.")
+      .def("acquire_all", &py_limiter::acquire_all, py::arg("items"),
+           "Decides several limits at once, all or nothing: `items` is a list of (policy, key)\n"
+           "or (policy, key, cost) tuples (cost 0 only checks). Returns one Decision per item;\n"
+           "the request is admitted when all are allowed, and then every limit was spent;\n"
+           "when any is denied none was (each says what that limit alone would get).")
       .def(
           "acquire_async",
           [](py::object self, py::handle policy, py::handle key, std::int64_t cost) {

@@ -227,3 +227,34 @@ def test_threads_racing_admit_exactly_the_limit():
         t.join(timeout=60)
     assert len(admitted) == 8
     assert sum(admitted) == 100
+
+
+def test_acquire_all_is_all_or_nothing():
+    """Verifies acquire_all: admitted while every limit admits, then denied as a whole with
+    the other limits uncharged; cost 0 only checks."""
+    lim = sluice.Limiter(policies={"user": "2/1m", "ip": "3/1m"})
+    items = [("user", "u1"), ("ip", b"10.0.0.1"), ("10/1h", "u1", 0)]
+    for left in (1, 0):
+        ds = lim.acquire_all(items)
+        assert [d.allowed for d in ds] == [True, True, True]
+        assert ds[0].remaining == left and ds[2].remaining == 10
+    denied = lim.acquire_all(items)
+    assert [d.allowed for d in denied] == [False, True, True]
+    assert denied[0].retry_after > 0
+    assert lim.peek("ip", "10.0.0.1").remaining == 1  # charged twice, not three times
+    with pytest.raises(ValueError, match="key"):
+        lim.acquire_all([("user", "u1"), ("user", "")])
+    with pytest.raises(TypeError, match="tuple"):
+        lim.acquire_all([("user",)])
+    with pytest.raises(TypeError):
+        lim.acquire_all("user")
+
+
+def test_refund_gives_back_at_most_what_was_spent():
+    """Verifies refund: units come back, never past the full limit."""
+    lim = sluice.Limiter(policies={"tokens": {"limit": "1000/1m", "algorithm": "gcra"}})
+    assert lim.acquire("tokens", "u", 800).remaining == 200
+    assert lim.refund("tokens", "u", 500).remaining == 700
+    assert lim.refund("tokens", "u", 5000).remaining == 1000
+    with pytest.raises(ValueError):
+        lim.refund("tokens", "u", 0)
