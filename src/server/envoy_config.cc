@@ -6,12 +6,13 @@
 // wildcards of that key in file order, then the key without a value; no string is built
 // until a limited match needs its store key.
 //
-// What a file may hold follows envoyproxy's reader (src/config/config_impl.go), with two
-// deliberate differences, both stricter: a key is checked where it stands (envoyproxy checks
-// every key against one flat list, so `shadow_mode` inside `rate_limit` loads and is then
-// ignored), and a `rate_limit` must say `requests_per_unit` (envoyproxy reads a missing one
-// as 0, which denies everything). Start-up code: the reader throws a private exception at
-// the first problem and the entry points return it as an `error`.
+// What a file may hold follows envoyproxy's reader (src/config/config_impl.go), stricter
+// where it loads a mistake silently (docs/DESIGN.md lists where): a key is checked where it
+// stands (envoyproxy checks every key against one flat list, so `shadow_mode` inside
+// `rate_limit` loads and is then ignored), and a `rate_limit` must say `requests_per_unit`
+// (envoyproxy reads a missing one as 0, which denies everything). Start-up code: the reader
+// throws a private exception at the first problem and the entry points return it as an
+// `error`.
 #include "server/envoy_config.h"
 
 #include <openssl/evp.h>
@@ -24,6 +25,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <memory>
 #include <new>
 #include <sstream>
 #include <system_error>
@@ -149,75 +151,67 @@ const data::domain* find_domain(const data& d, std::string_view name) noexcept {
   return at != d.domains.end() && at->name == name ? &*at : nullptr;
 }
 
-// Writes a store key: `envoy/` and length-prefixed fields while it fits in
-// max_envoy_literal_key bytes; past that, a SHA-256 of the whole literal key instead.
-class key_writer {
- public:
-  key_writer(std::string& out, std::size_t estimate) : out_(out) {
-    out_.clear();
-    out_.reserve(std::min(estimate, max_envoy_literal_key));
-    out_.append(kPrefix);
-  }
-  ~key_writer() { EVP_MD_CTX_free(hash_); }
-  key_writer(const key_writer&) = delete;
-  key_writer& operator=(const key_writer&) = delete;
+constexpr std::string_view kKeyPrefix = "envoy/";
 
-  // Appends `<size>:<bytes>` after the separator `sep` (none when 0).
-  void field(char sep, std::string_view bytes) {
+// Returns the number of decimal digits of `n`.
+std::size_t digits(std::size_t n) noexcept {
+  std::size_t d = 1;
+  while (n >= 10) {
+    n /= 10;
+    ++d;
+  }
+  return d;
+}
+
+// Returns a store key: `envoy/`, then each field `fields` gives as `<sep><size>:<bytes>`
+// (no separator when `sep` is 0). `fields(put)` calls `put(sep, bytes)` once per field, the
+// same each time: once to size the key, once to write it into one allocation, or, past
+// max_envoy_literal_key bytes, to feed a SHA-256 of it instead.
+template <class Fields>
+std::string make_key(Fields&& fields) {
+  std::size_t size = kKeyPrefix.size();
+  fields([&](char sep, std::string_view bytes) {
+    size += (sep != 0 ? 1 : 0) + digits(bytes.size()) + 1 + bytes.size();
+  });
+  std::string out;
+  if (size <= max_envoy_literal_key) {
+    out.resize(size);
+    char* p = std::copy(kKeyPrefix.begin(), kKeyPrefix.end(), out.data());
+    fields([&](char sep, std::string_view bytes) {
+      if (sep != 0) *p++ = sep;
+      p = std::to_chars(p, out.data() + size, bytes.size()).ptr;
+      *p++ = ':';
+      p = std::copy(bytes.begin(), bytes.end(), p);
+    });
+    return out;
+  }
+  const std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> hash(EVP_MD_CTX_new(),
+                                                                     &EVP_MD_CTX_free);
+  if (hash == nullptr || EVP_DigestInit_ex(hash.get(), EVP_sha256(), nullptr) != 1) {
+    throw std::bad_alloc();  // as a std::string would on the same shortage
+  }
+  EVP_DigestUpdate(hash.get(), kKeyPrefix.data(), kKeyPrefix.size());
+  fields([&](char sep, std::string_view bytes) {
     std::array<char, 24> head{};
-    std::size_t n = 0;
-    if (sep != 0) head[n++] = sep;
-    n = static_cast<std::size_t>(
-        std::to_chars(head.data() + n, head.data() + head.size() - 1, bytes.size()).ptr -
-        head.data());
-    head[n++] = ':';
-    put({head.data(), n});
-    put(bytes);
+    char* p = head.data();
+    if (sep != 0) *p++ = sep;
+    p = std::to_chars(p, head.data() + head.size(), bytes.size()).ptr;
+    *p++ = ':';
+    EVP_DigestUpdate(hash.get(), head.data(), static_cast<std::size_t>(p - head.data()));
+    EVP_DigestUpdate(hash.get(), bytes.data(), bytes.size());
+  });
+  std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
+  unsigned int n = 0;
+  EVP_DigestFinal_ex(hash.get(), digest.data(), &n);
+  static constexpr char kHex[] = "0123456789abcdef";
+  out.reserve(kKeyPrefix.size() + 7 + 2 * n);
+  out.append(kKeyPrefix).append("sha256:");
+  for (unsigned int i = 0; i < n; ++i) {
+    out.push_back(kHex[digest[i] >> 4]);
+    out.push_back(kHex[digest[i] & 15]);
   }
-
-  // Ends the key: replaces it by its hash if it grew too long.
-  void finish() {
-    if (hash_ == nullptr) return;
-    std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
-    unsigned int size = 0;
-    EVP_DigestFinal_ex(hash_, digest.data(), &size);
-    static constexpr char kHex[] = "0123456789abcdef";
-    out_.assign(kPrefix);
-    out_.append("sha256:");
-    for (unsigned int i = 0; i < size; ++i) {
-      out_.push_back(kHex[digest[i] >> 4]);
-      out_.push_back(kHex[digest[i] & 15]);
-    }
-  }
-
-  // Returns the estimated size of a key for `domain` and `entries`, to reserve it at once.
-  static std::size_t estimate(std::string_view domain, std::span<const envoy_entry> entries) {
-    std::size_t n = kPrefix.size() + domain.size() + 8;
-    for (const envoy_entry& e : entries) n += e.key.size() + e.value.size() + 16;
-    return n;
-  }
-
- private:
-  static constexpr std::string_view kPrefix = "envoy/";
-
-  void put(std::string_view bytes) {
-    if (hash_ == nullptr && out_.size() + bytes.size() <= max_envoy_literal_key) {
-      out_.append(bytes);
-      return;
-    }
-    if (hash_ == nullptr) {
-      hash_ = EVP_MD_CTX_new();
-      if (hash_ == nullptr || EVP_DigestInit_ex(hash_, EVP_sha256(), nullptr) != 1) {
-        throw std::bad_alloc();  // as the std::string would on the same shortage
-      }
-      EVP_DigestUpdate(hash_, out_.data(), out_.size());
-    }
-    EVP_DigestUpdate(hash_, bytes.data(), bytes.size());
-  }
-
-  std::string& out_;
-  EVP_MD_CTX* hash_ = nullptr;
-};
+  return out;
+}
 
 // ---- Reading ----------------------------------------------------------------------------
 
@@ -740,15 +734,13 @@ std::string_view to_string(envoy_match_status s) noexcept {
 }
 
 std::string envoy_store_key(std::string_view domain, std::span<const envoy_entry> entries) {
-  std::string out;
-  key_writer w(out, key_writer::estimate(domain, entries));
-  w.field(0, domain);
-  for (const envoy_entry& e : entries) {
-    w.field('|', e.key);
-    w.field('=', e.value);
-  }
-  w.finish();
-  return out;
+  return make_key([&](auto&& put) {
+    put(0, domain);
+    for (const envoy_entry& e : entries) {
+      put('|', e.key);
+      put('=', e.value);
+    }
+  });
 }
 
 void apply_replaces(std::span<envoy_match> matches) {
@@ -780,7 +772,11 @@ envoy_match envoy_config::match(std::string_view domain,
   }
   // A rate limit applies only at the level of the descriptor's last entry.
   if (entries.empty() || entries.size() > dom->depth) return m;
-  const std::uint32_t leaf = walk(d, dom->root, entries, [](const auto&...) {});
+  bool shared = false;  // some level counts as its wildcard (share_threshold)
+  const std::uint32_t leaf =
+      walk(d, dom->root, entries, [&](const envoy_entry&, const data::node& n, bool by_wildcard) {
+        shared |= by_wildcard && !n.shared_value.empty();
+      });
   if (leaf == data::none || d.nodes[leaf].rate_limit == data::none) return m;
   m.rate_limit = &d.rate_limits[d.nodes[leaf].rate_limit];
   if (m.rate_limit->unlimited) {
@@ -788,15 +784,18 @@ envoy_match envoy_config::match(std::string_view domain,
     return m;
   }
   m.status = envoy_match_status::limited;
-  // The same walk again, now writing the key: only limited matches pay for it.
-  key_writer w(m.store_key, key_writer::estimate(domain, entries));
-  w.field(0, domain);
-  walk(d, dom->root, entries, [&](const envoy_entry& e, const data::node& n, bool by_wildcard) {
-    w.field('|', e.key);
-    // share_threshold: every value the wildcard matches is counted as the wildcard.
-    w.field('=', by_wildcard && !n.shared_value.empty() ? n.shared_value : e.value);
+  if (!shared) {
+    m.store_key = envoy_store_key(domain, entries);
+    return m;
+  }
+  // The same walk again, with the wildcard in place of each value it shares.
+  m.store_key = make_key([&](auto&& put) {
+    put(0, domain);
+    walk(d, dom->root, entries, [&](const envoy_entry& e, const data::node& n, bool by_wildcard) {
+      put('|', e.key);
+      put('=', by_wildcard && !n.shared_value.empty() ? std::string_view(n.shared_value) : e.value);
+    });
   });
-  w.finish();
   return m;
 }
 
