@@ -1,5 +1,6 @@
-# tests/server/: `sluice serve`. Its configuration loader; the header fields, metrics,
-# request handler, body parser and bearer tokens without a socket; end-to-end tests over
+# tests/server/: `sluice serve`. Its configuration loaders (its own and envoyproxy/ratelimit's);
+# the header fields, metrics, request handler, body parser and bearer tokens without a socket;
+# end-to-end tests over
 # loopback, in-process and as `sluice serve` child processes (one against a real
 # redis-server, one on a real Redis Cluster); and real nginx in front of it. Included from
 # tests/CMakeLists.txt.
@@ -8,6 +9,12 @@ if(TARGET sluice_server)
   target_link_libraries(config_test PRIVATE sluice_server)
   target_compile_definitions(config_test PRIVATE
     SLUICE_EXAMPLES_DIR="${PROJECT_SOURCE_DIR}/examples")
+
+  # envoyproxy/ratelimit's configuration; the README's examples, rewritten, are its fixtures.
+  sluice_gtest(envoy_config_test ${CMAKE_CURRENT_LIST_DIR}/server/envoy_config_test.cc)
+  target_link_libraries(envoy_config_test PRIVATE sluice_server)
+  target_compile_definitions(envoy_config_test PRIVATE
+    SLUICE_ENVOY_CONFIG_DIR="${CMAKE_CURRENT_LIST_DIR}/server/envoy_config")
 
   sluice_gtest(server_unit_test
     ${CMAKE_CURRENT_LIST_DIR}/server/headers_test.cc
