@@ -23,10 +23,14 @@ if(TARGET sluice_server)
   target_compile_definitions(server_e2e_test PRIVATE SLUICE_CLI_PATH="$<TARGET_FILE:sluice_cli>")
   add_dependencies(server_e2e_test sluice_cli)
 
-  # The gRPC listener (SLUICE_WITH_GRPC): real gRPC clients against grpc_server.
+  # The gRPC listener (SLUICE_WITH_GRPC): real gRPC clients against grpc_server, and
+  # `sluice serve` with a gRPC listener.
   if(TARGET sluice_grpc)
     sluice_gtest(grpc_server_test ${CMAKE_CURRENT_LIST_DIR}/server/grpc_server_test.cc)
     target_link_libraries(grpc_server_test PRIVATE sluice_server)
+    target_compile_definitions(grpc_server_test PRIVATE
+      SLUICE_CLI_PATH="$<TARGET_FILE:sluice_cli>")
+    add_dependencies(grpc_server_test sluice_cli)
   endif()
 
   # sluice serve on a real Redis Cluster; under the cluster lock like every cluster test.

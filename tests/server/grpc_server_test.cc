@@ -7,12 +7,19 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -20,6 +27,7 @@
 
 #include "envoy/service/ratelimit/v3/rls.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "server/serve.h"
 
 namespace sluice::server {
 namespace {
@@ -650,6 +658,105 @@ TEST_F(GrpcServer, PortInUseFailsToStart) {
   EXPECT_NE(ok.error().message().find(o.listen), std::string::npos) << ok.error().message();
   EXPECT_EQ(second.port(), 0);
   expect_serves();
+}
+
+// `sluice serve` with a gRPC listener: a service whose rate limit handler is the test's.
+server_config serve_config() {
+  server_config c;
+  c.listen = "127.0.0.1:0";
+  c.grpc_listen = "127.0.0.1:0";
+  c.io_threads = 1;
+  c.log_level = "off";
+  served_policy p;
+  p.policy.name = "chat";
+  p.policy.limit = *parse_limit("30/hour");
+  c.policies.push_back(p);
+  return c;
+}
+
+TEST(ServeGrpc, GrpcListenNeedsEnvoyConfig) {
+  // Verifies that serve refuses grpc_listen while no rate limit handler can be built for the
+  // config (make_rls_handler returns none without envoy_config).
+  try {
+    service s(serve_config());
+    FAIL() << "service started with grpc_listen and no envoy_config";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("grpc_listen needs envoy_config"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(ServeGrpc, CliRefusesGrpcListenWithoutEnvoyConfig) {
+  // Verifies that `sluice serve --grpc-listen` reaches the service and exits 1 with the
+  // reason on stderr.
+  const std::filesystem::path err =
+      std::filesystem::temp_directory_path() / ("sluice-grpc-cli-" + std::to_string(getpid()));
+  const std::string cmd = std::string(SLUICE_CLI_PATH) +
+                          " serve --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 >/dev/null 2>" +
+                          err.string();
+  const int status = std::system(cmd.c_str());
+  std::stringstream text;
+  text << std::ifstream(err).rdbuf();
+  std::filesystem::remove(err);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  EXPECT_NE(text.str().find("grpc_listen needs envoy_config"), std::string::npos) << text.str();
+}
+
+TEST(ServeGrpc, ServesGrpcBesideHttpAndDrainsBoth) {
+  // Verifies that with a rate limit handler, the service serves gRPC on its own port, says
+  // so in its summary, answers health from the store, and that SIGTERM drains the gRPC
+  // listener with the HTTP server: a held call is still answered, then wait() returns.
+  test_handler* handler = nullptr;
+  service s(serve_config(), /*handle_signals=*/true,
+            [&](const server_config&, sluice::limiter&, metrics&) {
+              auto h = std::make_unique<test_handler>();
+              handler = h.get();
+              return h;
+            });
+  ASSERT_NE(handler, nullptr);
+  s.start();
+  const std::string address = s.grpc_address();
+  ASSERT_FALSE(address.empty());
+  EXPECT_NE(address, s.local_address());
+  EXPECT_NE(s.summary().find("gRPC (Envoy rate limit service, health) on " + address),
+            std::string::npos)
+      << s.summary();
+
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto stub = rls::RateLimitService::NewStub(channel);
+  {
+    grpc::ClientContext ctx;
+    set_deadline(ctx);
+    health::HealthCheckResponse h;
+    ASSERT_TRUE(
+        health::Health::NewStub(channel)->Check(&ctx, health::HealthCheckRequest(), &h).ok());
+    EXPECT_EQ(h.status(), health::HealthCheckResponse::SERVING);  // memory:// is ready
+  }
+  handler->how = test_handler::mode::hold;
+  grpc::ClientContext ctx;
+  set_deadline(ctx);
+  const rls::RateLimitRequest request = request_for("serve");
+  rls::RateLimitResponse response;
+  grpc::Status status;
+  countdown answered(1);
+  stub->async()->ShouldRateLimit(&ctx, &request, &response, [&](grpc::Status st) {
+    status = std::move(st);
+    answered.arrive();
+  });
+  std::vector<held_call> held = handler->take_held(1);
+  ASSERT_EQ(held.size(), 1u);
+
+  ASSERT_EQ(::raise(SIGTERM), 0);
+  std::thread answer([&] {
+    echo(*held[0].request, held[0].response);
+    held[0].done(grpc::Status::OK);
+  });
+  s.wait();
+  answer.join();
+  ASSERT_TRUE(answered.wait());
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.statuses(0).current_limit().name(), "user=42");
 }
 
 }  // namespace
