@@ -7,6 +7,7 @@
 if(TARGET sluice_grpc_python)
   add_executable(rls_wire ${CMAKE_CURRENT_LIST_DIR}/grpc/rls_wire.cc)
   target_link_libraries(rls_wire PRIVATE sluice_grpc sluice_warnings)
+  add_dependencies(rls_wire sluice_grpc_python)  # the stubs the tests import
   if(EXISTS /usr/bin/python3)
     set(sluice_grpc_python3 /usr/bin/python3)
   else()
