@@ -35,6 +35,12 @@ packages=(
   python3-uvicorn
   python3-httpx
   pybind11-dev
+  libgrpc++-dev
+  libprotobuf-dev
+  protobuf-compiler
+  protobuf-compiler-grpc
+  python3-grpcio
+  python3-protobuf
   nginx-light
   wrk
   curl

@@ -2,7 +2,8 @@
 # the header fields, metrics, request handler, body parser and bearer tokens without a socket;
 # end-to-end tests over
 # loopback, in-process and as `sluice serve` child processes (one against a real
-# redis-server, one on a real Redis Cluster); and real nginx in front of it. Included from
+# redis-server, one on a real Redis Cluster); the gRPC listener with real gRPC clients; and
+# real nginx in front of it. Included from
 # tests/CMakeLists.txt.
 if(TARGET sluice_server)
   sluice_gtest(config_test ${CMAKE_CURRENT_LIST_DIR}/server/config_test.cc)
@@ -28,6 +29,16 @@ if(TARGET sluice_server)
   target_link_libraries(server_e2e_test PRIVATE sluice_server sluice_test_support)
   target_compile_definitions(server_e2e_test PRIVATE SLUICE_CLI_PATH="$<TARGET_FILE:sluice_cli>")
   add_dependencies(server_e2e_test sluice_cli)
+
+  # The gRPC listener (SLUICE_WITH_GRPC): real gRPC clients against grpc_server, and
+  # `sluice serve` with a gRPC listener.
+  if(TARGET sluice_grpc)
+    sluice_gtest(grpc_server_test ${CMAKE_CURRENT_LIST_DIR}/server/grpc_server_test.cc)
+    target_link_libraries(grpc_server_test PRIVATE sluice_server)
+    target_compile_definitions(grpc_server_test PRIVATE
+      SLUICE_CLI_PATH="$<TARGET_FILE:sluice_cli>")
+    add_dependencies(grpc_server_test sluice_cli)
+  endif()
 
   # sluice serve on a real Redis Cluster; under the cluster lock like every cluster test.
   add_executable(server_cluster_test ${CMAKE_CURRENT_LIST_DIR}/server/server_cluster_test.cc)

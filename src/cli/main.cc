@@ -188,6 +188,7 @@ int run_bench(const bench_args& a) {
 struct serve_args {
   std::string config;
   std::string listen;
+  std::string grpc_listen;
   std::string store;
   std::size_t io_threads = 0;
 };
@@ -205,6 +206,7 @@ int run_serve(const serve_args& a, const CLI::App& cmd) {
   }
   // Flags override the file.
   if (cmd.count("--listen") > 0) config.listen = a.listen;
+  if (cmd.count("--grpc-listen") > 0) config.grpc_listen = a.grpc_listen;
   if (cmd.count("--store") > 0) config.store = a.store;
   if (cmd.count("--io-threads") > 0) config.io_threads = a.io_threads;
   return sluice::server::serve(config, std::cout);
@@ -279,10 +281,14 @@ int main(int argc, char** argv) {
   auto* serve_cmd = app.add_subcommand(
       "serve",
       "Run the HTTP decision server. Prints 'sluice listening on HOST:PORT' as the first line "
-      "of stdout; logs go to stderr. SIGTERM or SIGINT drains requests in flight and exits 0.");
+      "of stdout (then 'sluice grpc listening on HOST:PORT' with --grpc-listen); logs go to "
+      "stderr. SIGTERM or SIGINT drains requests in flight and exits 0.");
   serve_cmd->add_option("--config", serve.config, "YAML configuration (see examples/sluice.yaml)");
   serve_cmd->add_option("--listen", serve.listen,
                         "host:port to listen on, port 0 for a free one (default 127.0.0.1:8080)");
+  serve_cmd->add_option("--grpc-listen", serve.grpc_listen,
+                        "host:port to serve Envoy's rate limit service (gRPC) and "
+                        "grpc.health.v1 on, port 0 for a free one (default: off)");
   serve_cmd->add_option("--store", serve.store, "Store URI (default memory://)");
   serve_cmd->add_option("--io-threads", serve.io_threads, "I/O threads (0: one per core)")
       ->check(CLI::Range(std::size_t{0}, std::size_t{1024}));

@@ -4,6 +4,7 @@
 // each one with a comment):
 //
 //   listen: 127.0.0.1:8080        # host:port, [v6]:port; port 0 picks a free one
+//   grpc_listen: 127.0.0.1:8081   # Envoy's rate limit service over gRPC; unset: off
 //   io_threads: 0                 # 0: one per core
 //   store: memory://              # or redis://, rediss://, unix://, redis+cluster:// (see
 //   open_store) breaker: {failures_to_open: 5, open_for: 1s, max_open_for: 30s} warn_interval: 10s
@@ -192,13 +193,20 @@ class reader {
     }
     server_config c;
     bool have_policies = false;
-    static constexpr std::array kTop = {"listen", "io_threads", "store", "breaker", "warn_interval",
-                                        "limits", "auth",       "gate",  "log",     "policies"};
-    for (const entry& e : entries(root, "", kTop)) {
+    static constexpr std::array kTop = {"listen",  "grpc_listen",   "io_threads", "store",
+                                        "breaker", "warn_interval", "limits",     "auth",
+                                        "gate",    "log",           "policies"};
+    const entry* grpc_entry = nullptr;
+    const std::vector<entry> top = entries(root, "", kTop);
+    for (const entry& e : top) {
       const std::string& p = e.key;
       if (p == "listen") {
         c.listen = text(e, p);
         if (auto problem = check_listen(c.listen); !problem.empty()) fail(e, p, problem);
+      } else if (p == "grpc_listen") {
+        c.grpc_listen = text(e, p);
+        if (auto problem = check_listen(c.grpc_listen); !problem.empty()) fail(e, p, problem);
+        grpc_entry = &e;
       } else if (p == "io_threads") {
         c.io_threads = number(e, p, 0, 1024);
       } else if (p == "store") {
@@ -220,6 +228,10 @@ class reader {
         read_policies(e, c.policies);
         have_policies = true;
       }
+    }
+    // Port 0 picks two different free ports; a fixed one cannot serve both.
+    if (grpc_entry != nullptr && c.grpc_listen == c.listen && !c.listen.ends_with(":0")) {
+      fail(*grpc_entry, "grpc_listen", "the same address as listen (" + c.listen + ")");
     }
     if (!have_policies) {
       fail_at(line_of(root, 1), "policies",
@@ -698,6 +710,8 @@ result<server_config> parse(std::string_view yaml, const std::string& name,
 }
 
 }  // namespace
+
+std::string listen_problem(std::string_view address) { return check_listen(address); }
 
 result<server_config> parse_config(std::string_view yaml, const std::string& name) {
   return parse(yaml, name, std::filesystem::current_path());

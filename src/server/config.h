@@ -29,8 +29,10 @@ struct served_policy {
 
 struct server_config {
   std::string listen = "127.0.0.1:8080";  // host:port; port 0 picks a free one
-  std::size_t io_threads = 0;             // 0: one per core
-  std::string store = "memory://";        // a store URI (see open_store)
+  // host:port of the gRPC listener (Envoy's rate limit service, grpc.health.v1); empty: off.
+  std::string grpc_listen;
+  std::size_t io_threads = 0;       // 0: one per core
+  std::string store = "memory://";  // a store URI (see open_store)
   breaker_options breaker;
   std::chrono::milliseconds warn_interval{10000};
   // Limits on clients.
@@ -60,5 +62,9 @@ result<server_config> load_config(const std::filesystem::path& path);
 
 // The same from YAML text (`name` stands for the file in messages).
 result<server_config> parse_config(std::string_view yaml, const std::string& name = "config");
+
+// Returns what is wrong with `address` as a listen address (`host:port`, `[v6]:port`, port 0
+// to 65535), or "" when nothing is. The host is not resolved.
+std::string listen_problem(std::string_view address);
 
 }  // namespace sluice::server

@@ -610,6 +610,7 @@ void http_server::impl::for_each_session(worker& w, const std::function<void(ses
 
 void http_server::impl::begin_drain() {
   if (draining.exchange(true)) return;
+  if (options.on_shutdown) options.on_shutdown(false);
   error_code ignored;
   acceptor->close(ignored);
   accept_retry->cancel();
@@ -629,6 +630,7 @@ void http_server::impl::begin_drain() {
 void http_server::impl::force() {
   if (finished) return;
   draining.store(true);
+  if (options.on_shutdown) options.on_shutdown(true);
   error_code ignored;
   acceptor->close(ignored);
   spdlog::warn("sluice serve: closing {} connection(s) still open", open.load());

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -47,6 +48,10 @@ struct http_server_options {
   bool access_log = false;
   // SIGTERM and SIGINT start the drain; a second one closes every connection at once.
   bool handle_signals = false;
+  // Called on an I/O thread when the drain begins (`now` false: from `shutdown` or a signal),
+  // and when the connections still open are closed at once (`now` true: a second signal, or
+  // the drain's end): `sluice serve` stops its gRPC listener with it. Must not block.
+  std::function<void(bool now)> on_shutdown;
 };
 
 // Returns the server options of `config`.

@@ -17,7 +17,21 @@
 #include "server/metrics.h"
 #include "sluice/open_store.h"
 
+#ifdef SLUICE_WITH_GRPC
+#include "server/grpc_server.h"
+#include "server/rls.h"
+#endif
+
 namespace sluice::server {
+
+#ifdef SLUICE_WITH_GRPC
+struct service::grpc_listener {
+  std::unique_ptr<rls_handler> handler;
+  std::unique_ptr<grpc_server> server;  // declared after the handler it calls
+};
+#else
+struct service::grpc_listener {};
+#endif
 
 std::unique_ptr<limiter> make_limiter(const server_config& config, std::shared_ptr<store> s,
                                       std::function<void(std::string_view)> warn) {
@@ -43,7 +57,8 @@ void configure_logging(const std::string& level) {
   spdlog::set_default_logger(std::move(logger));
 }
 
-service::service(const server_config& config, bool handle_signals) : config_(config) {
+service::service(const server_config& config, bool handle_signals, rls_handler_factory make_rls)
+    : config_(config) {
   std::vector<std::string> names;
   for (const served_policy& sp : config_.policies) names.push_back(sp.policy.name);
   metrics_ = std::make_unique<server::metrics>(std::move(names));
@@ -64,9 +79,59 @@ service::service(const server_config& config, bool handle_signals) : config_(con
 
   http_server_options options = server_options(config_);
   options.handle_signals = handle_signals;
+  // The gRPC listener drains, and is closed, with the HTTP server. It exists by the time
+  // this runs: only after start().
+  options.on_shutdown = [this](bool now) { stop_grpc(now); };
   io_threads_ = options.io_threads != 0 ? options.io_threads
                                         : std::max(1u, std::thread::hardware_concurrency());
   server_ = std::make_unique<http_server>(std::move(options), *handler_, *metrics_);
+  // Last: nothing after it throws, so a running gRPC server is never left to the unwinding.
+  if (!config_.grpc_listen.empty()) start_grpc(make_rls);
+}
+
+void service::start_grpc([[maybe_unused]] const rls_handler_factory& make_rls) {
+#ifdef SLUICE_WITH_GRPC
+  if (auto problem = listen_problem(config_.grpc_listen); !problem.empty()) {
+    throw std::runtime_error("grpc_listen " + internal::quote(config_.grpc_listen) + ": " +
+                             problem);
+  }
+  auto g = std::make_unique<grpc_listener>();
+  g->handler = make_rls ? make_rls(config_, *limiter_, *metrics_)
+                        : make_rls_handler(config_, *limiter_, *metrics_);
+  if (!g->handler) {
+    throw std::runtime_error(
+        "grpc_listen needs envoy_config: Envoy's rate limit service has no descriptors to "
+        "answer for without it");
+  }
+  grpc_server_options options;
+  options.listen = config_.grpc_listen;
+  options.drain_timeout = config_.drain_timeout;
+  // Cheap and without I/O, as the health service needs: what the store already knows.
+  options.serving = [lim = limiter_.get()] { return lim->store().health().ready; };
+  g->server = std::make_unique<grpc_server>(std::move(options), *g->handler);
+  if (auto ok = g->server->start(); !ok) throw std::runtime_error(ok.error().message());
+  grpc_ = std::move(g);
+#else
+  throw std::runtime_error("grpc_listen " + internal::quote(config_.grpc_listen) +
+                           ": this sluice was built without gRPC (SLUICE_WITH_GRPC=OFF)");
+#endif
+}
+
+void service::stop_grpc([[maybe_unused]] bool now) {
+#ifdef SLUICE_WITH_GRPC
+  if (!grpc_) return;
+  if (now) {
+    grpc_->server->shutdown_now();
+  } else {
+    grpc_->server->shutdown();
+  }
+#endif
+}
+
+void service::wait_grpc() {
+#ifdef SLUICE_WITH_GRPC
+  if (grpc_) grpc_->server->wait();
+#endif
 }
 
 service::~service() {
@@ -74,8 +139,12 @@ service::~service() {
     server_->shutdown();
     server_->wait();
   }
+  // gRPC calls use the limiter: they are over (answered, or cancelled) before it goes.
+  stop_grpc(false);
+  wait_grpc();
   limiter_.reset();
   server_.reset();
+  grpc_.reset();
   handler_.reset();
   metrics_.reset();
 }
@@ -84,17 +153,28 @@ std::string service::local_address() const { return server_->local_address(); }
 
 std::uint16_t service::port() const { return server_->port(); }
 
+std::string service::grpc_address() const {
+#ifdef SLUICE_WITH_GRPC
+  if (grpc_) return grpc_->server->local_address();
+#endif
+  return {};
+}
+
 void service::start() {
   if (started_) return;
   started_ = true;
   server_->start();
 }
 
-void service::shutdown() { server_->shutdown(); }
+void service::shutdown() {
+  server_->shutdown();
+  stop_grpc(false);
+}
 
 void service::wait() {
   if (!started_ || stopped_) return;
   server_->wait();
+  wait_grpc();
   stopped_ = true;
 }
 
@@ -113,6 +193,9 @@ std::string service::summary() const {
   }
   if (!config_.api_tokens.empty()) out += "; API tokens required";
   if (!config_.admin_tokens.empty()) out += "; admin tokens required";
+  if (const std::string g = grpc_address(); !g.empty()) {
+    out += "; gRPC (Envoy rate limit service, health) on " + g;
+  }
   return out;
 }
 
@@ -123,6 +206,9 @@ int serve(const server_config& config, std::ostream& out) {
     s.start();
     // Only now: a script that reads this line and sends SIGTERM gets a drain, not a kill.
     out << "sluice listening on " << s.local_address() << std::endl;
+    if (const std::string g = s.grpc_address(); !g.empty()) {
+      out << "sluice grpc listening on " << g << std::endl;
+    }
     spdlog::info("sluice serve: {}", s.summary());
     s.wait();
     spdlog::info("sluice serve: stopped");

@@ -74,6 +74,7 @@ class scoped_env {
 TEST(Config, ReadsEveryField) {
   const server_config c = good(R"(
 listen: "[::1]:9090"
+grpc_listen: 0.0.0.0:8081
 io_threads: 3
 store: redis://user:pw@10.0.0.5:6380/2?timeout=20ms
 breaker: {failures_to_open: 7, open_for: 250ms, max_open_for: 1m}
@@ -99,6 +100,7 @@ policies:
   login: {limit: 5/15m, algorithm: sliding_counter, gate: {key_header: "", key_query: who}}
 )");
   EXPECT_EQ(c.listen, "[::1]:9090");
+  EXPECT_EQ(c.grpc_listen, "0.0.0.0:8081");
   EXPECT_EQ(c.io_threads, 3u);
   EXPECT_EQ(c.store, "redis://user:pw@10.0.0.5:6380/2?timeout=20ms");
   EXPECT_EQ(c.breaker.failures_to_open, 7u);
@@ -149,6 +151,7 @@ TEST(Config, MissingFieldsKeepTheDefaults) {
   const server_config c = good(kPolicies);
   const server_config d;
   EXPECT_EQ(c.listen, d.listen);
+  EXPECT_EQ(c.grpc_listen, "");  // no gRPC listener unless asked for
   EXPECT_EQ(c.io_threads, d.io_threads);
   EXPECT_EQ(c.store, d.store);
   EXPECT_EQ(c.breaker.failures_to_open, d.breaker.failures_to_open);
@@ -198,6 +201,7 @@ TEST(Config, ShippedExampleLoads) {
   const auto c = load_config(SLUICE_EXAMPLES_DIR "/sluice.yaml");
   ASSERT_TRUE(c) << c.error().message();
   EXPECT_EQ(c->listen, "127.0.0.1:8080");
+  EXPECT_EQ(c->grpc_listen, "");  // commented out: it needs envoy_config
   EXPECT_EQ(c->store, "memory://");
   EXPECT_EQ(c->source, SLUICE_EXAMPLES_DIR "/sluice.yaml");
   ASSERT_EQ(c->policies.size(), 3u);
@@ -460,6 +464,35 @@ TEST(Config, ListenAddresses) {
             "t.yaml:1: listen: an IPv6 host is written in brackets: [::1]:8080");
   EXPECT_EQ(message("listen: \"bad host:80\"\n" + p),
             "t.yaml:1: listen: host \"bad host\" is not a host name or address");
+}
+
+// Verifies that grpc_listen is checked as listen is, that it may not be listen's own fixed
+// address, and that two port-0 addresses are fine (each picks its own port).
+TEST(Config, GrpcListenAddress) {
+  const std::string p(kPolicies);
+  EXPECT_EQ(good("grpc_listen: \"[::1]:50051\"\n" + p).grpc_listen, "[::1]:50051");
+  EXPECT_EQ(good("listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\n" + p).grpc_listen, "127.0.0.1:0");
+  EXPECT_EQ(message("grpc_listen: 8081\n" + p),
+            "t.yaml:1: grpc_listen: expected HOST:PORT, e.g. 127.0.0.1:8080");
+  EXPECT_EQ(message(p + "grpc_listen: 127.0.0.1:65536\n"),
+            "t.yaml:2: grpc_listen: port \"65536\" must be a number from 0 to 65535");
+  EXPECT_EQ(message("grpc_listen: [a, b]\n" + p),
+            "t.yaml:1: grpc_listen: expected a value, got a list");
+  EXPECT_EQ(message("grpc_listen: 127.0.0.1:9000\nlisten: 127.0.0.1:9000\n" + p),
+            "t.yaml:1: grpc_listen: the same address as listen (127.0.0.1:9000)");
+  EXPECT_EQ(message("grpc_listen: 127.0.0.1:8080\n" + p),  // listen's default
+            "t.yaml:1: grpc_listen: the same address as listen (127.0.0.1:8080)");
+  EXPECT_EQ(message("grpc_listn: 127.0.0.1:8081\n" + p),
+            "t.yaml:1: grpc_listn: unknown key; did you mean \"grpc_listen\"?");
+}
+
+// Verifies that listen_problem, which checks the --grpc-listen flag, says what the config
+// says of a listen address.
+TEST(Config, ListenProblem) {
+  EXPECT_EQ(listen_problem("127.0.0.1:0"), "");
+  EXPECT_EQ(listen_problem("[::]:8081"), "");
+  EXPECT_EQ(listen_problem("8081"), "expected HOST:PORT, e.g. 127.0.0.1:8080");
+  EXPECT_EQ(listen_problem("::1:8081"), "an IPv6 host is written in brackets: [::1]:8080");
 }
 
 // Verifies that gate sources are checked, and that a gate with no source is refused.
