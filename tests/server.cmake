@@ -38,6 +38,10 @@ if(TARGET sluice_server)
     target_compile_definitions(grpc_server_test PRIVATE
       SLUICE_CLI_PATH="$<TARGET_FILE:sluice_cli>")
     add_dependencies(grpc_server_test sluice_cli)
+
+    # Envoy's rate limit service decided: the handler, and sluice serve behind a gRPC client.
+    sluice_gtest(rls_test ${CMAKE_CURRENT_LIST_DIR}/server/rls_test.cc)
+    target_link_libraries(rls_test PRIVATE sluice_server sluice_test_support)
   endif()
 
   # sluice serve on a real Redis Cluster; under the cluster lock like every cluster test.

@@ -189,6 +189,7 @@ struct serve_args {
   std::string config;
   std::string listen;
   std::string grpc_listen;
+  std::string envoy_config;
   std::string store;
   std::size_t io_threads = 0;
 };
@@ -207,6 +208,7 @@ int run_serve(const serve_args& a, const CLI::App& cmd) {
   // Flags override the file.
   if (cmd.count("--listen") > 0) config.listen = a.listen;
   if (cmd.count("--grpc-listen") > 0) config.grpc_listen = a.grpc_listen;
+  if (cmd.count("--envoy-config") > 0) config.envoy_config = a.envoy_config;
   if (cmd.count("--store") > 0) config.store = a.store;
   if (cmd.count("--io-threads") > 0) config.io_threads = a.io_threads;
   return sluice::server::serve(config, std::cout);
@@ -289,6 +291,9 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--grpc-listen", serve.grpc_listen,
                         "host:port to serve Envoy's rate limit service (gRPC) and "
                         "grpc.health.v1 on, port 0 for a free one (default: off)");
+  serve_cmd->add_option("--envoy-config", serve.envoy_config,
+                        "Directory of envoyproxy/ratelimit YAML files answered on --grpc-listen; "
+                        "SIGHUP reloads it");
   serve_cmd->add_option("--store", serve.store, "Store URI (default memory://)");
   serve_cmd->add_option("--io-threads", serve.io_threads, "I/O threads (0: one per core)")
       ->check(CLI::Range(std::size_t{0}, std::size_t{1024}));

@@ -5,6 +5,7 @@
 //
 //   listen: 127.0.0.1:8080        # host:port, [v6]:port; port 0 picks a free one
 //   grpc_listen: 127.0.0.1:8081   # Envoy's rate limit service over gRPC; unset: off
+//   envoy_config: envoy/          # envoyproxy/ratelimit's YAML files, for grpc_listen
 //   io_threads: 0                 # 0: one per core
 //   store: memory://              # or redis://, rediss://, unix://, redis+cluster:// (see
 //   open_store) breaker: {failures_to_open: 5, open_for: 1s, max_open_for: 30s} warn_interval: 10s
@@ -193,9 +194,9 @@ class reader {
     }
     server_config c;
     bool have_policies = false;
-    static constexpr std::array kTop = {"listen",  "grpc_listen",   "io_threads", "store",
-                                        "breaker", "warn_interval", "limits",     "auth",
-                                        "gate",    "log",           "policies"};
+    static constexpr std::array kTop = {"listen", "grpc_listen", "envoy_config",  "io_threads",
+                                        "store",  "breaker",     "warn_interval", "limits",
+                                        "auth",   "gate",        "log",           "policies"};
     const entry* grpc_entry = nullptr;
     const std::vector<entry> top = entries(root, "", kTop);
     for (const entry& e : top) {
@@ -207,6 +208,11 @@ class reader {
         c.grpc_listen = text(e, p);
         if (auto problem = check_listen(c.grpc_listen); !problem.empty()) fail(e, p, problem);
         grpc_entry = &e;
+      } else if (p == "envoy_config") {
+        std::filesystem::path dir = text(e, p);
+        if (dir.empty()) fail(e, p, "a directory of envoyproxy/ratelimit YAML files");
+        if (dir.is_relative()) dir = base_dir_ / dir;
+        c.envoy_config = dir.string();
       } else if (p == "io_threads") {
         c.io_threads = number(e, p, 0, 1024);
       } else if (p == "store") {
@@ -233,7 +239,7 @@ class reader {
     if (grpc_entry != nullptr && c.grpc_listen == c.listen && !c.listen.ends_with(":0")) {
       fail(*grpc_entry, "grpc_listen", "the same address as listen (" + c.listen + ")");
     }
-    if (!have_policies) {
+    if (!have_policies && c.envoy_config.empty()) {
       fail_at(line_of(root, 1), "policies",
               "missing; define at least one, e.g. policies: {chat: {limit: 30/hour}}");
     }

@@ -31,6 +31,9 @@ struct server_config {
   std::string listen = "127.0.0.1:8080";  // host:port; port 0 picks a free one
   // host:port of the gRPC listener (Envoy's rate limit service, grpc.health.v1); empty: off.
   std::string grpc_listen;
+  // A directory of envoyproxy/ratelimit's YAML files (src/server/envoy_config.h), answered on
+  // `grpc_listen`; empty: none. A relative path in the file is relative to the file.
+  std::string envoy_config;
   std::size_t io_threads = 0;       // 0: one per core
   std::string store = "memory://";  // a store URI (see open_store)
   breaker_options breaker;

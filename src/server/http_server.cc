@@ -664,6 +664,11 @@ void http_server::impl::session_closed() noexcept {
 void http_server::impl::wait_signal() {
   signals->async_wait([this](const error_code& ec, int signal) {
     if (ec) return;
+    if (signal == SIGHUP) {
+      spdlog::info("sluice serve: SIGHUP received: reloading");
+      options.on_reload();
+      return wait_signal();
+    }
     if (!draining.load()) {
       spdlog::info("sluice serve: {} received", signal == SIGTERM ? "SIGTERM" : "SIGINT");
       wait_signal();  // first: a drain that ends at once cancels it
@@ -696,6 +701,7 @@ void http_server::start() {
   for (auto& w : s.workers) w->work.emplace(w->ioc.get_executor());
   if (s.options.handle_signals) {
     s.signals.emplace(s.workers.front()->ioc.get_executor(), SIGINT, SIGTERM);
+    if (s.options.on_reload) s.signals->add(SIGHUP);
     s.wait_signal();
   }
   s.accept();

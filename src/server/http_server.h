@@ -52,6 +52,9 @@ struct http_server_options {
   // and when the connections still open are closed at once (`now` true: a second signal, or
   // the drain's end): `sluice serve` stops its gRPC listener with it. Must not block.
   std::function<void(bool now)> on_shutdown;
+  // With `handle_signals`, SIGHUP calls this (on an I/O thread; it must not block for long):
+  // `sluice serve` reloads its Envoy configuration. Empty: SIGHUP is not handled.
+  std::function<void()> on_reload;
 };
 
 // Returns the server options of `config`.

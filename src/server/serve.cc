@@ -27,6 +27,7 @@ namespace sluice::server {
 #ifdef SLUICE_WITH_GRPC
 struct service::grpc_listener {
   std::unique_ptr<rls_handler> handler;
+  envoy_rls_handler* envoy = nullptr;   // `handler`, when it answers from envoy_config
   std::unique_ptr<grpc_server> server;  // declared after the handler it calls
 };
 #else
@@ -82,6 +83,7 @@ service::service(const server_config& config, bool handle_signals, rls_handler_f
   // The gRPC listener drains, and is closed, with the HTTP server. It exists by the time
   // this runs: only after start().
   options.on_shutdown = [this](bool now) { stop_grpc(now); };
+  if (!config_.envoy_config.empty()) options.on_reload = [this] { reload_envoy_config(); };
   io_threads_ = options.io_threads != 0 ? options.io_threads
                                         : std::max(1u, std::thread::hardware_concurrency());
   server_ = std::make_unique<http_server>(std::move(options), *handler_, *metrics_);
@@ -96,8 +98,12 @@ void service::start_grpc([[maybe_unused]] const rls_handler_factory& make_rls) {
                              problem);
   }
   auto g = std::make_unique<grpc_listener>();
-  g->handler = make_rls ? make_rls(config_, *limiter_, *metrics_)
-                        : make_rls_handler(config_, *limiter_, *metrics_);
+  if (make_rls) {
+    g->handler = make_rls(config_, *limiter_, *metrics_);
+  } else if (auto envoy = make_rls_handler(config_, *limiter_, *metrics_)) {
+    g->envoy = envoy.get();
+    g->handler = std::move(envoy);
+  }
   if (!g->handler) {
     throw std::runtime_error(
         "grpc_listen needs envoy_config: Envoy's rate limit service has no descriptors to "
@@ -114,6 +120,18 @@ void service::start_grpc([[maybe_unused]] const rls_handler_factory& make_rls) {
 #else
   throw std::runtime_error("grpc_listen " + internal::quote(config_.grpc_listen) +
                            ": this sluice was built without gRPC (SLUICE_WITH_GRPC=OFF)");
+#endif
+}
+
+void service::reload_envoy_config() {
+#ifdef SLUICE_WITH_GRPC
+  if (!grpc_ || grpc_->envoy == nullptr) return;
+  if (auto files = grpc_->envoy->reload(config_.envoy_config)) {
+    spdlog::info("sluice serve: envoy_config reloaded ({} files)", *files);
+  } else {
+    spdlog::error("sluice serve: envoy_config not reloaded, keeping the last one: {}",
+                  files.error().message());
+  }
 #endif
 }
 

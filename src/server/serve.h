@@ -84,6 +84,8 @@ class service {
   // Builds and starts the gRPC listener of `grpc_listen` with the handler `make_rls` (or
   // make_rls_handler) builds; throws naming what is wrong.
   void start_grpc(const rls_handler_factory& make_rls);
+  // Loads envoy_config again (SIGHUP); a bad one keeps the last and logs why.
+  void reload_envoy_config();
   // Starts the gRPC listener's drain (`now`: ends it), if there is one.
   void stop_grpc(bool now);
   // Returns when the gRPC listener, if any, has stopped.
