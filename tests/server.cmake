@@ -42,6 +42,7 @@ if(TARGET sluice_server)
     # Envoy's rate limit service decided: the handler, and sluice serve behind a gRPC client.
     sluice_gtest(rls_test ${CMAKE_CURRENT_LIST_DIR}/server/rls_test.cc)
     target_link_libraries(rls_test PRIVATE sluice_server sluice_test_support)
+    target_compile_definitions(rls_test PRIVATE SLUICE_EXAMPLES_DIR="${PROJECT_SOURCE_DIR}/examples")
   endif()
 
   # sluice serve on a real Redis Cluster; under the cluster lock like every cluster test.

@@ -115,6 +115,8 @@ class RlsHandler : public ::testing::Test {
   sluice::manual_clock clock_{seconds(1'700'000'000)};
   std::unique_ptr<sluice::limiter> limiter_;
   std::unique_ptr<envoy_rls_handler> handler_;
+  std::unique_ptr<sluice::server::metrics> metrics_for_examples_ =
+      std::make_unique<sluice::server::metrics>(std::vector<std::string>{});
 };
 
 // Verifies one descriptor's statuses and header fields over a window: OK with the limit and
@@ -240,6 +242,26 @@ TEST_F(RlsHandler, ReloadSwapsOrKeeps) {
   EXPECT_NE(bad.error().message().find("edge.yaml:2"), std::string::npos) << bad.error().message();
   EXPECT_EQ(ask(request({{{"user", "r"}}})).statuses(0).limit_remaining(), 5u);
   std::filesystem::remove_all(dir);
+}
+
+// Verifies that examples/envoy as shipped loads (sluice.yaml names the ratelimit directory)
+// and decides what its comments say.
+TEST_F(RlsHandler, ShippedExampleLoadsAndDecides) {
+  const auto c = must(sluice::server::load_config(SLUICE_EXAMPLES_DIR "/envoy/sluice.yaml"));
+  EXPECT_EQ(c.grpc_listen, "127.0.0.1:8081");
+  auto handler = sluice::server::make_rls_handler(c, *limiter_, *metrics_for_examples_);
+  ASSERT_NE(handler, nullptr);
+  rls::RateLimitResponse r;
+  for (int i = 0; i < 21; ++i) {
+    r.Clear();
+    handler->should_rate_limit(request({{{"api_key", "k"}}}), &r, [](grpc::Status) {});
+  }
+  EXPECT_EQ(r.overall_code(), rls::RateLimitResponse::OVER_LIMIT);  // a burst of 20
+  EXPECT_EQ(r.statuses(0).current_limit().name(), "per_api_key");
+  r.Clear();
+  handler->should_rate_limit(request({{{"api_key", "m"}, {"path", "/v1/messages"}}}), &r,
+                             [](grpc::Status) {});
+  EXPECT_EQ(r.statuses(0).current_limit().name(), "messages");
 }
 
 // `sluice serve` with an Envoy configuration, answering a real gRPC client.
