@@ -486,6 +486,18 @@ TEST(Config, GrpcListenAddress) {
             "t.yaml:1: grpc_listn: unknown key; did you mean \"grpc_listen\"?");
 }
 
+// Verifies envoy_config: a directory, relative to the config's own, and that with it the
+// policies map may be left out (Envoy's descriptors bring their own limits).
+TEST(Config, EnvoyConfigDirectory) {
+  const server_config c = good("grpc_listen: 127.0.0.1:0\nenvoy_config: envoy/ratelimit\n");
+  EXPECT_EQ(c.envoy_config, (std::filesystem::current_path() / "envoy/ratelimit").string());
+  EXPECT_TRUE(c.policies.empty());
+  EXPECT_EQ(good("envoy_config: /etc/sluice/envoy\n").envoy_config, "/etc/sluice/envoy");
+  EXPECT_EQ(message("envoy_config: \"\"\n"),
+            "t.yaml:1: envoy_config: a directory of envoyproxy/ratelimit YAML files");
+  EXPECT_EQ(message("envoy_config: [a]\n"), "t.yaml:1: envoy_config: expected a value, got a list");
+}
+
 // Verifies that listen_problem, which checks the --grpc-listen flag, says what the config
 // says of a listen address.
 TEST(Config, ListenProblem) {
