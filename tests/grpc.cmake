@@ -7,7 +7,7 @@
 if(TARGET sluice_grpc_python)
   add_executable(rls_wire ${CMAKE_CURRENT_LIST_DIR}/grpc/rls_wire.cc)
   target_link_libraries(rls_wire PRIVATE sluice_grpc sluice_warnings)
-  add_dependencies(rls_wire sluice_grpc_python)  # the stubs the tests import
+  add_dependencies(rls_wire sluice_grpc_python sluice_cli)  # what the tests import and run
   if(EXISTS /usr/bin/python3)
     set(sluice_grpc_python3 /usr/bin/python3)
   else()
@@ -21,6 +21,9 @@ if(TARGET sluice_grpc_python)
       COMMAND ${sluice_grpc_python3} -m pytest -q -p no:cacheprovider ${test_file}
       WORKING_DIRECTORY ${CMAKE_CURRENT_LIST_DIR}/grpc)
     set_tests_properties(grpc.${name} PROPERTIES TIMEOUT 120
-      ENVIRONMENT "PYTHONPATH=${PROJECT_BINARY_DIR}/python_grpc;PYTHONDONTWRITEBYTECODE=1;SLUICE_RLS_WIRE=$<TARGET_FILE:rls_wire>")
+      ENVIRONMENT "PYTHONPATH=${PROJECT_BINARY_DIR}/python_grpc;PYTHONDONTWRITEBYTECODE=1;SLUICE_RLS_WIRE=$<TARGET_FILE:rls_wire>;SLUICE_CLI=$<TARGET_FILE:sluice_cli>")
+    if(name MATCHES "serve")
+      set_tests_properties(grpc.${name} PROPERTIES LABELS redis)
+    endif()
   endforeach()
 endif()
