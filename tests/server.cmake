@@ -39,10 +39,17 @@ if(TARGET sluice_server)
       SLUICE_CLI_PATH="$<TARGET_FILE:sluice_cli>")
     add_dependencies(grpc_server_test sluice_cli)
 
-    # Envoy's rate limit service decided: the handler, and sluice serve behind a gRPC client.
-    sluice_gtest(rls_test ${CMAKE_CURRENT_LIST_DIR}/server/rls_test.cc)
-    target_link_libraries(rls_test PRIVATE sluice_server sluice_test_support)
+    # Envoy's rate limit service decided: the handler, and sluice serve behind a gRPC client
+    # on memory, a real Redis and a real cluster (so under the cluster lock; the rest is
+    # quick).
+    add_executable(rls_test ${CMAKE_CURRENT_LIST_DIR}/server/rls_test.cc)
+    target_include_directories(rls_test PRIVATE ${PROJECT_SOURCE_DIR}/src
+      ${CMAKE_CURRENT_LIST_DIR})
+    target_link_libraries(rls_test PRIVATE sluice_server sluice_test_support GTest::gtest
+      GTest::gtest_main sluice_warnings)
     target_compile_definitions(rls_test PRIVATE SLUICE_EXAMPLES_DIR="${PROJECT_SOURCE_DIR}/examples")
+    gtest_discover_tests(rls_test DISCOVERY_MODE PRE_TEST DISCOVERY_TIMEOUT 60
+      PROPERTIES RESOURCE_LOCK redis_cluster TIMEOUT 240)
   endif()
 
   # sluice serve on a real Redis Cluster; under the cluster lock like every cluster test.

@@ -29,6 +29,7 @@
 #include "sluice/clock.h"
 #include "sluice/limiter.h"
 #include "sluice/memory_store.h"
+#include "support/redis_cluster.h"
 #include "support/redis_server.h"
 #include "support/test_util.h"
 
@@ -358,6 +359,14 @@ TEST_F(RlsServe, AllOrNothingUnderRacingRequestsOnMemory) {
 TEST_F(RlsServe, AllOrNothingUnderRacingRequestsOnRedis) {
   sluice::test::redis_server redis;
   start(redis.uri() + "?timeout=2s");
+  race();
+}
+
+// Verifies the racing requests on a real Redis Cluster, whose two keys sit on different
+// slots: reserved on each, given back when one denies.
+TEST_F(RlsServe, AllOrNothingUnderRacingRequestsOnACluster) {
+  sluice::test::redis_cluster cluster;
+  start(cluster.uri() + "?timeout=2s");
   race();
 }
 
