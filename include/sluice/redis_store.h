@@ -80,6 +80,9 @@ class redis_store final : public async_store {
   void async_acquire(const request& r, completion done) override;
   void async_peek(const request& r, completion done) override;
   void async_reset(std::string_view key, reset_completion done) override;
+  // One run of a multi-key script: atomic on the server, one round trip.
+  void async_acquire_all(std::span<const request> rs, all_completion done) override;
+  void async_refund(const request& r, completion done) override;
   std::string describe() const override;
   // Ready while at least one connection is up; the detail names why one is down.
   store_health health() const override;

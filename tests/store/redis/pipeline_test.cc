@@ -113,7 +113,8 @@ TEST(Pipeline, NoscriptHandsScriptCallsBack) {
   pipeline pl;
   answers a;
   pending p = call(a, steady::now() + 1h);
-  p.script = script_call{algorithm::gcra, "k", true, 5, 1000, 1, std::nullopt, "t"};
+  p.script =
+      script_call{algorithm::gcra, "k", script_op::acquire, 5, 1000, 1, std::nullopt, "t", {}};
   pl.push(std::move(p));
   pl.push(call(a, steady::now() + 1h));  // a plain command: its error goes to the caller
   std::vector<pending> resend;
@@ -166,7 +167,15 @@ TEST(Resp, EncodesCommandsAsBulkStringArrays) {
 
 // Verifies the script call's encoding: EVALSHA by default, EVAL with the source.
 TEST(Resp, EncodesScriptCalls) {
-  script_call c{algorithm::sliding_log, "p:k", false, 30, 3600000000, 2, 1700000000000000, "id:7"};
+  script_call c{algorithm::sliding_log,
+                "p:k",
+                script_op::peek,
+                30,
+                3600000000,
+                2,
+                1700000000000000,
+                "id:7",
+                {}};
   std::string out;
   append_script_call(out, c, "abc");
   EXPECT_EQ(
