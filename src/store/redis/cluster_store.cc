@@ -226,11 +226,11 @@ struct redis_cluster_store::impl {
   // limit, since units are given back only after the call's denial is certain and only
   // those its own runs spent (scripts.h, the release script: sliding_log removes the run's
   // own members, sliding_counter subtracts from the window it counted in, gcra moves the
-  // arrival time back only while no other decision has moved it). What cannot be given
-  // back exactly stays spent until it expires: over-counting, never under-counting. The
-  // same holds when a release fails or times out, and for a run that timed out (it may have
-  // admitted, and nothing is known to give back): the call then fails with the first error,
-  // after the give-back of the runs known to have admitted.
+  // arrival time back by the run's share less what admissions since may have absorbed).
+  // What cannot be given back exactly stays spent until it expires: over-counting, never
+  // under-counting. The same holds when a release fails or times out, and for a run that
+  // timed out (it may have admitted, and nothing is known to give back): the call then
+  // fails with the first error, after the give-back of the runs known to have admitted.
 
   // The keys of one slot in an acquire_all, and what their runs answered.
   struct slot_group {

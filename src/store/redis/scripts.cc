@@ -6,39 +6,67 @@
 namespace sluice::redis {
 namespace {
 
-// The pieces the scripts are put together from (`sources()`). Each algorithm is four Lua
-// functions over its state, a table that `<name>_load` reads from the key:
-//   <name>_load(key, w, now) -> s
-//   <name>_decide(key, s, count, w, cost, now, acquire, token, slack) -> {4 numbers}
-//       (with `acquire`, records an admission; the state `s` is then stale)
-//   <name>_refund(key, s, count, w, cost, now, slack)       (the core's *_refund; updates s)
-//   <name>_release(key, s, count, w, cost, now, slack, token, at, reset)   (updates s)
-// `slack` is what TTLs add: 60 s with an explicit `now` (tests, replays, which move time at
-// their own pace while TTLs run on the server's real clock), else 0.
+// The pieces the scripts are put together from (`sources()`). Each algorithm is one Lua
+// function, which reads the key's state and then does what `op` asks:
+//   <name>(key, op, count, w, cost, now, token, slack, at, reset) -> {4 numbers}
+//   op "acquire" | "peek": the decision of `cost`, an admission recorded on "acquire";
+//   op "refund": gives back up to `cost` units (the core's *_refund), then peeks one unit;
+//   op "release": gives back a reservation's `cost` units (the release script; `at` and
+//      `reset` are the reservation's time and reset_after), then peeks max(cost, 1).
+// `slack` is what TTLs add: 60 s with an explicit `now` (tests, replays, which move time
+// at their own pace while TTLs run on the server's real clock), else 0. A state belongs to
+// one algorithm: a key holding another's reads as fresh, and only an acquire replaces it.
+//
+// One function per algorithm, not one per step, because the single-key scripts are the
+// hot path and every Lua closure a run creates costs: this layout costs ~1.5% more
+// instructions per sliding_log call than the scripts had before refunds, a layout with
+// load/decide/refund functions ~7% (docs/BENCHMARKS.md, "Redis store").
 
-constexpr std::string_view kCommon = R"lua(
-local function int(x) return string.format('%d', x) end
-local function ttl_ms(us, slack) return int(math.max(1, math.ceil((us + slack) / 1000))) end
-local function read_now(arg)
-  if arg ~= '' then return tonumber(arg), 60000000 end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2]), 0
+// Every script: the TTL of state that is fresh again `us` from now.
+constexpr std::string_view kTtl = R"lua(
+local function ttl_ms(us, slack)
+  return string.format('%d', math.max(1, math.ceil((us + slack) / 1000)))
 end
+)lua";
+
+// gcra's and sliding_counter's: a number as Redis reads an integer.
+constexpr std::string_view kInt = R"lua(
+local function int(x) return string.format('%d', x) end
 )lua";
 
 // gcra: the key holds the theoretical arrival time as a decimal string.
 constexpr std::string_view kGcra = R"lua(
-local function gcra_load(key)
-  local v = redis.pcall('GET', key)
-  return {tat = type(v) == 'string' and tonumber(v) or 0}
-end
-local function gcra_decide(key, s, count, w, cost, now, acquire, token, slack)
+local function gcra(key, op, count, w, cost, now, token, slack, at, reset)
   local t = math.floor((w + count - 1) / count)
   local burst = t * count
-  local tat0 = math.max(s.tat, now)
+  local v = redis.pcall('GET', key)
+  local tat = type(v) == 'string' and tonumber(v) or 0
+  if op == 'refund' then
+    if tat > now then
+      tat = tat - math.min(tat - now, cost * t)
+      redis.call('SET', key, int(tat), 'PX', ttl_ms(tat - now, slack))
+    end
+    op, cost = 'peek', 1
+  elseif op == 'release' then
+    -- The reservation moved tat on by cost * t. While tat is still what it left, all of
+    -- that comes back. Admissions since then each moved tat from max(tat, their now): one
+    -- after `at` may have absorbed part of the reservation, but all of them together at
+    -- most now - at (the latest arrival's time less the reservation's), so that much is
+    -- kept: never less than the state would be had the reservation not been made.
+    if cost > 0 and tat > now then
+      local back = cost * t
+      if tat ~= at + reset then back = math.max(0, back - math.max(0, now - at)) end
+      if back > 0 then
+        tat = tat - back
+        redis.call('SET', key, int(tat), 'PX', ttl_ms(tat - now, slack))
+      end
+    end
+    op, cost = 'peek', math.max(cost, 1)
+  end
+  local tat0 = math.max(tat, now)
   local new_tat = tat0 + cost * t
   if new_tat - now <= burst then
-    if acquire then
+    if op == 'acquire' then
       redis.call('SET', key, int(new_tat), 'PX', ttl_ms(new_tat - now, slack))
       return {1, math.floor((burst - (new_tat - now)) / t), 0, new_tat - now}
     end
@@ -47,16 +75,10 @@ local function gcra_decide(key, s, count, w, cost, now, acquire, token, slack)
   return {0, math.max(0, math.floor((burst - (tat0 - now)) / t)), new_tat - now - burst,
           tat0 - now}
 end
-local function gcra_refund(key, s, count, w, cost, now, slack)
-  local owed = s.tat - now
-  if owed <= 0 then return end
-  s.tat = s.tat - math.min(owed, cost * math.floor((w + count - 1) / count))
-  redis.call('SET', key, int(s.tat), 'PX', ttl_ms(s.tat - now, slack))
-end
 )lua";
 
-// sliding_counter: the key holds "window_start previous current"; `_load` rolls it forward
-// to the window holding `now` (`held`: the key held a counter's state).
+// sliding_counter: the key holds "window_start previous current", rolled forward to the
+// window holding `now` as it is read.
 constexpr std::string_view kSlidingCounter = R"lua(
 local function weighted(p, rest, w)
   if p == 0 or rest <= 0 then return 0 end
@@ -71,12 +93,30 @@ local function decay_point(p, room, w)
   while weighted(p, w - e, w) > room do e = e + 1 end
   return e
 end
-local function sliding_counter_load(key, w, now)
+local function sliding_counter(key, op, count, w, cost, now, token, slack, at, reset)
   local ws, prev, cur, held = 0, 0, 0, false
   local v = redis.pcall('GET', key)
   if type(v) == 'string' then
     local a, b, c = string.match(v, '^(%-?%d+) (%d+) (%d+)$')
     if a then ws, prev, cur, held = tonumber(a), tonumber(b), tonumber(c), true end
+  end
+  local given = false
+  if op == 'release' then
+    -- The reservation counted in the window starting at `start`, with reset_after =
+    -- 2w - (at - start): its units are in `cur` while the stored window is that one, in
+    -- `prev` once rolled one window on. reset_after = 2w is a window's first microsecond
+    -- (start = at), or a clock that stepped back (start > at, unknown): then only `cur` of
+    -- a window starting at `at` is taken.
+    local start, rolled = at - (2 * w - reset), true
+    if reset >= 2 * w then start, rolled = at, false end
+    if held and cost > 0 and start % w == 0 then
+      if ws == start then
+        cur, given = cur - math.min(cost, cur), true
+      elseif rolled and ws == start + w then
+        prev, given = prev - math.min(cost, prev), true
+      end
+    end
+    op, cost = 'peek', math.max(cost, 1)
   end
   local aligned = now - now % w
   if ws <= aligned then
@@ -87,22 +127,26 @@ local function sliding_counter_load(key, w, now)
     end
     ws = aligned
   end
-  return {ws = ws, prev = prev, cur = cur, held = held}
-end
-local function sliding_counter_save(key, ws, prev, cur, w, now, slack)
-  redis.call('SET', key, int(ws) .. ' ' .. int(prev) .. ' ' .. int(cur), 'PX',
-             ttl_ms(ws + 2 * w - now, slack))
-end
-local function sliding_counter_decide(key, s, count, w, cost, now, acquire, token, slack)
-  local prev, cur = s.prev, s.cur
-  local elapsed = math.max(0, now - s.ws)
+  if op == 'refund' then
+    if held then
+      local from_cur = math.min(cost, cur)
+      cur, prev, given = cur - from_cur, prev - math.min(cost - from_cur, prev), true
+    end
+    op, cost = 'peek', 1
+  end
+  if given then
+    redis.call('SET', key, int(ws) .. ' ' .. int(prev) .. ' ' .. int(cur), 'PX',
+               ttl_ms(ws + 2 * w - now, slack))
+  end
+  local elapsed = math.max(0, now - ws)
   local estimate = cur + weighted(prev, w - elapsed, w)
   local allowed = estimate + cost <= count
   local remaining, retry = 0, 0
-  if allowed and acquire then
+  if allowed and op == 'acquire' then
     cur = cur + cost
     remaining = count - estimate - cost
-    sliding_counter_save(key, s.ws, prev, cur, w, now, slack)
+    redis.call('SET', key, int(ws) .. ' ' .. int(prev) .. ' ' .. int(cur), 'PX',
+               ttl_ms(ws + 2 * w - now, slack))
   else
     remaining = math.max(0, count - estimate)
     if not allowed then
@@ -113,47 +157,62 @@ local function sliding_counter_decide(key, s, count, w, cost, now, acquire, toke
       end
     end
   end
-  local reset = 0
-  if cur > 0 then reset = (w - elapsed) + w elseif prev > 0 then reset = w - elapsed end
-  return {allowed and 1 or 0, remaining, retry, reset}
-end
-local function sliding_counter_refund(key, s, count, w, cost, now, slack)
-  if not s.held then return end
-  local from_cur = math.min(cost, s.cur)
-  s.cur = s.cur - from_cur
-  s.prev = s.prev - math.min(cost - from_cur, s.prev)
-  sliding_counter_save(key, s.ws, s.prev, s.cur, w, now, slack)
+  local reset_after = 0
+  if cur > 0 then reset_after = (w - elapsed) + w elseif prev > 0 then reset_after = w - elapsed end
+  return {allowed and 1 or 0, remaining, retry, reset_after}
 end
 )lua";
 
 // sliding_log: the reference limiter's sorted set (docs/DESIGN.md, invariant 4). Score =
 // Unix seconds with six decimals, one member per unit of cost, named
-// "<score>:<token>:<i>" (unique), TTL window + 60 s after the newest. `_load` prunes what
-// has left the window; a key holding another algorithm's state reads as empty (`other`),
-// and only an acquire replaces it.
+// "<score>:<token>:<i>" (unique), TTL window + 60 s after the newest. Members at or before
+// now - window are pruned first; a key holding another algorithm's state reads as empty.
 constexpr std::string_view kSlidingLog = R"lua(
 local function secs(us)
   if us < 0 then return '-' .. string.format('%d.%06d', math.floor(-us / 1000000), -us % 1000000) end
   return string.format('%d.%06d', math.floor(us / 1000000), us % 1000000)
 end
 local function us_of(score) return math.floor(tonumber(score) * 1000000 + 0.5) end
-local function sliding_log_newest(key)
-  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  return newest[2] and us_of(newest[2])
-end
-local function sliding_log_load(key, w, now)
-  local pruned = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', secs(now - w))
-  if type(pruned) == 'table' then return {used = 0, other = true} end
-  return {used = redis.call('ZCARD', key), newest = sliding_log_newest(key)}
-end
-local function sliding_log_decide(key, s, count, w, cost, now, acquire, token, slack)
-  local used, newest = s.used, s.newest
+local function sliding_log(key, op, count, w, cost, now, token, slack, at, reset)
+  local used, newest = 0, nil
+  local other = type(redis.pcall('ZREMRANGEBYSCORE', key, '-inf', secs(now - w))) == 'table'
+  if not other then
+    used = redis.call('ZCARD', key)
+    local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    newest = top[2] and us_of(top[2])
+  end
+  if op == 'refund' or op == 'release' then
+    local removed = 0
+    if used > 0 and cost > 0 then
+      if op == 'refund' then  -- the newest members, as the core's take_back
+        removed = redis.call('ZREMRANGEBYRANK', key, string.format('%d', -cost), -1)
+      else  -- the reservation's own members
+        local score = secs(at + reset - w)
+        local members = {}
+        for i = 1, cost do
+          members[#members + 1] = score .. ':' .. token .. ':' .. i
+          if #members >= 1000 or i == cost then
+            removed = removed + redis.call('ZREM', key, unpack(members))
+            members = {}
+          end
+        end
+      end
+    end
+    if removed > 0 then
+      used = used - removed
+      local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+      newest = top[2] and us_of(top[2])
+      if newest then redis.call('PEXPIRE', key, ttl_ms(newest - now + w + 60000000, slack)) end
+    end
+    if op == 'refund' then cost = 1 else cost = math.max(cost, 1) end
+    op = 'peek'
+  end
   local allowed = used + cost <= count
-  if allowed and acquire then
-    if s.other then redis.call('DEL', key) end
-    local at = now
-    if newest and newest > at then at = newest end
-    local score = secs(at)
+  if allowed and op == 'acquire' then
+    if other then redis.call('DEL', key) end
+    local first = now
+    if newest and newest > first then first = newest end
+    local score = secs(first)
     local args = {}
     for i = 1, cost do
       args[#args + 1] = score
@@ -163,8 +222,8 @@ local function sliding_log_decide(key, s, count, w, cost, now, acquire, token, s
         args = {}
       end
     end
-    redis.call('PEXPIRE', key, ttl_ms(at - now + w + 60000000, slack))
-    return {1, count - used - cost, 0, at + w - now}
+    redis.call('PEXPIRE', key, ttl_ms(first - now + w + 60000000, slack))
+    return {1, count - used - cost, 0, first + w - now}
   end
   local retry = 0
   if not allowed then
@@ -172,51 +231,44 @@ local function sliding_log_decide(key, s, count, w, cost, now, acquire, token, s
     local entry = redis.call('ZRANGE', key, excess - 1, excess - 1, 'WITHSCORES')
     retry = math.max(1, us_of(entry[2]) + w - now)
   end
-  local reset = 0
-  if newest then reset = newest + w - now end
-  return {allowed and 1 or 0, math.max(0, count - used), retry, reset}
-end
-local function sliding_log_refund(key, s, count, w, cost, now, slack)
-  if s.used == 0 then return end
-  s.used = s.used - redis.call('ZREMRANGEBYRANK', key, int(-cost), -1)
-  s.newest = sliding_log_newest(key)
-  if s.newest then redis.call('PEXPIRE', key, ttl_ms(s.newest - now + w + 60000000, slack)) end
+  local reset_after = 0
+  if newest then reset_after = newest + w - now end
+  return {allowed and 1 or 0, math.max(0, count - used), retry, reset_after}
 end
 )lua";
 
-// The single-key script's body, after `load`, `decide` and `refund` are bound to one
-// algorithm's functions.
-constexpr std::string_view kSingle = R"lua(
-local key, count, w, cost = KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local now, slack = read_now(ARGV[5])
-local s = load(key, w, now)
-if ARGV[1] == 'refund' then
-  refund(key, s, count, w, cost, now, slack)
-  return decide(key, s, count, w, 1, now, false, '', slack)
+// The single-key script's body, around the name of its algorithm's function.
+constexpr std::string_view kSingleBefore = R"lua(
+local now, slack = tonumber(ARGV[5]), 60000000
+if ARGV[5] == '' then
+  local t = redis.call('TIME')
+  now, slack = tonumber(t[1]) * 1000000 + tonumber(t[2]), 0
 end
-return decide(key, s, count, w, cost, now, ARGV[1] == 'acquire', ARGV[6], slack)
-)lua";
+return )lua";
+constexpr std::string_view kSingleAfter =
+    "(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), now, ARGV[6], "
+    "slack)\n";
 
 // What the multi-key and the release scripts share: the algorithms by name, and each key's
 // arguments (`fields` of them per key after ARGV[1..2]) read into a table.
-constexpr std::string_view kByName = R"lua(
-local algorithms = {
-  sliding_log = {sliding_log_load, sliding_log_decide, sliding_log_release},
-  sliding_counter = {sliding_counter_load, sliding_counter_decide, sliding_counter_release},
-  gcra = {gcra_load, gcra_decide, gcra_release},
-}
+constexpr std::string_view kKeys = R"lua(
+local algorithms = {sliding_log = sliding_log, sliding_counter = sliding_counter, gcra = gcra}
 local function read_keys(fields)
   local n = #KEYS
   if #ARGV ~= 2 + fields * n then
     return nil, 'ERR sluice: ' .. #ARGV .. ' arguments for ' .. n .. ' keys'
   end
-  local call_now, call_slack = read_now(ARGV[1])
+  local call_now, call_slack = tonumber(ARGV[1]), 60000000
+  if ARGV[1] == '' then
+    local t = redis.call('TIME')
+    call_now, call_slack = tonumber(t[1]) * 1000000 + tonumber(t[2]), 0
+  end
   local keys = {}
   for i = 1, n do
     local b = 2 + fields * (i - 1)
-    local a = algorithms[ARGV[b + 1]]
-    if not a then return nil, 'ERR sluice: unknown algorithm ' .. ARGV[b + 1] end
-    local k = {key = KEYS[i], a = a, count = tonumber(ARGV[b + 2]), w = tonumber(ARGV[b + 3]),
+    local f = algorithms[ARGV[b + 1]]
+    if not f then return nil, 'ERR sluice: unknown algorithm ' .. ARGV[b + 1] end
+    local k = {key = KEYS[i], f = f, count = tonumber(ARGV[b + 2]), w = tonumber(ARGV[b + 3]),
                cost = tonumber(ARGV[b + 4]), now = call_now, slack = call_slack, b = b}
     if ARGV[b + 5] ~= '' then k.now, k.slack = tonumber(ARGV[b + 5]), 60000000 end
     keys[i] = k
@@ -232,75 +284,27 @@ local keys, now = read_keys(5)
 if not keys then return redis.error_reply(now) end
 local all = true
 for _, k in ipairs(keys) do
-  k.s = k.a[1](k.key, k.w, k.now)
-  k.d = k.a[2](k.key, k.s, k.count, k.w, math.max(k.cost, 1), k.now, false, ARGV[2], k.slack)
+  k.d = k.f(k.key, 'peek', k.count, k.w, math.max(k.cost, 1), k.now, ARGV[2], k.slack)
   if k.d[1] == 0 then all = false end
 end
 local reply = {now}
 for _, k in ipairs(keys) do
   if all and k.cost > 0 then
-    k.d = k.a[2](k.key, k.s, k.count, k.w, k.cost, k.now, true, ARGV[2], k.slack)
+    k.d = k.f(k.key, 'acquire', k.count, k.w, k.cost, k.now, ARGV[2], k.slack)
   end
   for j = 1, 4 do reply[#reply + 1] = k.d[j] end
 end
 return reply
 )lua";
 
-// The give-back of a reservation (an admitted acquire_all on one cluster slot) that another
-// slot's denial voided. `at` and `reset` are the reservation's time and reset_after for the
-// key. Each algorithm gives back exactly the reservation's units where it can tell them
-// apart, and otherwise nothing (units stay spent until they expire: over-counting, never
-// under-counting, whatever was decided on the key in between):
-//   sliding_log: the reservation's own members (named by its token and time);
-//   sliding_counter: from the window it counted in, while that window still counts;
-//   gcra: only while the arrival time is still the one the reservation left.
-constexpr std::string_view kReleaseFunctions = R"lua(
-local function sliding_log_release(key, s, count, w, cost, now, slack, token, at, reset)
-  if s.other then return end
-  local score = secs(at + reset - w)
-  local members = {}
-  for i = 1, cost do
-    members[#members + 1] = score .. ':' .. token .. ':' .. i
-    if #members >= 1000 or i == cost then
-      s.used = s.used - redis.call('ZREM', key, unpack(members))
-      members = {}
-    end
-  end
-  s.newest = sliding_log_newest(key)
-  if s.newest then redis.call('PEXPIRE', key, ttl_ms(s.newest - now + w + 60000000, slack)) end
-end
-local function sliding_counter_release(key, s, count, w, cost, now, slack, token, at, reset)
-  -- An admission counts in window ws with reset_after = 2w - (at - ws); 2w itself is
-  -- ambiguous (a window's first microsecond, or a clock that stepped back): nothing then.
-  if not s.held or reset >= 2 * w then return end
-  local ws = at - (2 * w - reset)
-  if s.ws == ws then
-    s.cur = s.cur - math.min(cost, s.cur)
-  elseif s.ws == ws + w then
-    s.prev = s.prev - math.min(cost, s.prev)
-  else
-    return
-  end
-  sliding_counter_save(key, s.ws, s.prev, s.cur, w, now, slack)
-end
-local function gcra_release(key, s, count, w, cost, now, slack, token, at, reset)
-  if s.tat ~= at + reset or s.tat <= now then return end
-  s.tat = s.tat - cost * math.floor((w + count - 1) / count)
-  redis.call('SET', key, int(s.tat), 'PX', ttl_ms(s.tat - now, slack))
-end
-)lua";
-
+// The give-back of a reservation that another slot's denial voided (scripts.h).
 constexpr std::string_view kRelease = R"lua(
 local keys, now = read_keys(7)
 if not keys then return redis.error_reply(now) end
 local reply = {now}
 for _, k in ipairs(keys) do
-  local s = k.a[1](k.key, k.w, k.now)
-  if k.cost > 0 then
-    k.a[3](k.key, s, k.count, k.w, k.cost, k.now, k.slack, ARGV[2], tonumber(ARGV[k.b + 6]),
-           tonumber(ARGV[k.b + 7]))
-  end
-  local d = k.a[2](k.key, s, k.count, k.w, math.max(k.cost, 1), k.now, false, ARGV[2], k.slack)
+  local d = k.f(k.key, 'release', k.count, k.w, k.cost, k.now, ARGV[2], k.slack,
+                tonumber(ARGV[k.b + 6]), tonumber(ARGV[k.b + 7]))
   for j = 1, 4 do reply[#reply + 1] = d[j] end
 end
 return reply
@@ -312,13 +316,11 @@ struct built_sources {
   std::string release;
 };
 
-// Returns `lib` followed by the single-key body bound to the functions named `name`_*.
-std::string single_script(std::string_view lib, std::string_view name) {
+// Returns the single-key script of the algorithm `name`, defined by `pieces`.
+std::string single_script(std::initializer_list<std::string_view> pieces, std::string_view name) {
   std::string out;
-  out.append(kCommon).append(lib);
-  out.append("local load, decide, refund = ").append(name).append("_load, ");
-  out.append(name).append("_decide, ").append(name).append("_refund\n");
-  out.append(kSingle);
+  for (const std::string_view p : pieces) out.append(p);
+  out.append(kSingleBefore).append(name).append(kSingleAfter);
   return out;
 }
 
@@ -326,18 +328,17 @@ std::string single_script(std::string_view lib, std::string_view name) {
 const built_sources& sources() {
   static const built_sources built = [] {
     built_sources b;
-    b.single[static_cast<std::size_t>(algorithm::gcra)] = single_script(kGcra, "gcra");
+    b.single[static_cast<std::size_t>(algorithm::gcra)] =
+        single_script({kTtl, kInt, kGcra}, "gcra");
     b.single[static_cast<std::size_t>(algorithm::sliding_counter)] =
-        single_script(kSlidingCounter, "sliding_counter");
+        single_script({kTtl, kInt, kSlidingCounter}, "sliding_counter");
     b.single[static_cast<std::size_t>(algorithm::sliding_log)] =
-        single_script(kSlidingLog, "sliding_log");
-    std::string libraries;
-    libraries.append(kCommon).append(kGcra).append(kSlidingCounter).append(kSlidingLog);
-    // The multi-key script names the release functions in `algorithms` without using them.
-    b.all = libraries + "local sliding_log_release, sliding_counter_release, gcra_release\n";
-    b.all.append(kByName).append(kAll);
-    b.release = libraries;
-    b.release.append(kReleaseFunctions).append(kByName).append(kRelease);
+        single_script({kTtl, kSlidingLog}, "sliding_log");
+    std::string all_algorithms;
+    all_algorithms.append(kTtl).append(kInt).append(kGcra).append(kSlidingCounter);
+    all_algorithms.append(kSlidingLog).append(kKeys);
+    b.all = all_algorithms + std::string(kAll);
+    b.release = all_algorithms + std::string(kRelease);
     return b;
   }();
   return built;

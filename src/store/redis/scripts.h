@@ -18,9 +18,12 @@
 // The release script, a cluster's give-back of an `acquire_all` reservation that another
 // slot's denial voided: KEYS and ARGV[1..2] as the multi-key script's (the reservation's
 // token), then per key: algorithm name, count, window, cost, now ("" for the call's), and
-// the reservation's time and reset_after (µs) for that key. It gives back exactly what that
-// reservation spent where it can tell (below), then returns what the multi-key script
-// returns for a denial: {now, then per key the peek of max(cost, 1)}.
+// the reservation's time and reset_after (µs) for that key. It gives back what that
+// reservation spent, never more than it can prove was its own (sliding_log: the members it
+// added; sliding_counter: from the window it counted in, while that window still counts;
+// gcra: the reservation's share of the arrival time, less what admissions made since may
+// have absorbed), then returns what the multi-key script returns for a denial: {now, then
+// per key the peek of max(cost, 1)}.
 //
 // The maths is the core's (src/core/*.cc), written again in Lua; the conformance tests hold
 // them equal. Lua numbers are doubles: every integer stays below 2^53, and numbers go to
