@@ -56,7 +56,7 @@ struct redis_store_options {
 result<redis_store_options> parse_redis_uri(std::string_view uri);
 
 struct redis_store_stats {
-  std::uint64_t requests = 0;      // decisions and resets sent
+  std::uint64_t requests = 0;      // script runs (decisions, refunds, acquire_all) and resets sent
   std::uint64_t errors = 0;        // calls that ended in an error (of any kind)
   std::uint64_t timeouts = 0;      // calls that ended past their deadline
   std::uint64_t reconnects = 0;    // connections made after the first

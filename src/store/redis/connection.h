@@ -161,7 +161,7 @@ template <class Stats>
 void visit_common_metrics(const store::metric_visitor& visit, const Stats& s) {
   using kind = store_metric::kind;
   visit({"sluice_redis_requests_total",
-         "Decisions and resets sent to Redis.",
+         "Script runs (decisions, refunds, acquire_all) and resets sent to Redis.",
          kind::counter,
          {},
          {},

@@ -58,7 +58,11 @@ local function gcra(key, op, count, w, cost, now, token, slack, at, reset)
       if tat ~= at + reset then back = math.max(0, back - math.max(0, now - at)) end
       if back > 0 then
         tat = tat - back
-        redis.call('SET', key, int(tat), 'PX', ttl_ms(tat - now, slack))
+        if tat <= now then  -- fresh again: as if never reserved
+          redis.call('DEL', key)
+        else
+          redis.call('SET', key, int(tat), 'PX', ttl_ms(tat - now, slack))
+        end
       end
     end
     op, cost = 'peek', math.max(cost, 1)
@@ -100,7 +104,7 @@ local function sliding_counter(key, op, count, w, cost, now, token, slack, at, r
     local a, b, c = string.match(v, '^(%-?%d+) (%d+) (%d+)$')
     if a then ws, prev, cur, held = tonumber(a), tonumber(b), tonumber(c), true end
   end
-  local given = false
+  local given, released = false, false
   if op == 'release' then
     -- The reservation counted in the window starting at `start`, with reset_after =
     -- 2w - (at - start): its units are in `cur` while the stored window is that one, in
@@ -111,9 +115,9 @@ local function sliding_counter(key, op, count, w, cost, now, token, slack, at, r
     if reset >= 2 * w then start, rolled = at, false end
     if held and cost > 0 and start % w == 0 then
       if ws == start then
-        cur, given = cur - math.min(cost, cur), true
+        cur, given, released = cur - math.min(cost, cur), true, true
       elseif rolled and ws == start + w then
-        prev, given = prev - math.min(cost, prev), true
+        prev, given, released = prev - math.min(cost, prev), true, true
       end
     end
     op, cost = 'peek', math.max(cost, 1)
@@ -134,7 +138,9 @@ local function sliding_counter(key, op, count, w, cost, now, token, slack, at, r
     end
     op, cost = 'peek', 1
   end
-  if given then
+  if released and prev == 0 and cur == 0 then
+    redis.call('DEL', key)  -- nothing counted: as if never reserved
+  elseif given then
     redis.call('SET', key, int(ws) .. ' ' .. int(prev) .. ' ' .. int(cur), 'PX',
                ttl_ms(ws + 2 * w - now, slack))
   end
