@@ -321,7 +321,10 @@ struct redis_cluster_store::impl {
     }
     if (!denied && !a->failure) return answer(*a);
     if (admitted.empty()) return answer(*a);
-    a->waiting = admitted.size();
+    {
+      std::lock_guard lock(a->mu);  // a release may answer at once, on this thread or another
+      a->waiting = admitted.size();
+    }
     const auto deadline = steady::now() + shared->options.timeout;
     for (const std::size_t g : admitted) {
       const slot_group& sg = a->slots[g];

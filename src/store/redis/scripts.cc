@@ -18,7 +18,7 @@ namespace {
 // one algorithm: a key holding another's reads as fresh, and only an acquire replaces it.
 //
 // One function per algorithm, not one per step, because the single-key scripts are the
-// hot path and every Lua closure a run creates costs: this layout costs ~1.5% more
+// hot path and every Lua closure a run creates costs: this layout costs 1.6% more
 // instructions per sliding_log call than the scripts had before refunds, a layout with
 // load/decide/refund functions ~7% (docs/BENCHMARKS.md, "Redis store").
 

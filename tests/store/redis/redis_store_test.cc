@@ -496,7 +496,7 @@ TEST(RedisStore, UnixSocketAndDatabase) {
 }
 
 // Verifies that servers answering garbage, hanging up, or never answering give clear errors
-// within the deadline, and never a crash.
+// within the deadline, and never a crash, for decisions, acquire_all and refunds.
 TEST(RedisStore, BadServersAreErrorsNotCrashes) {
   for (const auto& [reply, behaviour] :
        std::vector<std::pair<std::string, test::fake_resp_behaviour>>{
@@ -517,6 +517,13 @@ TEST(RedisStore, BadServersAreErrorsNotCrashes) {
     auto d = redis.acquire(req("k", 1, 1s, algorithm::gcra));
     ASSERT_FALSE(d) << "reply " << reply;
     EXPECT_FALSE(d.error().message().empty());
+    const request rs[] = {{"k", limit{1, std::chrono::seconds(1)}, algorithm::gcra, 1, {}},
+                          {"j", limit{1, std::chrono::seconds(1)}, algorithm::gcra, 0, {}}};
+    auto all = redis.acquire_all(rs);
+    ASSERT_FALSE(all) << "reply " << reply;
+    EXPECT_FALSE(all.error().message().empty());
+    auto back = redis.refund(req("k", 1, 1s, algorithm::gcra));
+    ASSERT_FALSE(back) << "reply " << reply;
   }
 }
 
