@@ -1,12 +1,13 @@
 // Fuzzes what the Redis stores parse: store URIs (redis://, redis+cluster://), MOVED / ASK
-// redirections, key slots, and RESP bytes from a server, read as script replies and as
-// CLUSTER SLOTS replies. Any input gives a value or an error, never a crash, and every value
-// keeps its invariants.
+// redirections, key slots, and RESP bytes from a server, read as script replies (one key's
+// and multi-key) and as CLUSTER SLOTS replies. Any input gives a value or an error, never a crash,
+// and every value keeps its invariants.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "sluice/redis_cluster_store.h"
 #include "sluice/redis_store.h"
@@ -61,6 +62,19 @@ void check_replies(std::string_view bytes) {
         if (d->remaining < 0 || d->remaining > count || d->retry_after.count() < 0 ||
             d->reset_after.count() < 0 || d->limit != count) {
           std::abort();
+        }
+      }
+    }
+    for (const std::vector<std::int64_t>& counts :
+         {std::vector<std::int64_t>{1}, std::vector<std::int64_t>{3, 100}}) {
+      if (auto m = sluice::redis::to_multi_reply(r, counts)) {
+        if (m->now_us < 0 || m->decisions.size() != counts.size()) std::abort();
+        for (std::size_t i = 0; i < counts.size(); ++i) {
+          const sluice::decision& d = m->decisions[i];
+          if (d.remaining < 0 || d.remaining > counts[i] || d.retry_after.count() < 0 ||
+              d.reset_after.count() < 0 || d.limit != counts[i]) {
+            std::abort();
+          }
         }
       }
     }

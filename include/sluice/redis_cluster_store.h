@@ -81,6 +81,12 @@ class redis_cluster_store final : public async_store {
   void async_acquire(const request& r, completion done) override;
   void async_peek(const request& r, completion done) override;
   void async_reset(std::string_view key, reset_completion done) override;
+  // Keys on one slot: one run of a multi-key script on its master, atomic. Keys on several
+  // slots: each slot's keys reserved by a run of their own, in parallel, and the runs that
+  // admitted given back when another denies or fails (docs/DESIGN.md, "The Redis Cluster
+  // store"): never admitted past a limit; a concurrent request may be denied meanwhile.
+  void async_acquire_all(std::span<const request> rs, all_completion done) override;
+  void async_refund(const request& r, completion done) override;
   std::string describe() const override;
   // Ready while a slot map is known and some master has a connection up (keys of a master
   // that is down get the failure policy until its replica takes over); the detail says how

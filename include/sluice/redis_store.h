@@ -56,7 +56,7 @@ struct redis_store_options {
 result<redis_store_options> parse_redis_uri(std::string_view uri);
 
 struct redis_store_stats {
-  std::uint64_t requests = 0;      // decisions and resets sent
+  std::uint64_t requests = 0;      // script runs (decisions, refunds, acquire_all) and resets sent
   std::uint64_t errors = 0;        // calls that ended in an error (of any kind)
   std::uint64_t timeouts = 0;      // calls that ended past their deadline
   std::uint64_t reconnects = 0;    // connections made after the first
@@ -80,6 +80,9 @@ class redis_store final : public async_store {
   void async_acquire(const request& r, completion done) override;
   void async_peek(const request& r, completion done) override;
   void async_reset(std::string_view key, reset_completion done) override;
+  // One run of a multi-key script: atomic on the server, one round trip.
+  void async_acquire_all(std::span<const request> rs, all_completion done) override;
+  void async_refund(const request& r, completion done) override;
   std::string describe() const override;
   // Ready while at least one connection is up; the detail names why one is down.
   store_health health() const override;

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,6 +26,7 @@ using redis::kClusterSlots;
 using redis::pending;
 using redis::reply;
 using redis::script_call;
+using redis::script_op;
 using redis::steady;
 
 constexpr std::uint16_t kNoNode = 0xFFFF;
@@ -65,8 +67,8 @@ struct node {
   std::atomic<bool> settled{false};  // some connection has finished its first attempt
 };
 
-// One decision or reset on its way, kept whole so that it can be sent again after a
-// redirection or a NOSCRIPT. `script` is set for decisions; resets are DEL of `key`.
+// One script call or reset on its way, kept whole so that it can be sent again after a
+// redirection or a NOSCRIPT. `script` is set for script calls; resets are DEL of `key`.
 struct call {
   std::optional<script_call> script;
   std::string key;
@@ -74,9 +76,8 @@ struct call {
   steady::time_point deadline;
   int redirects = 0;
   bool with_source = false;  // send EVAL with the script's source (after NOSCRIPT)
-  std::int64_t count = 0;    // the limit's count, to check the script's reply
-  store::completion decided;
-  store::reset_completion was_reset;
+  // Takes the reply to the last try, or why there is none; called exactly once.
+  std::function<void(result<reply>)> finished;
 };
 
 unexpected<error> unavailable(const std::string& why) {
@@ -179,15 +180,18 @@ struct redis_cluster_store::impl {
 
   // --- calls --------------------------------------------------------------------------
 
-  void decide(const request& r, bool acquire, completion done) {
+  void decide(const request& r, script_op op, completion done) {
     if (auto ok = redis::check_redis_request(r); !ok) return done(fail(ok.error()));
     ++shared->requests;
     auto c = std::make_shared<call>();
-    c->script = redis::make_script_call(*shared, r, redis_key(r.key), acquire);
+    c->script = redis::make_script_call(*shared, r, redis_key(r.key), op);
     c->slot = redis::key_slot(c->script->key);
     c->deadline = steady::now() + shared->options.timeout;
-    c->count = r.limit.count;
-    c->decided = std::move(done);
+    c->finished = [count = r.limit.count, done = std::move(done), s = shared](result<reply> rep) {
+      auto d = redis::to_decision(rep, count);
+      if (!d) ++s->errors;
+      done(std::move(d));
+    };
     route(std::move(c));
   }
 
@@ -198,21 +202,178 @@ struct redis_cluster_store::impl {
     c->key = redis_key(key);
     c->slot = redis::key_slot(c->key);
     c->deadline = steady::now() + shared->options.timeout;
-    c->was_reset = std::move(done);
+    c->finished = [done = std::move(done), s = shared](result<reply> rep) {
+      auto r = redis::to_reset_result(rep);
+      if (!r) ++s->errors;
+      done(std::move(r));
+    };
     route(std::move(c));
   }
 
-  // Answers the caller of `c` with `r`, the reply to its last try (or why there is none).
-  void finish(call& c, const result<reply>& r) {
-    if (c.script) {
-      auto d = redis::to_decision(r, c.count);
-      if (!d) ++shared->errors;
-      return c.decided(std::move(d));
+  // --- acquire_all --------------------------------------------------------------------
+  //
+  // Keys on one slot go in one run of the multi-key script: atomic on that slot's master,
+  // exactly as on one Redis. Keys on several slots cannot share a run (a script's keys must
+  // share a slot), so each slot's keys are *reserved* by a run of their own, all sent at
+  // once. When every run admits, the call is admitted. When one denies or fails, the runs
+  // that admitted are voided by the release script, one call per slot, and only then is
+  // the denial answered (each request's decision a peek: from the run that denied, or from
+  // the release after the give-back), or the failure, the first in key order.
+  //
+  // What others see meanwhile: a reservation spends its units from its run until its
+  // release, at most two deadlines later. A concurrent request on those keys may be denied
+  // because of units a voided call held for that long; none is ever admitted beyond a
+  // limit, since units are given back only after the call's denial is certain and only
+  // those its own runs spent (scripts.h, the release script: sliding_log removes the run's
+  // own members, sliding_counter subtracts from the window it counted in, gcra moves the
+  // arrival time back by the run's share less what admissions since may have absorbed).
+  // What cannot be given back exactly stays spent until it expires: over-counting, never
+  // under-counting. The same holds when a release fails or times out, and for a run that
+  // timed out (it may have admitted, and nothing is known to give back): the call then
+  // fails with the first error, after the give-back of the runs known to have admitted.
+
+  // The keys of one slot in an acquire_all, and what their runs answered.
+  struct slot_group {
+    int slot = 0;
+    std::vector<std::size_t> members;  // the merged request of each key, in key order
+    std::vector<std::int64_t> counts;  // each key's limit count
+    script_call reservation;
+    std::optional<result<redis::multi_reply>> reserved;
+  };
+
+  // One acquire_all on its way. Its groups answer on the I/O thread, or at once on the
+  // caller's thread when they fail before any I/O: `mu` guards what they write.
+  struct all_call {
+    std::vector<std::size_t> group;  // the merged request of each request
+    std::vector<slot_group> slots;
+    std::vector<decision> per_key;  // by merged request
+    std::optional<error> failure;
+    all_completion done;
+    std::mutex mu;
+    std::size_t waiting = 0;
+  };
+
+  void decide_all(std::span<const request> rs, all_completion done) {
+    auto a = std::make_shared<all_call>();
+    auto merged = redis::prepare_all(rs, a->group);
+    if (!merged) return done(fail(merged.error()));
+    if (merged->empty()) return done(std::vector<decision>{});
+    std::vector<std::vector<redis::script_key>> keys;
+    for (std::size_t m = 0; m < merged->size(); ++m) {
+      const request& r = (*merged)[m];
+      std::string key = redis_key(r.key);
+      const int slot = redis::key_slot(key);
+      std::size_t i = 0;
+      while (i < a->slots.size() && a->slots[i].slot != slot) ++i;
+      if (i == a->slots.size()) {
+        a->slots.emplace_back().slot = slot;
+        keys.emplace_back();
+      }
+      a->slots[i].members.push_back(m);
+      a->slots[i].counts.push_back(r.limit.count);
+      keys[i].push_back(redis::to_script_key(r, std::move(key)));
     }
-    auto done = redis::to_reset_result(r);
-    if (!done) ++shared->errors;
-    c.was_reset(std::move(done));
+    const std::string token = shared->next_token();
+    for (std::size_t i = 0; i < a->slots.size(); ++i) {
+      a->slots[i].reservation =
+          redis::make_multi_call(script_op::acquire_all, std::move(keys[i]), token);
+    }
+    a->per_key.resize(merged->size());
+    a->done = std::move(done);
+    a->waiting = a->slots.size();
+    const auto deadline = steady::now() + shared->options.timeout;
+    for (std::size_t i = 0; i < a->slots.size(); ++i) {
+      ++shared->requests;
+      auto c = std::make_shared<call>();
+      c->script = a->slots[i].reservation;
+      c->slot = a->slots[i].slot;
+      c->deadline = deadline;
+      c->finished = [this, a, i](result<reply> r) { on_reserved(a, i, r); };
+      route(std::move(c));
+    }
   }
+
+  void on_reserved(const std::shared_ptr<all_call>& a, std::size_t i, const result<reply>& rep) {
+    auto reserved = redis::to_multi_reply(rep, a->slots[i].counts);
+    if (!reserved) ++shared->errors;
+    {
+      std::lock_guard lock(a->mu);
+      a->slots[i].reserved = std::move(reserved);
+      if (--a->waiting > 0) return;
+    }
+    // Every run has answered: only this thread touches `a` until the releases are sent.
+    bool denied = false;
+    std::vector<std::size_t> admitted;
+    for (std::size_t g = 0; g < a->slots.size(); ++g) {
+      const slot_group& sg = a->slots[g];
+      if (!*sg.reserved) {
+        if (!a->failure) a->failure = sg.reserved->error();
+        continue;
+      }
+      const auto& decisions = (*sg.reserved)->decisions;
+      bool all = true;
+      for (std::size_t k = 0; k < decisions.size(); ++k) {
+        a->per_key[sg.members[k]] = decisions[k];
+        all = all && decisions[k].allowed;
+      }
+      denied = denied || !all;
+      if (all) admitted.push_back(g);
+    }
+    if (!denied && !a->failure) return answer(*a);
+    if (admitted.empty()) return answer(*a);
+    {
+      std::lock_guard lock(a->mu);  // a release may answer at once, on this thread or another
+      a->waiting = admitted.size();
+    }
+    const auto deadline = steady::now() + shared->options.timeout;
+    for (const std::size_t g : admitted) {
+      const slot_group& sg = a->slots[g];
+      script_call release = sg.reservation;
+      release.op = script_op::release;
+      const redis::multi_reply& run = **sg.reserved;
+      for (std::size_t k = 0; k < release.keys.size(); ++k) {
+        redis::script_key& key = release.keys[k];
+        key.reserved_at_us = key.now_us.value_or(run.now_us);
+        key.reserved_reset_us = run.decisions[k].reset_after.count();
+      }
+      ++shared->requests;
+      auto c = std::make_shared<call>();
+      c->script = std::move(release);
+      c->slot = sg.slot;
+      c->deadline = deadline;
+      c->finished = [this, a, g](result<reply> r) { on_released(a, g, r); };
+      route(std::move(c));
+    }
+  }
+
+  // After a release, its keys' decisions are its peeks; when it failed, they stay the
+  // reservation's (whose units are still spent).
+  void on_released(const std::shared_ptr<all_call>& a, std::size_t g, const result<reply>& rep) {
+    const slot_group& sg = a->slots[g];
+    auto released = redis::to_multi_reply(rep, sg.counts);
+    if (!released) ++shared->errors;
+    {
+      std::lock_guard lock(a->mu);
+      if (released) {
+        for (std::size_t k = 0; k < sg.members.size(); ++k) {
+          a->per_key[sg.members[k]] = released->decisions[k];
+        }
+      }
+      if (--a->waiting > 0) return;
+    }
+    answer(*a);
+  }
+
+  void answer(all_call& a) {
+    if (a.failure) return a.done(fail(*a.failure));
+    std::vector<decision> out;
+    out.reserve(a.group.size());
+    for (const std::size_t m : a.group) out.push_back(a.per_key[m]);
+    a.done(std::move(out));
+  }
+
+  // Answers the caller of `c` with `r`, the reply to its last try (or why there is none).
+  void finish(call& c, result<reply> r) { c.finished(std::move(r)); }
 
   // Sends `c` to the master of its slot.
   void route(std::shared_ptr<call> c) {
@@ -237,7 +398,7 @@ struct redis_cluster_store::impl {
     if (c->script) {
       // After ASKING, the script goes with its source (EVAL): the importing node may not
       // have it cached, and a NOSCRIPT resend would go without ASKING and be sent back.
-      const redis::script& s = shared->script_for(c->script->algo);
+      const redis::script& s = shared->script_of(*c->script);
       redis::append_script_call(command, *c->script, s.sha,
                                 asking || c->with_source ? s.source : std::string_view{});
     } else {
@@ -475,11 +636,19 @@ redis_cluster_store::~redis_cluster_store() {
 }
 
 void redis_cluster_store::async_acquire(const request& r, completion done) {
-  impl_->decide(r, true, std::move(done));
+  impl_->decide(r, script_op::acquire, std::move(done));
 }
 
 void redis_cluster_store::async_peek(const request& r, completion done) {
-  impl_->decide(r, false, std::move(done));
+  impl_->decide(r, script_op::peek, std::move(done));
+}
+
+void redis_cluster_store::async_acquire_all(std::span<const request> rs, all_completion done) {
+  impl_->decide_all(rs, std::move(done));
+}
+
+void redis_cluster_store::async_refund(const request& r, completion done) {
+  impl_->decide(r, script_op::refund, std::move(done));
 }
 
 void redis_cluster_store::async_reset(std::string_view key, reset_completion done) {

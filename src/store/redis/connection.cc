@@ -311,7 +311,7 @@ class asio_connection final : public connection,
   void resend_with_source(pending p) {
     ++shared_->script_loads;
     std::string command;
-    const script& s = shared_->script_for(p.script->algo);
+    const script& s = shared_->script_of(*p.script);
     redis::append_script_call(command, *p.script, s.sha, s.source);
     std::lock_guard lock(mu_);
     incoming_bytes_ += command;
@@ -446,6 +446,8 @@ shared_state::shared_state(redis_store_options o) : options(std::move(o)) {
     const auto source = script_source(a);
     scripts[static_cast<std::size_t>(a)] = script{source, sha1_hex(source)};
   }
+  scripts[3] = script{acquire_all_script_source(), sha1_hex(acquire_all_script_source())};
+  scripts[4] = script{release_script_source(), sha1_hex(release_script_source())};
   std::random_device rd;
   char id[17];
   std::snprintf(id, sizeof id, "%08x%08x", rd(), rd());
@@ -470,29 +472,58 @@ std::shared_ptr<connection> make_connection(asio::io_context& io,
   return std::make_shared<asio_connection>(io, std::move(shared), std::move(to));
 }
 
-result<decision> to_decision(const result<reply>& r, std::int64_t count) {
-  if (!r) return fail(r.error());
-  if (r->is_error()) return make_error(errc::store_error, "redis: script failed: " + r->text);
-  const auto& e = r->elements;
-  if (r->type != reply::kind::array || e.size() != 4) {
-    return make_error(errc::store_error, "redis: unexpected script reply");
-  }
-  for (const reply& x : e) {
-    if (x.type != reply::kind::integer) {
+namespace {
+
+// Returns the decision in four integer replies (allowed, remaining, retry_after,
+// reset_after) for a limit of `count`, or why they are not one.
+result<decision> decision_of(const reply* four, std::int64_t count) {
+  for (int i = 0; i < 4; ++i) {
+    if (four[i].type != reply::kind::integer) {
       return make_error(errc::store_error, "redis: unexpected script reply");
     }
   }
   decision d;
-  d.allowed = e[0].integer == 1;
+  d.allowed = four[0].integer == 1;
   d.limit = count;
-  d.remaining = e[1].integer;
-  d.retry_after = std::chrono::microseconds{e[2].integer};
-  d.reset_after = std::chrono::microseconds{e[3].integer};
+  d.remaining = four[1].integer;
+  d.retry_after = std::chrono::microseconds{four[2].integer};
+  d.reset_after = std::chrono::microseconds{four[3].integer};
   if (d.remaining < 0 || d.remaining > count || d.retry_after.count() < 0 ||
-      d.reset_after.count() < 0 || (e[0].integer != 0 && e[0].integer != 1)) {
+      d.reset_after.count() < 0 || (four[0].integer != 0 && four[0].integer != 1)) {
     return make_error(errc::store_error, "redis: script reply out of range");
   }
   return d;
+}
+
+}  // namespace
+
+result<decision> to_decision(const result<reply>& r, std::int64_t count) {
+  if (!r) return fail(r.error());
+  if (r->is_error()) return make_error(errc::store_error, "redis: script failed: " + r->text);
+  if (r->type != reply::kind::array || r->elements.size() != 4) {
+    return make_error(errc::store_error, "redis: unexpected script reply");
+  }
+  return decision_of(r->elements.data(), count);
+}
+
+result<multi_reply> to_multi_reply(const result<reply>& r,
+                                   const std::vector<std::int64_t>& counts) {
+  if (!r) return fail(r.error());
+  if (r->is_error()) return make_error(errc::store_error, "redis: script failed: " + r->text);
+  const auto& e = r->elements;
+  if (r->type != reply::kind::array || e.size() != 1 + 4 * counts.size() ||
+      e[0].type != reply::kind::integer || e[0].integer < 0) {
+    return make_error(errc::store_error, "redis: unexpected multi-key script reply");
+  }
+  multi_reply out;
+  out.now_us = e[0].integer;
+  out.decisions.reserve(counts.size());
+  for (std::size_t i = 0; i < counts.size(); ++i) {
+    auto d = decision_of(&e[1 + 4 * i], counts[i]);
+    if (!d) return fail(d.error());
+    out.decisions.push_back(*d);
+  }
+  return out;
 }
 
 result<void> to_reset_result(const result<reply>& r) {
@@ -521,17 +552,55 @@ result<void> check_redis_request(const request& r) {
 }
 
 script_call make_script_call(shared_state& shared, const request& r, std::string key,
-                             bool acquire) {
+                             script_op op) {
   script_call call;
   call.algo = r.algorithm;
   call.key = std::move(key);
-  call.acquire = acquire;
+  call.op = op;
   call.count = r.limit.count;
   call.window_us = r.limit.window.count();
   call.cost = r.cost;
   if (r.now) call.now_us = r.now->count();
   call.token = shared.next_token();
   return call;
+}
+
+result<std::vector<request>> prepare_all(std::span<const request> rs,
+                                         std::vector<std::size_t>& group) {
+  auto merged = merge_requests(rs, group);
+  if (!merged) return merged;
+  std::optional<std::chrono::microseconds> now;
+  for (request& r : *merged) {
+    if (r.now) now = r.now;
+    r.now = now;
+    request checked = r;
+    checked.cost = std::max<std::int64_t>(r.cost, 1);  // a check asks for one unit
+    if (auto ok = check_redis_request(checked); !ok) return fail(ok.error());
+  }
+  return merged;
+}
+
+script_call make_multi_call(script_op op, std::vector<script_key> keys, std::string token) {
+  script_call call;
+  call.op = op;
+  call.token = std::move(token);
+  if (!keys.empty()) call.now_us = keys.front().now_us;
+  for (script_key& k : keys) {
+    if (k.now_us == call.now_us) k.now_us.reset();
+  }
+  call.keys = std::move(keys);
+  return call;
+}
+
+script_key to_script_key(const request& r, std::string key) {
+  script_key k;
+  k.key = std::move(key);
+  k.algo = r.algorithm;
+  k.count = r.limit.count;
+  k.window_us = r.limit.window.count();
+  k.cost = r.cost;
+  if (r.now) k.now_us = r.now->count();
+  return k;
 }
 
 }  // namespace sluice::redis

@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -47,8 +48,9 @@ struct shared_state {
   explicit shared_state(redis_store_options o);
 
   redis_store_options options;
-  std::array<script, 3> scripts;  // indexed by algorithm
-  std::string instance;           // makes sliding_log members unique across processes
+  // The three algorithms' (indexed by algorithm), then acquire_all's and release's.
+  std::array<script, 5> scripts;
+  std::string instance;  // makes sliding_log members unique across processes
   std::atomic<std::uint64_t> seq{0};
   std::atomic<std::uint64_t> requests{0};
   std::atomic<std::uint64_t> errors{0};
@@ -57,7 +59,12 @@ struct shared_state {
   std::atomic<std::uint64_t> script_loads{0};
   std::atomic<std::size_t> connected{0};
 
-  const script& script_for(algorithm a) const { return scripts[static_cast<std::size_t>(a)]; }
+  // Returns the script `c` runs.
+  const script& script_of(const script_call& c) const {
+    if (c.op == script_op::acquire_all) return scripts[3];
+    if (c.op == script_op::release) return scripts[4];
+    return scripts[static_cast<std::size_t>(c.algo)];
+  }
   // A token no other call of any process uses: `<instance>:<sequence>`.
   std::string next_token();
 };
@@ -106,6 +113,15 @@ std::shared_ptr<connection> make_connection(boost::asio::io_context& io,
 
 // Returns the decision in a script's reply, or why there is none.
 result<decision> to_decision(const result<reply>& r, std::int64_t count);
+
+// What a multi-key script (acquire_all, release) answers: its time and one decision per key.
+struct multi_reply {
+  std::int64_t now_us = 0;
+  std::vector<decision> decisions;
+};
+// Returns the multi-key reply in `r`, for keys whose limits have the counts `counts`, or
+// why there is none.
+result<multi_reply> to_multi_reply(const result<reply>& r, const std::vector<std::int64_t>& counts);
 // Returns what a DEL's reply says of a reset.
 result<void> to_reset_result(const result<reply>& r);
 
@@ -114,7 +130,20 @@ result<void> check_key(std::string_view key);
 // Checks a request before it goes to Redis: the key, the limit and cost, the explicit time.
 result<void> check_redis_request(const request& r);
 // Returns the script call for `r` on the Redis key `key`, with a fresh token.
-script_call make_script_call(shared_state& shared, const request& r, std::string key, bool acquire);
+script_call make_script_call(shared_state& shared, const request& r, std::string key, script_op op);
+
+// Returns the requests of an `acquire_all` merged (`merge_requests`; `group` maps each
+// request to its merged one) and checked as a single call's are, before any I/O. Each
+// merged request's `now` is the time it is decided at, as the memory store resolves it:
+// the latest explicit `now` among the requests up to its first one, or none (the server's
+// TIME) before any.
+result<std::vector<request>> prepare_all(std::span<const request> rs,
+                                         std::vector<std::size_t>& group);
+// Returns the multi-key script call of `op` over `keys`: the call's time is the first
+// key's, and a key keeps its own `now_us` only when that differs.
+script_call make_multi_call(script_op op, std::vector<script_key> keys, std::string token);
+// Returns the key of `r` (a prepared request) for a multi-key call, on the Redis key `key`.
+script_key to_script_key(const request& r, std::string key);
 
 // Copies the counters both Redis stores keep into `out`.
 inline void read_common_stats(const shared_state& s, redis_store_stats& out) {
@@ -132,7 +161,7 @@ template <class Stats>
 void visit_common_metrics(const store::metric_visitor& visit, const Stats& s) {
   using kind = store_metric::kind;
   visit({"sluice_redis_requests_total",
-         "Decisions and resets sent to Redis.",
+         "Script runs (decisions, refunds, acquire_all) and resets sent to Redis.",
          kind::counter,
          {},
          {},

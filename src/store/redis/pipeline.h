@@ -20,19 +20,41 @@ namespace sluice::redis {
 
 using steady = std::chrono::steady_clock;
 
-// A script call, kept so that it can be sent again as EVAL after a NOSCRIPT reply.
+// What a script call asks: an algorithm's script on one key (`acquire`, `peek`, `refund`),
+// or a script on several (`acquire_all`, `release`); see scripts.h.
+enum class script_op : std::uint8_t { acquire, peek, refund, acquire_all, release };
+
+// One key of a multi-key script call.
+struct script_key {
+  std::string key;
+  algorithm algo = algorithm::sliding_log;
+  std::int64_t count = 0;
+  std::int64_t window_us = 0;
+  std::int64_t cost = 0;               // 0: only checked
+  std::optional<std::int64_t> now_us;  // set when it differs from the call's
+  // `release` only: the reservation's time and reset_after for this key.
+  std::int64_t reserved_at_us = 0;
+  std::int64_t reserved_reset_us = 0;
+};
+
+// A script call, kept so that it can be sent again as EVAL after a NOSCRIPT reply. A
+// single-key call uses `algo` to `now_us`; a multi-key call `keys` (its own `now_us` is the
+// call's time, that of every key without one).
 struct script_call {
   algorithm algo = algorithm::sliding_log;
   std::string key;
-  bool acquire = true;
+  script_op op = script_op::acquire;
   std::int64_t count = 0;
   std::int64_t window_us = 0;
   std::int64_t cost = 1;
   std::optional<std::int64_t> now_us;
   std::string token;
+  std::vector<script_key> keys;
+
+  bool multi() const noexcept { return op == script_op::acquire_all || op == script_op::release; }
 };
 
-// Appends `EVALSHA sha 1 key ...` (or, with `source`, `EVAL source 1 key ...`).
+// Appends `EVALSHA sha <keys> ...` (or, with `source`, `EVAL source <keys> ...`).
 void append_script_call(std::string& out, const script_call& c, std::string_view sha,
                         std::string_view source = {});
 

@@ -5,6 +5,7 @@
 #include <boost/asio.hpp>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -18,6 +19,7 @@ namespace asio = boost::asio;
 using redis::pending;
 using redis::reply;
 using redis::script_call;
+using redis::script_op;
 using redis::steady;
 
 }  // namespace
@@ -36,12 +38,12 @@ struct redis_store::impl {
     return *connections[next.fetch_add(1, std::memory_order_relaxed) % connections.size()];
   }
 
-  void decide(const request& r, bool acquire, completion done) {
+  void decide(const request& r, script_op op, completion done) {
     if (auto ok = redis::check_redis_request(r); !ok) return done(fail(ok.error()));
     ++shared->requests;
-    script_call call = redis::make_script_call(*shared, r, full_key(r.key), acquire);
+    script_call call = redis::make_script_call(*shared, r, full_key(r.key), op);
     std::string command;
-    redis::append_script_call(command, call, shared->script_for(r.algorithm).sha);
+    redis::append_script_call(command, call, shared->script_of(call).sha);
     pending p;
     p.deadline = steady::now() + shared->options.timeout;
     p.script = std::move(call);
@@ -49,6 +51,43 @@ struct redis_store::impl {
       auto d = redis::to_decision(rep, count);
       if (!d) ++s->errors;
       done(std::move(d));
+    };
+    pick().submit(std::move(command), std::move(p));
+  }
+
+  // One run of the multi-key script over every key: atomic on one server.
+  void decide_all(std::span<const request> rs, all_completion done) {
+    std::vector<std::size_t> group;
+    auto merged = redis::prepare_all(rs, group);
+    if (!merged) return done(fail(merged.error()));
+    if (merged->empty()) return done(std::vector<decision>{});
+    ++shared->requests;
+    std::vector<redis::script_key> keys;
+    std::vector<std::int64_t> counts;
+    keys.reserve(merged->size());
+    counts.reserve(merged->size());
+    for (const request& r : *merged) {
+      keys.push_back(redis::to_script_key(r, full_key(r.key)));
+      counts.push_back(r.limit.count);
+    }
+    script_call call =
+        redis::make_multi_call(script_op::acquire_all, std::move(keys), shared->next_token());
+    std::string command;
+    redis::append_script_call(command, call, shared->script_of(call).sha);
+    pending p;
+    p.deadline = steady::now() + shared->options.timeout;
+    p.script = std::move(call);
+    p.done = [counts = std::move(counts), group = std::move(group), done = std::move(done),
+              s = shared](result<reply> rep) {
+      auto per_key = redis::to_multi_reply(rep, counts);
+      if (!per_key) {
+        ++s->errors;
+        return done(fail(per_key.error()));
+      }
+      std::vector<decision> out;
+      out.reserve(group.size());
+      for (const std::size_t g : group) out.push_back(per_key->decisions[g]);
+      done(std::move(out));
     };
     pick().submit(std::move(command), std::move(p));
   }
@@ -101,11 +140,19 @@ redis_store::~redis_store() {
 }
 
 void redis_store::async_acquire(const request& r, completion done) {
-  impl_->decide(r, true, std::move(done));
+  impl_->decide(r, script_op::acquire, std::move(done));
 }
 
 void redis_store::async_peek(const request& r, completion done) {
-  impl_->decide(r, false, std::move(done));
+  impl_->decide(r, script_op::peek, std::move(done));
+}
+
+void redis_store::async_acquire_all(std::span<const request> rs, all_completion done) {
+  impl_->decide_all(rs, std::move(done));
+}
+
+void redis_store::async_refund(const request& r, completion done) {
+  impl_->decide(r, script_op::refund, std::move(done));
 }
 
 void redis_store::async_reset(std::string_view key, reset_completion done) {

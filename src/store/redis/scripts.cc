@@ -1,165 +1,363 @@
 #include "store/redis/scripts.h"
 
+#include <array>
+#include <string>
+
 namespace sluice::redis {
 namespace {
 
-// Shared by all three scripts: argument parsing, the clock, and TTLs. A TTL runs on the
-// server's real clock, so with an explicit `now` (tests, replays, which move time at their
-// own pace) keys are kept 60 s longer than their state needs.
-#define SLUICE_LUA_PROLOGUE                                   \
-  "local key = KEYS[1]\n"                                     \
-  "local acquire = ARGV[1] == 'acquire'\n"                    \
-  "local count = tonumber(ARGV[2])\n"                         \
-  "local w = tonumber(ARGV[3])\n"                             \
-  "local cost = tonumber(ARGV[4])\n"                          \
-  "local now\n"                                               \
-  "if ARGV[5] == '' then\n"                                   \
-  "  local t = redis.call('TIME')\n"                          \
-  "  now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"       \
-  "else\n"                                                    \
-  "  now = tonumber(ARGV[5])\n"                               \
-  "end\n"                                                     \
-  "local function int(x) return string.format('%d', x) end\n" \
-  "local slack = 0\n"                                         \
-  "if ARGV[5] ~= '' then slack = 60000000 end\n"              \
-  "local function ms_ceil(us) return int(math.max(1, math.ceil((us + slack) / 1000))) end\n"
+// The pieces the scripts are put together from (`sources()`). Each algorithm is one Lua
+// function, which reads the key's state and then does what `op` asks:
+//   <name>(key, op, count, w, cost, now, token, slack, at, reset) -> {4 numbers}
+//   op "acquire" | "peek": the decision of `cost`, an admission recorded on "acquire";
+//   op "refund": gives back up to `cost` units (the core's *_refund), then peeks one unit;
+//   op "release": gives back a reservation's `cost` units (the release script; `at` and
+//      `reset` are the reservation's time and reset_after), then peeks max(cost, 1).
+// `slack` is what TTLs add: 60 s with an explicit `now` (tests, replays, which move time
+// at their own pace while TTLs run on the server's real clock), else 0. A state belongs to
+// one algorithm: a key holding another's reads as fresh, and only an acquire replaces it.
+//
+// One function per algorithm, not one per step, because the single-key scripts are the
+// hot path and every Lua closure a run creates costs: this layout costs 1.6% more
+// instructions per sliding_log call than the scripts had before refunds, a layout with
+// load/decide/refund functions ~7% (docs/BENCHMARKS.md, "Redis store").
 
-// gcra: the key holds the theoretical arrival time as a decimal string.
-constexpr std::string_view kGcra = SLUICE_LUA_PROLOGUE R"lua(
-local t = math.floor((w + count - 1) / count)
-local burst = t * count
-local v = redis.pcall('GET', key)
-local tat = 0
-if type(v) == 'table' and v.err then
-  redis.call('DEL', key)
-elseif v then
-  tat = tonumber(v) or 0
+// Every script: the TTL of state that is fresh again `us` from now.
+constexpr std::string_view kTtl = R"lua(
+local function ttl_ms(us, slack)
+  return string.format('%d', math.max(1, math.ceil((us + slack) / 1000)))
 end
-local tat0 = math.max(tat, now)
-local new_tat = tat0 + cost * t
-if new_tat - now <= burst then
-  if acquire then
-    redis.call('SET', key, int(new_tat), 'PX', ms_ceil(new_tat - now))
-    return {1, math.floor((burst - (new_tat - now)) / t), 0, new_tat - now}
-  end
-  return {1, math.max(0, math.floor((burst - (tat0 - now)) / t)), 0, tat0 - now}
-end
-return {0, math.max(0, math.floor((burst - (tat0 - now)) / t)), new_tat - now - burst,
-        tat0 - now}
 )lua";
 
-// sliding_counter: the key holds "window_start previous current".
-constexpr std::string_view kSlidingCounter = SLUICE_LUA_PROLOGUE R"lua(
-local function weighted(p, rest)
+// gcra's and sliding_counter's: a number as Redis reads an integer.
+constexpr std::string_view kInt = R"lua(
+local function int(x) return string.format('%d', x) end
+)lua";
+
+// gcra: the key holds the theoretical arrival time as a decimal string.
+constexpr std::string_view kGcra = R"lua(
+local function gcra(key, op, count, w, cost, now, token, slack, at, reset)
+  local t = math.floor((w + count - 1) / count)
+  local burst = t * count
+  local v = redis.pcall('GET', key)
+  local tat = type(v) == 'string' and tonumber(v) or 0
+  if op == 'refund' then
+    if tat > now then
+      tat = tat - math.min(tat - now, cost * t)
+      redis.call('SET', key, int(tat), 'PX', ttl_ms(tat - now, slack))
+    end
+    op, cost = 'peek', 1
+  elseif op == 'release' then
+    -- The reservation moved tat on by cost * t. While tat is still what it left, all of
+    -- that comes back. Admissions since then each moved tat from max(tat, their now): one
+    -- after `at` may have absorbed part of the reservation, but all of them together at
+    -- most now - at (the latest arrival's time less the reservation's), so that much is
+    -- kept: never less than the state would be had the reservation not been made.
+    if cost > 0 and tat > now then
+      local back = cost * t
+      if tat ~= at + reset then back = math.max(0, back - math.max(0, now - at)) end
+      if back > 0 then
+        tat = tat - back
+        if tat <= now then  -- fresh again: as if never reserved
+          redis.call('DEL', key)
+        else
+          redis.call('SET', key, int(tat), 'PX', ttl_ms(tat - now, slack))
+        end
+      end
+    end
+    op, cost = 'peek', math.max(cost, 1)
+  end
+  local tat0 = math.max(tat, now)
+  local new_tat = tat0 + cost * t
+  if new_tat - now <= burst then
+    if op == 'acquire' then
+      redis.call('SET', key, int(new_tat), 'PX', ttl_ms(new_tat - now, slack))
+      return {1, math.floor((burst - (new_tat - now)) / t), 0, new_tat - now}
+    end
+    return {1, math.max(0, math.floor((burst - (tat0 - now)) / t)), 0, tat0 - now}
+  end
+  return {0, math.max(0, math.floor((burst - (tat0 - now)) / t)), new_tat - now - burst,
+          tat0 - now}
+end
+)lua";
+
+// sliding_counter: the key holds "window_start previous current", rolled forward to the
+// window holding `now` as it is read.
+constexpr std::string_view kSlidingCounter = R"lua(
+local function weighted(p, rest, w)
   if p == 0 or rest <= 0 then return 0 end
   if rest >= w then return p end
   return math.ceil(p * rest / w)
 end
-local function decay_point(p, room)
+local function decay_point(p, room, w)
   if p <= room then return 0 end
   local e = w - math.floor(room * w / p)
   if e < 1 then e = 1 elseif e > w then e = w end
-  while e > 0 and weighted(p, w - (e - 1)) <= room do e = e - 1 end
-  while weighted(p, w - e) > room do e = e + 1 end
+  while e > 0 and weighted(p, w - (e - 1), w) <= room do e = e - 1 end
+  while weighted(p, w - e, w) > room do e = e + 1 end
   return e
 end
-local ws, prev, cur = 0, 0, 0
-local v = redis.pcall('GET', key)
-if type(v) == 'table' and v.err then
-  redis.call('DEL', key)
-elseif v then
-  local a, b, c = string.match(v, '^(%-?%d+) (%d+) (%d+)$')
-  if a then ws, prev, cur = tonumber(a), tonumber(b), tonumber(c) end
-end
-local aligned = now - now % w
-if ws <= aligned then
-  if ws < aligned - w then
-    prev, cur = 0, 0
-  elseif ws < aligned then
-    prev, cur = cur, 0
+local function sliding_counter(key, op, count, w, cost, now, token, slack, at, reset)
+  local ws, prev, cur, held = 0, 0, 0, false
+  local v = redis.pcall('GET', key)
+  if type(v) == 'string' then
+    local a, b, c = string.match(v, '^(%-?%d+) (%d+) (%d+)$')
+    if a then ws, prev, cur, held = tonumber(a), tonumber(b), tonumber(c), true end
   end
-  ws = aligned
-end
-local elapsed = math.max(0, now - ws)
-local estimate = cur + weighted(prev, w - elapsed)
-local allowed = estimate + cost <= count
-local remaining, retry = 0, 0
-if allowed and acquire then
-  cur = cur + cost
-  remaining = count - estimate - cost
-  redis.call('SET', key, int(ws) .. ' ' .. int(prev) .. ' ' .. int(cur), 'PX',
-             ms_ceil(ws + 2 * w - now))
-else
-  remaining = math.max(0, count - estimate)
-  if not allowed then
-    if cur + cost <= count then
-      retry = decay_point(prev, count - cost - cur) - elapsed
-    else
-      retry = (w - elapsed) + decay_point(cur, count - cost)
+  local given, released = false, false
+  if op == 'release' then
+    -- The reservation counted in the window starting at `start`, with reset_after =
+    -- 2w - (at - start): its units are in `cur` while the stored window is that one, in
+    -- `prev` once rolled one window on. reset_after = 2w is a window's first microsecond
+    -- (start = at), or a clock that stepped back (start > at, unknown): then only `cur` of
+    -- a window starting at `at` is taken.
+    local start, rolled = at - (2 * w - reset), true
+    if reset >= 2 * w then start, rolled = at, false end
+    if held and cost > 0 and start % w == 0 then
+      if ws == start then
+        cur, given, released = cur - math.min(cost, cur), true, true
+      elseif rolled and ws == start + w then
+        prev, given, released = prev - math.min(cost, prev), true, true
+      end
+    end
+    op, cost = 'peek', math.max(cost, 1)
+  end
+  local aligned = now - now % w
+  if ws <= aligned then
+    if ws < aligned - w then
+      prev, cur = 0, 0
+    elseif ws < aligned then
+      prev, cur = cur, 0
+    end
+    ws = aligned
+  end
+  if op == 'refund' then
+    if held then
+      local from_cur = math.min(cost, cur)
+      cur, prev, given = cur - from_cur, prev - math.min(cost - from_cur, prev), true
+    end
+    op, cost = 'peek', 1
+  end
+  if released and prev == 0 and cur == 0 then
+    redis.call('DEL', key)  -- nothing counted: as if never reserved
+  elseif given then
+    redis.call('SET', key, int(ws) .. ' ' .. int(prev) .. ' ' .. int(cur), 'PX',
+               ttl_ms(ws + 2 * w - now, slack))
+  end
+  local elapsed = math.max(0, now - ws)
+  local estimate = cur + weighted(prev, w - elapsed, w)
+  local allowed = estimate + cost <= count
+  local remaining, retry = 0, 0
+  if allowed and op == 'acquire' then
+    cur = cur + cost
+    remaining = count - estimate - cost
+    redis.call('SET', key, int(ws) .. ' ' .. int(prev) .. ' ' .. int(cur), 'PX',
+               ttl_ms(ws + 2 * w - now, slack))
+  else
+    remaining = math.max(0, count - estimate)
+    if not allowed then
+      if cur + cost <= count then
+        retry = decay_point(prev, count - cost - cur, w) - elapsed
+      else
+        retry = (w - elapsed) + decay_point(cur, count - cost, w)
+      end
     end
   end
+  local reset_after = 0
+  if cur > 0 then reset_after = (w - elapsed) + w elseif prev > 0 then reset_after = w - elapsed end
+  return {allowed and 1 or 0, remaining, retry, reset_after}
 end
-local reset = 0
-if cur > 0 then reset = (w - elapsed) + w elseif prev > 0 then reset = w - elapsed end
-return {allowed and 1 or 0, remaining, retry, reset}
 )lua";
 
-// sliding_log: the reference limiter's sorted set. Score = Unix seconds with six decimals,
-// one member per unit of cost, named "<score>:<token>:<i>" (unique), TTL window + 60 s.
-constexpr std::string_view kSlidingLog = SLUICE_LUA_PROLOGUE R"lua(
-local token = ARGV[6]
+// sliding_log: the reference limiter's sorted set (docs/DESIGN.md, invariant 4). Score =
+// Unix seconds with six decimals, one member per unit of cost, named
+// "<score>:<token>:<i>" (unique), TTL window + 60 s after the newest. Members at or before
+// now - window are pruned first; a key holding another algorithm's state reads as empty.
+constexpr std::string_view kSlidingLog = R"lua(
 local function secs(us)
   if us < 0 then return '-' .. string.format('%d.%06d', math.floor(-us / 1000000), -us % 1000000) end
   return string.format('%d.%06d', math.floor(us / 1000000), us % 1000000)
 end
 local function us_of(score) return math.floor(tonumber(score) * 1000000 + 0.5) end
-local pruned = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', secs(now - w))
-if type(pruned) == 'table' and pruned.err then redis.call('DEL', key) end
-local used = redis.call('ZCARD', key)
-local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-local newest_us = newest[2] and us_of(newest[2])
-local allowed = used + cost <= count
-if allowed and acquire then
-  local at = now
-  if newest_us and newest_us > at then at = newest_us end
-  local score = secs(at)
-  local args = {}
-  for i = 1, cost do
-    args[#args + 1] = score
-    args[#args + 1] = score .. ':' .. token .. ':' .. i
-    if #args >= 2000 or i == cost then
-      redis.call('ZADD', key, unpack(args))
-      args = {}
-    end
+local function sliding_log(key, op, count, w, cost, now, token, slack, at, reset)
+  local used, newest = 0, nil
+  local other = type(redis.pcall('ZREMRANGEBYSCORE', key, '-inf', secs(now - w))) == 'table'
+  if not other then
+    used = redis.call('ZCARD', key)
+    local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    newest = top[2] and us_of(top[2])
   end
-  redis.call('PEXPIRE', key, ms_ceil(at - now + w + 60000000))
-  return {1, count - used - cost, 0, at + w - now}
+  if op == 'refund' or op == 'release' then
+    local removed = 0
+    if used > 0 and cost > 0 then
+      if op == 'refund' then  -- the newest members, as the core's take_back
+        removed = redis.call('ZREMRANGEBYRANK', key, string.format('%d', -cost), -1)
+      else  -- the reservation's own members
+        local score = secs(at + reset - w)
+        local members = {}
+        for i = 1, cost do
+          members[#members + 1] = score .. ':' .. token .. ':' .. i
+          if #members >= 1000 or i == cost then
+            removed = removed + redis.call('ZREM', key, unpack(members))
+            members = {}
+          end
+        end
+      end
+    end
+    if removed > 0 then
+      used = used - removed
+      local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+      newest = top[2] and us_of(top[2])
+      if newest then redis.call('PEXPIRE', key, ttl_ms(newest - now + w + 60000000, slack)) end
+    end
+    if op == 'refund' then cost = 1 else cost = math.max(cost, 1) end
+    op = 'peek'
+  end
+  local allowed = used + cost <= count
+  if allowed and op == 'acquire' then
+    if other then redis.call('DEL', key) end
+    local first = now
+    if newest and newest > first then first = newest end
+    local score = secs(first)
+    local args = {}
+    for i = 1, cost do
+      args[#args + 1] = score
+      args[#args + 1] = score .. ':' .. token .. ':' .. i
+      if #args >= 2000 or i == cost then
+        redis.call('ZADD', key, unpack(args))
+        args = {}
+      end
+    end
+    redis.call('PEXPIRE', key, ttl_ms(first - now + w + 60000000, slack))
+    return {1, count - used - cost, 0, first + w - now}
+  end
+  local retry = 0
+  if not allowed then
+    local excess = used + cost - count
+    local entry = redis.call('ZRANGE', key, excess - 1, excess - 1, 'WITHSCORES')
+    retry = math.max(1, us_of(entry[2]) + w - now)
+  end
+  local reset_after = 0
+  if newest then reset_after = newest + w - now end
+  return {allowed and 1 or 0, math.max(0, count - used), retry, reset_after}
 end
-local retry = 0
-if not allowed then
-  local excess = used + cost - count
-  local entry = redis.call('ZRANGE', key, excess - 1, excess - 1, 'WITHSCORES')
-  retry = math.max(1, us_of(entry[2]) + w - now)
-end
-local reset = 0
-if newest_us then reset = newest_us + w - now end
-return {allowed and 1 or 0, math.max(0, count - used), retry, reset}
 )lua";
 
-#undef SLUICE_LUA_PROLOGUE
+// The single-key script's body, around the name of its algorithm's function.
+constexpr std::string_view kSingleBefore = R"lua(
+local now, slack = tonumber(ARGV[5]), 60000000
+if ARGV[5] == '' then
+  local t = redis.call('TIME')
+  now, slack = tonumber(t[1]) * 1000000 + tonumber(t[2]), 0
+end
+return )lua";
+constexpr std::string_view kSingleAfter =
+    "(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), now, ARGV[6], "
+    "slack)\n";
+
+// What the multi-key and the release scripts share: the algorithms by name, and each key's
+// arguments (`fields` of them per key after ARGV[1..2]) read into a table.
+constexpr std::string_view kKeys = R"lua(
+local algorithms = {sliding_log = sliding_log, sliding_counter = sliding_counter, gcra = gcra}
+local function read_keys(fields)
+  local n = #KEYS
+  if #ARGV ~= 2 + fields * n then
+    return nil, 'ERR sluice: ' .. #ARGV .. ' arguments for ' .. n .. ' keys'
+  end
+  local call_now, call_slack = tonumber(ARGV[1]), 60000000
+  if ARGV[1] == '' then
+    local t = redis.call('TIME')
+    call_now, call_slack = tonumber(t[1]) * 1000000 + tonumber(t[2]), 0
+  end
+  local keys = {}
+  for i = 1, n do
+    local b = 2 + fields * (i - 1)
+    local f = algorithms[ARGV[b + 1]]
+    if not f then return nil, 'ERR sluice: unknown algorithm ' .. ARGV[b + 1] end
+    local k = {key = KEYS[i], f = f, count = tonumber(ARGV[b + 2]), w = tonumber(ARGV[b + 3]),
+               cost = tonumber(ARGV[b + 4]), now = call_now, slack = call_slack, b = b}
+    if ARGV[b + 5] ~= '' then k.now, k.slack = tonumber(ARGV[b + 5]), 60000000 end
+    keys[i] = k
+  end
+  return keys, call_now
+end
+)lua";
+
+// acquire_all: peek every key (a check as one unit), then, only when all are allowed,
+// acquire those of cost > 0, in this one atomic run.
+constexpr std::string_view kAll = R"lua(
+local keys, now = read_keys(5)
+if not keys then return redis.error_reply(now) end
+local all = true
+for _, k in ipairs(keys) do
+  k.d = k.f(k.key, 'peek', k.count, k.w, math.max(k.cost, 1), k.now, ARGV[2], k.slack)
+  if k.d[1] == 0 then all = false end
+end
+local reply = {now}
+for _, k in ipairs(keys) do
+  if all and k.cost > 0 then
+    k.d = k.f(k.key, 'acquire', k.count, k.w, k.cost, k.now, ARGV[2], k.slack)
+  end
+  for j = 1, 4 do reply[#reply + 1] = k.d[j] end
+end
+return reply
+)lua";
+
+// The give-back of a reservation that another slot's denial voided (scripts.h).
+constexpr std::string_view kRelease = R"lua(
+local keys, now = read_keys(7)
+if not keys then return redis.error_reply(now) end
+local reply = {now}
+for _, k in ipairs(keys) do
+  local d = k.f(k.key, 'release', k.count, k.w, k.cost, k.now, ARGV[2], k.slack,
+                tonumber(ARGV[k.b + 6]), tonumber(ARGV[k.b + 7]))
+  for j = 1, 4 do reply[#reply + 1] = d[j] end
+end
+return reply
+)lua";
+
+struct built_sources {
+  std::array<std::string, 3> single;  // indexed by algorithm
+  std::string all;
+  std::string release;
+};
+
+// Returns the single-key script of the algorithm `name`, defined by `pieces`.
+std::string single_script(std::initializer_list<std::string_view> pieces, std::string_view name) {
+  std::string out;
+  for (const std::string_view p : pieces) out.append(p);
+  out.append(kSingleBefore).append(name).append(kSingleAfter);
+  return out;
+}
+
+// Returns every script, put together once (the first call, at a store's construction).
+const built_sources& sources() {
+  static const built_sources built = [] {
+    built_sources b;
+    b.single[static_cast<std::size_t>(algorithm::gcra)] =
+        single_script({kTtl, kInt, kGcra}, "gcra");
+    b.single[static_cast<std::size_t>(algorithm::sliding_counter)] =
+        single_script({kTtl, kInt, kSlidingCounter}, "sliding_counter");
+    b.single[static_cast<std::size_t>(algorithm::sliding_log)] =
+        single_script({kTtl, kSlidingLog}, "sliding_log");
+    std::string all_algorithms;
+    all_algorithms.append(kTtl).append(kInt).append(kGcra).append(kSlidingCounter);
+    all_algorithms.append(kSlidingLog).append(kKeys);
+    b.all = all_algorithms + std::string(kAll);
+    b.release = all_algorithms + std::string(kRelease);
+    return b;
+  }();
+  return built;
+}
 
 }  // namespace
 
 std::string_view script_source(algorithm a) noexcept {
-  switch (a) {
-    case algorithm::gcra:
-      return kGcra;
-    case algorithm::sliding_counter:
-      return kSlidingCounter;
-    case algorithm::sliding_log:
-      break;
-  }
-  return kSlidingLog;
+  return sources().single[static_cast<std::size_t>(a)];
 }
+
+std::string_view acquire_all_script_source() noexcept { return sources().all; }
+
+std::string_view release_script_source() noexcept { return sources().release; }
 
 }  // namespace sluice::redis

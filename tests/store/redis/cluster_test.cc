@@ -73,6 +73,160 @@ TEST(RedisClusterStore, ConformsToTheMemoryStore) {
   EXPECT_EQ(redis.stats().errors, 0u);
 }
 
+// Verifies that refunds and acquire_all get exactly the memory store's answers on the
+// cluster, for every algorithm: calls whose keys are on several slots, reserved slot by
+// slot and given back on a denial, answer as one atomic step on one store does.
+TEST(RedisClusterStore, RefundsAndAcquireAllConformToTheMemoryStore) {
+  redis_cluster cluster;
+  redis_cluster_store redis(options_for(cluster));
+  test::expect_same_acquire_all_and_refunds_as_memory(redis);
+  EXPECT_EQ(redis.stats().errors, 0u);
+}
+
+// Returns what the master of `key`'s slot holds for it: a sorted set's members and scores,
+// a string, or "none".
+std::string raw_state(const redis_cluster& cluster, const redis_cluster_store& redis,
+                      const std::string& key) {
+  const std::string full = redis.redis_key(key);
+  const std::uint16_t port = cluster.master_of_slot(redis.slot_of(key));
+  const std::string type = cluster.command(port, {"TYPE", full});
+  if (type == "zset") return cluster.command(port, {"ZRANGE", full, "0", "-1", "WITHSCORES"});
+  if (type == "string") return cluster.command(port, {"GET", full});
+  return type;
+}
+
+// Verifies that keys of one slot (one hash tag) are decided in one run of the multi-key
+// script: one request to Redis per call, and a denied call changes none of them.
+TEST(RedisClusterStore, AcquireAllOnOneSlotIsOneRun) {
+  redis_cluster cluster;
+  redis_cluster_store redis(options_for(cluster));
+  const limit two{2, std::chrono::hours(1)};
+  const std::vector<std::string> keys = {"{t}:log", "{t}:counter", "{t}:gcra"};
+  for (const auto& k : keys) ASSERT_EQ(redis.slot_of(k), redis.slot_of(keys[0]));
+  const request rs[] = {{keys[0], two, algorithm::sliding_log, 1, {}},
+                        {keys[1], two, algorithm::sliding_counter, 1, {}},
+                        {keys[2], two, algorithm::gcra, 1, {}}};
+  auto admitted = redis.acquire_all(rs);
+  ASSERT_TRUE(admitted) << admitted.error().message();
+  for (const decision& d : *admitted) EXPECT_TRUE(d.allowed);
+  EXPECT_EQ(redis.stats().requests, 1u);
+  ASSERT_TRUE(redis.acquire(req(keys[2], 2, 1h, algorithm::gcra))->allowed);  // now full
+  std::vector<std::string> before;
+  for (const auto& k : keys) before.push_back(raw_state(cluster, redis, k));
+  auto denied = redis.acquire_all(rs);
+  ASSERT_TRUE(denied) << denied.error().message();
+  EXPECT_TRUE((*denied)[0].allowed);
+  EXPECT_FALSE((*denied)[2].allowed);
+  EXPECT_EQ(redis.stats().requests, 3u) << "one run, no give-back";
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    EXPECT_EQ(raw_state(cluster, redis, keys[i]), before[i]) << keys[i];
+  }
+}
+
+// Verifies the give-back: with keys on several slots, a call that one slot denies leaves
+// the keys of the slots that admitted as they were (their reservations released: one
+// request per slot, then one per admitting slot), and answers each request's peek.
+TEST(RedisClusterStore, AcquireAllGivesBackWhenASlotDenies) {
+  redis_cluster cluster;
+  redis_cluster_store redis(options_for(cluster));
+  const auto masters = cluster.masters();
+  ASSERT_EQ(masters.size(), 3u);
+  const microseconds now{1'800'000'000'000'000};
+  const limit three{3, std::chrono::hours(1)};
+  for (const algorithm a : kAlgorithms) {
+    const std::string name(to_string(a));
+    const auto free = keys_on(cluster, redis, masters[0].port, 2, "free:" + name + ":");
+    const auto full = keys_on(cluster, redis, masters[1].port, 1, "full:" + name + ":")[0];
+    ASSERT_NE(redis.slot_of(free[0]), redis.slot_of(free[1]));
+    ASSERT_TRUE(redis.acquire(req(free[0], 3, 1h, a, 1, now))->allowed);
+    ASSERT_TRUE(redis.acquire(req(full, 3, 1h, a, 3, now))->allowed);
+    const std::vector<std::string> before = {raw_state(cluster, redis, free[0]),
+                                             raw_state(cluster, redis, free[1])};
+    ASSERT_EQ(before[1], "none");
+    const request rs[] = {{free[0], three, a, 2, now},
+                          {free[1], three, a, 1, now},
+                          {full, three, a, 1, now},
+                          {free[0], three, a, 0, now}};
+    const auto sent = redis.stats().requests;
+    auto d = redis.acquire_all(rs);
+    ASSERT_TRUE(d) << d.error().message();
+    EXPECT_EQ(redis.stats().requests - sent, 3u + 2u) << name << ": 3 slots, 2 given back";
+    EXPECT_EQ(raw_state(cluster, redis, free[0]), before[0]) << name;
+    EXPECT_EQ(raw_state(cluster, redis, free[1]), before[1]) << name;
+    EXPECT_FALSE((*d)[2].allowed) << name;
+    EXPECT_EQ((*d)[0], (*d)[3]) << name << ": one key, one decision";
+    for (std::size_t i = 0; i < 3; ++i) {
+      EXPECT_EQ((*d)[i], *redis.peek(rs[i])) << name << ": request " << i;
+    }
+  }
+  EXPECT_EQ(redis.stats().errors, 0u);
+}
+
+// Verifies that when one slot's master is gone (no replica to take over), a call with keys
+// there and on a healthy master fails as unavailable, after giving back what the healthy
+// master's slot reserved.
+TEST(RedisClusterStore, AcquireAllGivesBackWhenASlotFails) {
+  test::redis_cluster_options co;
+  co.replicas = 0;
+  redis_cluster cluster(co);
+  redis_cluster_store redis(options_for(cluster, 500ms));
+  const auto masters = cluster.masters();
+  ASSERT_EQ(masters.size(), 3u);
+  const microseconds now{1'800'000'000'000'000};
+  const limit five{5, std::chrono::hours(1)};
+  std::vector<std::string> healthy, before;
+  for (const algorithm a : kAlgorithms) {
+    healthy.push_back(
+        keys_on(cluster, redis, masters[0].port, 1, "ok:" + std::string(to_string(a)) + ":")[0]);
+    ASSERT_TRUE(redis.acquire(req(healthy.back(), 5, 1h, a, 2, now))->allowed);
+    before.push_back(raw_state(cluster, redis, healthy.back()));
+  }
+  const auto doomed = keys_on(cluster, redis, masters[1].port, 1, "doomed:")[0];
+  cluster.kill(masters[1].port);
+  for (std::size_t i = 0; i < 3; ++i) {
+    const request rs[] = {{healthy[i], five, kAlgorithms[i], 3, now},
+                          {doomed, five, algorithm::gcra, 1, now}};
+    auto d = redis.acquire_all(rs);
+    ASSERT_FALSE(d);
+    EXPECT_EQ(d.error().code, make_error_code(errc::store_unavailable)) << d.error().message();
+    EXPECT_EQ(raw_state(cluster, redis, healthy[i]), before[i]) << to_string(kAlgorithms[i]);
+    EXPECT_EQ(redis.peek(req(healthy[i], 5, 1h, kAlgorithms[i], 1, now))->remaining, 3);
+  }
+}
+
+// Verifies that 1,000 acquire_all calls racing from 16 threads, each on a user (100/1m) and
+// its IP (150/1m), keys on different slots, never admit past either limit, and leave every
+// admitted call counted on both keys and no denied one on either: at one explicit time for
+// every algorithm, and on the servers' clocks for sliding_log.
+TEST(RedisClusterStore, AcquireAllIsExactUnderConcurrency) {
+  redis_cluster cluster;
+  auto o = options_for(cluster, 2000ms);
+  o.connection.pool = 2;
+  redis_cluster_store redis(o);
+  int across_slots = 0;
+  for (int u = 0; u < 10; ++u) {
+    const std::string user = "sliding_log:user:" + std::to_string(u);
+    const std::string ip = "sliding_log:ip:" + std::to_string(u % 2);
+    across_slots += redis.slot_of(user) != redis.slot_of(ip) ? 1 : 0;
+  }
+  EXPECT_EQ(across_slots, 10) << "the race is meant to span slots";
+  const microseconds now{1'800'000'000'000'000};
+  for (const algorithm a : kAlgorithms) {
+    const auto got = test::race_acquire_all(redis, a, now, std::string(to_string(a)) + ":");
+    EXPECT_GT(got.calls_admitted, 0) << to_string(a);
+    std::printf("%s: %d of 1000 calls admitted\n", std::string(to_string(a)).c_str(),
+                got.calls_admitted);
+  }
+  const auto got = test::race_acquire_all(redis, algorithm::sliding_log, {}, "clock:");
+  EXPECT_GT(got.calls_admitted, 0);
+  for (const auto& [key, admitted] : got.admitted) {
+    const std::uint16_t port = cluster.master_of_slot(redis.slot_of(key));
+    EXPECT_EQ(cluster.command(port, {"ZCARD", redis.redis_key(key)}), std::to_string(admitted))
+        << key;
+  }
+  EXPECT_EQ(redis.stats().errors, 0u);
+}
+
 // Verifies that 1,000 acquires racing on one key from 8 threads over 2 connections per
 // master admit exactly the limit, for every algorithm.
 TEST(RedisClusterStore, ExactUnderConcurrency) {

@@ -2,9 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <string>
 #include <vector>
 
+#include "store/redis/connection.h"
 #include "store/redis/resp.h"
 
 namespace sluice::redis {
@@ -113,7 +115,8 @@ TEST(Pipeline, NoscriptHandsScriptCallsBack) {
   pipeline pl;
   answers a;
   pending p = call(a, steady::now() + 1h);
-  p.script = script_call{algorithm::gcra, "k", true, 5, 1000, 1, std::nullopt, "t"};
+  p.script =
+      script_call{algorithm::gcra, "k", script_op::acquire, 5, 1000, 1, std::nullopt, "t", {}};
   pl.push(std::move(p));
   pl.push(call(a, steady::now() + 1h));  // a plain command: its error goes to the caller
   std::vector<pending> resend;
@@ -166,7 +169,15 @@ TEST(Resp, EncodesCommandsAsBulkStringArrays) {
 
 // Verifies the script call's encoding: EVALSHA by default, EVAL with the source.
 TEST(Resp, EncodesScriptCalls) {
-  script_call c{algorithm::sliding_log, "p:k", false, 30, 3600000000, 2, 1700000000000000, "id:7"};
+  script_call c{algorithm::sliding_log,
+                "p:k",
+                script_op::peek,
+                30,
+                3600000000,
+                2,
+                1700000000000000,
+                "id:7",
+                {}};
   std::string out;
   append_script_call(out, c, "abc");
   EXPECT_EQ(
@@ -178,6 +189,167 @@ TEST(Resp, EncodesScriptCalls) {
   append_script_call(out, c, "abc", "return 1");
   EXPECT_TRUE(out.starts_with("*10\r\n$4\r\nEVAL\r\n$8\r\nreturn 1\r\n"));
   EXPECT_NE(out.find("$0\r\n\r\n"), std::string::npos);  // no explicit time: the server's
+}
+
+// Returns the RESP encoding of `args`, written out by hand.
+std::string resp(const std::vector<std::string>& args) {
+  std::string out = "*" + std::to_string(args.size()) + "\r\n";
+  for (const auto& a : args) out += "$" + std::to_string(a.size()) + "\r\n" + a + "\r\n";
+  return out;
+}
+
+// Verifies the multi-key call's encoding: its keys, the call's time (the first key's) and
+// token, then each key's algorithm, count, window, cost and time, which is empty when it is
+// the call's; a release adds each key's reservation time and reset_after.
+TEST(Resp, EncodesMultiKeyScriptCalls) {
+  const limit ten{10, std::chrono::seconds(60)};
+  const request first{"a", ten, algorithm::gcra, 2, std::chrono::microseconds{500}};
+  const request second{"b", ten, algorithm::sliding_log, 0, std::chrono::microseconds{500}};
+  const request third{"c", ten, algorithm::sliding_counter, 1, std::chrono::microseconds{503}};
+  script_call c = make_multi_call(
+      script_op::acquire_all,
+      {to_script_key(first, "p:a"), to_script_key(second, "p:b"), to_script_key(third, "p:c")},
+      "id:9");
+  std::string out;
+  append_script_call(out, c, "abc");
+  EXPECT_EQ(out, resp({"EVALSHA",
+                       "abc",
+                       "3",
+                       "p:a",
+                       "p:b",
+                       "p:c",
+                       "500",
+                       "id:9",
+                       "gcra",
+                       "10",
+                       "60000000",
+                       "2",
+                       "",
+                       "sliding_log",
+                       "10",
+                       "60000000",
+                       "0",
+                       "",
+                       "sliding_counter",
+                       "10",
+                       "60000000",
+                       "1",
+                       "503"}));
+  c.op = script_op::release;
+  c.keys[0].reserved_at_us = 500;
+  c.keys[0].reserved_reset_us = 12000000;
+  out.clear();
+  append_script_call(out, c, "abc", "return 1");
+  EXPECT_EQ(out, resp({"EVAL",
+                       "return 1",
+                       "3",
+                       "p:a",
+                       "p:b",
+                       "p:c",
+                       "500",
+                       "id:9",
+                       "gcra",
+                       "10",
+                       "60000000",
+                       "2",
+                       "",
+                       "500",
+                       "12000000",
+                       "sliding_log",
+                       "10",
+                       "60000000",
+                       "0",
+                       "",
+                       "0",
+                       "0",
+                       "sliding_counter",
+                       "10",
+                       "60000000",
+                       "1",
+                       "503",
+                       "0",
+                       "0"}));
+}
+
+// Verifies that the requests of an acquire_all are merged and each decided at the latest
+// explicit time given up to its first request (none before any: the server's clock), and
+// that bad input is refused there, before any I/O.
+TEST(ScriptCall, PreparesAcquireAllRequests) {
+  using std::chrono::microseconds;
+  const limit ten{10, std::chrono::seconds(60)};
+  std::vector<std::size_t> group;
+  const request rs[] = {{"a", ten, algorithm::gcra, 1, {}},
+                        {"b", ten, algorithm::gcra, 1, microseconds{7}},
+                        {"a", ten, algorithm::gcra, 2, microseconds{9}},
+                        {"c", ten, algorithm::gcra, 0, {}}};
+  auto merged = prepare_all(rs, group);
+  ASSERT_TRUE(merged) << merged.error().message();
+  ASSERT_EQ(merged->size(), 3u);
+  EXPECT_EQ(group, (std::vector<std::size_t>{0, 1, 0, 2}));
+  EXPECT_EQ((*merged)[0].cost, 3);
+  EXPECT_FALSE((*merged)[0].now.has_value());
+  EXPECT_EQ((*merged)[1].now, microseconds{7});
+  EXPECT_EQ((*merged)[2].now, microseconds{7});
+  const request late[] = {{"a", ten, algorithm::gcra, 0, microseconds{std::int64_t{1} << 53}}};
+  EXPECT_EQ(prepare_all(late, group).error().code, make_error_code(errc::invalid_time));
+  const request empty[] = {{"", ten, algorithm::gcra, 0, {}}};
+  EXPECT_EQ(prepare_all(empty, group).error().code, make_error_code(errc::invalid_key));
+}
+
+// Verifies that a multi-key reply is read as its time and one decision per key, and that
+// anything else is a clear error: an error reply, the wrong number or kind of elements,
+// numbers out of range.
+TEST(ScriptReply, MultiKeyRepliesAreCheckedNotTrusted) {
+  auto integers = [](std::vector<long long> v) {
+    reply r;
+    r.type = reply::kind::array;
+    for (const long long x : v) {
+      reply e;
+      e.type = reply::kind::integer;
+      e.integer = x;
+      r.elements.push_back(e);
+    }
+    return r;
+  };
+  const std::vector<std::int64_t> counts = {5, 10};
+  auto good = to_multi_reply(integers({77, 1, 4, 0, 9, 0, 10, 3, 2}), counts);
+  ASSERT_TRUE(good) << good.error().message();
+  EXPECT_EQ(good->now_us, 77);
+  ASSERT_EQ(good->decisions.size(), 2u);
+  EXPECT_TRUE(good->decisions[0].allowed);
+  EXPECT_EQ(good->decisions[0].limit, 5);
+  EXPECT_EQ(good->decisions[0].remaining, 4);
+  EXPECT_EQ(good->decisions[0].reset_after.count(), 9);
+  EXPECT_FALSE(good->decisions[1].allowed);
+  EXPECT_EQ(good->decisions[1].limit, 10);
+  EXPECT_EQ(good->decisions[1].retry_after.count(), 3);
+
+  reply error;
+  error.type = reply::kind::error;
+  error.text = "ERR sluice: unknown algorithm x";
+  std::vector<reply> bad = {
+      error,
+      integers({77, 1, 4, 0, 9}),                  // one key's worth for two
+      integers({77, 1, 4, 0, 9, 0, 10, 3, 2, 5}),  // too many
+      integers({77, 1, 6, 0, 9, 0, 10, 3, 2}),     // remaining above the count
+      integers({77, 2, 4, 0, 9, 0, 10, 3, 2}),     // allowed neither 0 nor 1
+      integers({77, 1, 4, 0, 9, 0, 10, -3, 2}),    // negative retry_after
+      integers({-1, 1, 4, 0, 9, 0, 10, 3, 2}),     // negative time
+  };
+  reply text = integers({77, 1, 4, 0, 9, 0, 10, 3, 2});
+  text.elements[3].type = reply::kind::string;
+  bad.push_back(text);
+  reply flat;
+  flat.type = reply::kind::integer;
+  bad.push_back(flat);
+  for (std::size_t i = 0; i < bad.size(); ++i) {
+    auto r = to_multi_reply(bad[i], counts);
+    ASSERT_FALSE(r) << "reply " << i;
+    EXPECT_EQ(r.error().code, make_error_code(errc::store_error)) << "reply " << i;
+  }
+  auto gone = to_multi_reply(make_error(errc::timeout, "late"), counts);
+  ASSERT_FALSE(gone);
+  EXPECT_EQ(gone.error().code, make_error_code(errc::timeout));
 }
 
 }  // namespace

@@ -55,6 +55,216 @@ TEST(RedisStore, ConformsToTheMemoryStore) {
   test::expect_same_decisions_as_memory(redis);
 }
 
+// Verifies that refunds and acquire_all (repeated keys, checks of cost 0, requests at
+// different times, denials) get exactly the memory store's answers from the scripts, for
+// every algorithm.
+TEST(RedisStore, RefundsAndAcquireAllConformToTheMemoryStore) {
+  redis_server server;
+  redis_store redis(options_for(server));
+  test::expect_same_acquire_all_and_refunds_as_memory(redis);
+  EXPECT_EQ(redis.stats().errors, 0u);
+}
+
+// Returns what Redis holds for `key`: the members and scores of a sorted set, or a string,
+// or "(nil)".
+std::string raw_state(const redis_server& server, const std::string& key) {
+  const std::string type = server.command({"TYPE", key});
+  if (type == "zset") return server.command({"ZRANGE", key, "0", "-1", "WITHSCORES"});
+  if (type == "string") return server.command({"GET", key});
+  return type;
+}
+
+// Verifies all or nothing: an admitted acquire_all charges every key; a denied one changes
+// no key in Redis (not even one holding another algorithm's state), and answers for each
+// request what a peek of it alone answers.
+TEST(RedisStore, AcquireAllIsAllOrNothing) {
+  redis_server server;
+  redis_store redis(options_for(server));
+  const microseconds now{1'800'000'000'000'000};
+  const limit three{3, std::chrono::hours(1)};
+  // `switch` holds a sliding_log; the calls below ask for it as gcra.
+  ASSERT_TRUE(redis.acquire(req("switch", 5, 1h, algorithm::sliding_log, 1, now))->allowed);
+  const request first[] = {{"log", three, algorithm::sliding_log, 1, now},
+                           {"counter", three, algorithm::sliding_counter, 1, now},
+                           {"gcra", three, algorithm::gcra, 1, now}};
+  auto admitted = redis.acquire_all(first);
+  ASSERT_TRUE(admitted) << admitted.error().message();
+  for (const decision& d : *admitted) {
+    EXPECT_TRUE(d.allowed);
+    EXPECT_EQ(d.remaining, 2);
+  }
+  EXPECT_EQ(server.command({"ZCARD", "sluice:log"}), "1");
+  EXPECT_EQ(server.command({"GET", "sluice:counter"}), "1800000000000000 0 1");
+  EXPECT_EQ(server.command({"GET", "sluice:gcra"}), "1800001200000000");             // now + 1h / 3
+  ASSERT_TRUE(redis.acquire(req("gcra", 3, 1h, algorithm::gcra, 2, now))->allowed);  // full
+
+  const std::vector<std::string> keys = {"sluice:log", "sluice:counter", "sluice:gcra",
+                                         "sluice:switch"};
+  std::vector<std::string> before;
+  for (const auto& k : keys) before.push_back(raw_state(server, k));
+  const request second[] = {{"log", three, algorithm::sliding_log, 2, now},
+                            {"counter", three, algorithm::sliding_counter, 1, now},
+                            {"switch", three, algorithm::gcra, 1, now},
+                            {"gcra", three, algorithm::gcra, 1, now}};
+  auto denied = redis.acquire_all(second);
+  ASSERT_TRUE(denied) << denied.error().message();
+  ASSERT_EQ(denied->size(), 4u);
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    EXPECT_EQ(raw_state(server, keys[i]), before[i]) << keys[i];
+  }
+  for (std::size_t i = 0; i < 4; ++i) {
+    auto alone = redis.peek(second[i]);
+    ASSERT_TRUE(alone);
+    EXPECT_EQ((*denied)[i], *alone) << "request " << i;
+  }
+  EXPECT_TRUE((*denied)[0].allowed);
+  EXPECT_FALSE((*denied)[3].allowed);
+  EXPECT_GT((*denied)[3].retry_after.count(), 0);
+}
+
+// Verifies that requests on one key are merged (costs added, one decision each), and that
+// bad input is refused before anything is sent: limits that disagree on a key, summed
+// costs past the count, negative costs, empty keys, too many requests, times Lua cannot
+// hold exactly. No requests: no decisions.
+TEST(RedisStore, AcquireAllMergesRepeatedKeysAndChecksInput) {
+  redis_server server;
+  redis_store redis(options_for(server));
+  const limit ten{10, std::chrono::hours(1)};
+  const request merged[] = {{"k", ten, algorithm::sliding_log, 2, {}},
+                            {"other", ten, algorithm::gcra, 1, {}},
+                            {"k", ten, algorithm::sliding_log, 3, {}}};
+  auto d = redis.acquire_all(merged);
+  ASSERT_TRUE(d) << d.error().message();
+  ASSERT_EQ(d->size(), 3u);
+  EXPECT_EQ((*d)[0], (*d)[2]);
+  EXPECT_EQ((*d)[0].remaining, 5);
+  EXPECT_EQ((*d)[1].remaining, 9);
+  EXPECT_EQ(server.command({"ZCARD", "sluice:k"}), "5");
+  EXPECT_EQ(redis.stats().requests, 1u) << "one script run";
+
+  auto code = [&](std::vector<request> rs) {
+    auto r = redis.acquire_all(rs);
+    return r ? std::error_code() : r.error().code;
+  };
+  const limit five{5, std::chrono::hours(1)};
+  EXPECT_EQ(
+      code({{"k", ten, algorithm::sliding_log, 1, {}}, {"k", five, algorithm::sliding_log, 1, {}}}),
+      make_error_code(errc::invalid_key));
+  EXPECT_EQ(code({{"k", ten, algorithm::sliding_log, 1, {}}, {"k", ten, algorithm::gcra, 1, {}}}),
+            make_error_code(errc::invalid_key));
+  EXPECT_EQ(
+      code({{"k", ten, algorithm::sliding_log, 6, {}}, {"k", ten, algorithm::sliding_log, 5, {}}}),
+      make_error_code(errc::cost_exceeds_limit));
+  EXPECT_EQ(code({{"k", ten, algorithm::sliding_log, 11, {}}}),
+            make_error_code(errc::cost_exceeds_limit));
+  EXPECT_EQ(code({{"k", ten, algorithm::sliding_log, -1, {}}}),
+            make_error_code(errc::invalid_cost));
+  EXPECT_EQ(code({{"a", ten, algorithm::gcra, 1, {}}, {"", ten, algorithm::gcra, 1, {}}}),
+            make_error_code(errc::invalid_key));
+  EXPECT_EQ(code({{"k", ten, algorithm::gcra, 0, microseconds{std::int64_t{1} << 60}}}),
+            make_error_code(errc::invalid_time));
+  EXPECT_EQ(code(std::vector<request>(max_requests_per_call + 1,
+                                      request{"k", ten, algorithm::gcra, 0, {}})),
+            make_error_code(errc::invalid_cost));
+  EXPECT_EQ(redis.stats().requests, 1u) << "bad input reached Redis";
+  auto none = redis.acquire_all({});
+  ASSERT_TRUE(none);
+  EXPECT_TRUE(none->empty());
+}
+
+// Verifies that a request of cost 0 only checks: allowed while one unit is available,
+// spending nothing, and denying the whole call when its key is full.
+TEST(RedisStore, AcquireAllCostZeroOnlyChecks) {
+  redis_server server;
+  redis_store redis(options_for(server));
+  for (const algorithm a : kAlgorithms) {
+    const std::string name(to_string(a));
+    const limit two{2, std::chrono::hours(1)};
+    ASSERT_TRUE(redis.acquire(req("checked:" + name, 2, 1h, a))->allowed);
+    const std::string checked = "checked:" + name, spent = "spent:" + name;
+    const request rs[] = {{checked, two, a, 0, {}}, {spent, two, a, 1, {}}};
+    auto d = redis.acquire_all(rs);
+    ASSERT_TRUE(d) << d.error().message();
+    EXPECT_TRUE((*d)[0].allowed) << name;
+    EXPECT_EQ((*d)[0].remaining, 1) << name << ": the check's peek of one unit";
+    EXPECT_TRUE((*d)[1].allowed) << name;
+    EXPECT_EQ(redis.peek(req(checked, 2, 1h, a))->remaining, 1) << name << ": nothing spent";
+    ASSERT_TRUE(redis.acquire(req(checked, 2, 1h, a))->allowed);  // now full
+    auto denied = redis.acquire_all(rs);
+    ASSERT_TRUE(denied);
+    EXPECT_FALSE((*denied)[0].allowed) << name;
+    EXPECT_TRUE((*denied)[1].allowed) << name << ": alone it would be";
+    EXPECT_EQ(redis.peek(req(spent, 2, 1h, a))->remaining, 1) << name << ": not charged";
+  }
+}
+
+// Verifies refunds: units come back up to what was spent, never past the full limit; a key
+// with nothing spent is left alone; sliding_log gives back its newest members and keeps
+// the TTL of the newest left (window + 60 s, and 60 s more for an explicit time).
+TEST(RedisStore, RefundGivesBackWhatWasSpentAndNoMore) {
+  redis_server server;
+  redis_store redis(options_for(server));
+  const microseconds now{1'800'000'000'000'000};
+  for (const algorithm a : kAlgorithms) {
+    const std::string key = "refund:" + std::string(to_string(a));
+    ASSERT_TRUE(redis.acquire(req(key, 10, 1h, a, 3, now))->allowed);
+    auto back = redis.refund(req(key, 10, 1h, a, 2, now));
+    ASSERT_TRUE(back) << back.error().message();
+    EXPECT_TRUE(back->allowed);
+    EXPECT_EQ(back->remaining, 9) << to_string(a) << ": one unit still spent";
+    auto full = redis.refund(req(key, 10, 1h, a, 10, now));
+    ASSERT_TRUE(full);
+    EXPECT_EQ(full->remaining, 10) << to_string(a) << ": never more than the limit";
+    EXPECT_EQ(redis.acquire(req(key, 10, 1h, a, 10, now))->remaining, 0);
+    auto fresh = redis.refund(req("untouched:" + std::string(to_string(a)), 10, 1h, a, 1, now));
+    ASSERT_TRUE(fresh);
+    EXPECT_EQ(fresh->remaining, 10);
+    EXPECT_EQ(server.command({"EXISTS", "sluice:untouched:" + std::string(to_string(a))}), "0");
+  }
+  EXPECT_EQ(server.command({"ZCARD", "sluice:refund:sliding_log"}), "10");
+  // sliding_log: the newest member goes, and the TTL follows the newest left: 1 h + 60 s
+  // + 60 s (an explicit time) after it, counted from the call's time.
+  ASSERT_TRUE(redis.acquire(req("ttl", 5, 1h, algorithm::sliding_log, 1, now))->allowed);
+  ASSERT_TRUE(redis.acquire(req("ttl", 5, 1h, algorithm::sliding_log, 1, now + 600s))->allowed);
+  const long long long_ttl = std::stoll(server.command({"PTTL", "sluice:ttl"}));
+  EXPECT_LE(long_ttl, 3720'000);
+  EXPECT_GT(long_ttl, 3715'000);
+  ASSERT_TRUE(redis.refund(req("ttl", 5, 1h, algorithm::sliding_log, 1, now + 600s)));
+  EXPECT_EQ(server.command({"ZRANGE", "sluice:ttl", "0", "-1", "WITHSCORES"}).find("1800000600"),
+            std::string::npos)
+      << "the newest member is the one given back";
+  const long long short_ttl = std::stoll(server.command({"PTTL", "sluice:ttl"}));
+  EXPECT_LE(short_ttl, 3120'000);
+  EXPECT_GT(short_ttl, 3115'000);
+  // Given back entirely, the key is gone (an empty sorted set is no key).
+  ASSERT_TRUE(redis.refund(req("ttl", 5, 1h, algorithm::sliding_log, 5, now + 600s)));
+  EXPECT_EQ(server.command({"EXISTS", "sluice:ttl"}), "0");
+}
+
+// Verifies that 1,000 acquire_all calls racing from 16 threads over 4 connections, each on a
+// user (100/1m) and its IP (150/1m), 10 users on 2 IPs, admit exactly each IP's limit,
+// count every admitted call on both keys and no denied one, for every algorithm (at one
+// explicit time) and for sliding_log on the server's clock.
+TEST(RedisStore, AcquireAllIsExactUnderConcurrency) {
+  redis_server server;
+  auto o = options_for(server);
+  o.pool = 4;
+  redis_store redis(o);
+  const microseconds now{1'800'000'000'000'000};
+  for (const algorithm a : kAlgorithms) {
+    const auto got = test::race_acquire_all(redis, a, now, std::string(to_string(a)) + ":");
+    EXPECT_EQ(got.calls_admitted, 300) << to_string(a);
+    for (const char* ip : {"ip:0", "ip:1"}) {
+      EXPECT_EQ(got.admitted.at(std::string(to_string(a)) + ":" + ip), 150) << to_string(a);
+    }
+  }
+  const auto got = test::race_acquire_all(redis, algorithm::sliding_log, {}, "clock:");
+  EXPECT_EQ(got.calls_admitted, 300);
+  for (const auto& [key, admitted] : got.admitted) {
+    EXPECT_EQ(server.command({"ZCARD", "sluice:" + key}), std::to_string(admitted)) << key;
+  }
+}
+
 // Verifies the reference's layout for sliding_log: `<prefix>:<key>` is a sorted set with one
 // member per admitted unit, scored in Unix seconds, with a TTL of window + 60 s; denied
 // requests and peeks record nothing; reset deletes the key.
@@ -190,7 +400,8 @@ TEST(RedisStore, SurvivesARestart) {
   EXPECT_GE(redis.stats().reconnects, 1u);
 }
 
-// Verifies that SCRIPT FLUSH mid-run costs nothing but a resend: no call fails.
+// Verifies that SCRIPT FLUSH mid-run costs nothing but a resend: no call fails, on the
+// single-key scripts and on acquire_all's.
 TEST(RedisStore, ScriptFlushIsTransparent) {
   redis_server server;
   redis_store redis(options_for(server));
@@ -200,6 +411,11 @@ TEST(RedisStore, ScriptFlushIsTransparent) {
       ASSERT_TRUE(d) << d.error().message();
       EXPECT_TRUE(d->allowed);
     }
+    EXPECT_EQ(server.command({"SCRIPT", "FLUSH"}), "OK");
+    const request rs[] = {{"flush:all", limit{100, std::chrono::hours(1)}, algorithm::gcra, 1, {}}};
+    auto all = redis.acquire_all(rs);
+    ASSERT_TRUE(all) << all.error().message();
+    EXPECT_TRUE((*all)[0].allowed);
     EXPECT_EQ(server.command({"SCRIPT", "FLUSH"}), "OK");
   }
   EXPECT_GE(redis.stats().script_loads, 6u);
@@ -280,7 +496,7 @@ TEST(RedisStore, UnixSocketAndDatabase) {
 }
 
 // Verifies that servers answering garbage, hanging up, or never answering give clear errors
-// within the deadline, and never a crash.
+// within the deadline, and never a crash, for decisions, acquire_all and refunds.
 TEST(RedisStore, BadServersAreErrorsNotCrashes) {
   for (const auto& [reply, behaviour] :
        std::vector<std::pair<std::string, test::fake_resp_behaviour>>{
@@ -301,6 +517,13 @@ TEST(RedisStore, BadServersAreErrorsNotCrashes) {
     auto d = redis.acquire(req("k", 1, 1s, algorithm::gcra));
     ASSERT_FALSE(d) << "reply " << reply;
     EXPECT_FALSE(d.error().message().empty());
+    const request rs[] = {{"k", limit{1, std::chrono::seconds(1)}, algorithm::gcra, 1, {}},
+                          {"j", limit{1, std::chrono::seconds(1)}, algorithm::gcra, 0, {}}};
+    auto all = redis.acquire_all(rs);
+    ASSERT_FALSE(all) << "reply " << reply;
+    EXPECT_FALSE(all.error().message().empty());
+    auto back = redis.refund(req("k", 1, 1s, algorithm::gcra));
+    ASSERT_FALSE(back) << "reply " << reply;
   }
 }
 
