@@ -41,7 +41,7 @@ using sluice::server::body_value;
 using json = nlohmann::json;
 using kind = body_value::kind;
 
-constexpr std::string_view kNames[] = {"key", "policy", "limit", "algorithm", "cost"};
+constexpr std::string_view kNames[] = {"key", "policy", "limit", "algorithm", "cost", "limits"};
 constexpr std::int64_t kFlatMax = 999'999'999'999'999'999;  // 18 digits
 
 [[noreturn]] void fail(std::string_view bytes, const std::string& why) {
@@ -165,7 +165,7 @@ reading read_with_nlohmann(std::string_view bytes) {
       // The first unknown member in the DOM's order (std::map: sorted by name) is named.
       if (!r.refusal) {
         r.refusal = body_error{"unknown field " + sluice::internal::quote(name) +
-                                   "; use key, policy or limit (+ algorithm), cost",
+                                   "; use key, policy or limit (+ algorithm), cost, or limits",
                                name};
       }
       continue;
