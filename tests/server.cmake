@@ -20,6 +20,7 @@ if(TARGET sluice_server)
   sluice_gtest(server_unit_test
     ${CMAKE_CURRENT_LIST_DIR}/server/headers_test.cc
     ${CMAKE_CURRENT_LIST_DIR}/server/metrics_test.cc
+    ${CMAKE_CURRENT_LIST_DIR}/server/rls_metrics_test.cc
     ${CMAKE_CURRENT_LIST_DIR}/server/handlers_test.cc
     ${CMAKE_CURRENT_LIST_DIR}/server/body_test.cc
     ${CMAKE_CURRENT_LIST_DIR}/server/auth_test.cc)

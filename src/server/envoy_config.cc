@@ -278,8 +278,12 @@ class file_reader {
     dom.name = text(*domain, "domain");
     if (dom.name.empty()) fail(*domain, "domain", "must not be empty");
     dom.root = new_node();
+    const std::size_t first_rate_limit = d_.rate_limits.size();
     if (descriptors != nullptr) {
       dom.depth = read_descriptors(*descriptors, "descriptors", dom.root, dom.name, 1);
+    }
+    for (std::size_t i = first_rate_limit; i < d_.rate_limits.size(); ++i) {
+      d_.rate_limits[i].domain = dom.name;
     }
     d_.domains.push_back(std::move(dom));
     return line_of(*domain);

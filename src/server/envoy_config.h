@@ -71,6 +71,7 @@ struct envoy_rate_limit {
   // envoyproxy's metric key of the rule: the domain and each level's `key` or `key_value`,
   // joined by dots (`messaging.message_type_marketing.to_number`).
   std::string stats_key;
+  std::string domain;  // the `domain` of its file: the prefix of stats_key, before a dot
   std::string source;  // `<file>:<line>` of the `rate_limit` block, for logs
 
   // Returns whether every request is over the limit: `requests_per_unit: 0` (envoyproxy's

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "server/rls_metrics.h"
+
 namespace sluice::server {
 namespace {
 
@@ -13,23 +15,6 @@ constexpr std::string_view kBucketLabels[] = {"5e-05",  "0.0001", "0.00025", "0.
                                               "0.0025", "0.005",  "0.01",    "0.025",  "0.05",
                                               "0.1",    "0.25",   "0.5",     "1"};
 static_assert(std::size(kBucketLabels) == metrics::duration_buckets.size());
-
-// Returns `v` escaped for a label value: backslash, double quote and newline.
-std::string label(std::string_view v) {
-  std::string out;
-  out.reserve(v.size());
-  for (const char c : v) {
-    if (c == '\\' || c == '"') {
-      out += '\\';
-      out += c;
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
 
 void header(std::string& out, std::string_view name, std::string_view type, std::string_view help) {
   out += "# HELP ";
@@ -61,6 +46,67 @@ std::uint64_t load(const std::atomic<std::uint64_t>& a) noexcept {
 
 }  // namespace
 
+std::string escape_label(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (const char c : text) {
+    if (c == '\\' || c == '"') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+bool append_label_text(std::string& out, std::string_view bytes, std::size_t max_bytes) {
+  constexpr char kHex[] = "0123456789abcdef";
+  const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(bytes[i]); };
+  const auto continuation = [&](std::size_t i, unsigned char lo = 0x80, unsigned char hi = 0xBF) {
+    return i < bytes.size() && byte(i) >= lo && byte(i) <= hi;
+  };
+  for (std::size_t i = 0; i < bytes.size();) {
+    const unsigned char c = byte(i);
+    // The length of the UTF-8 sequence at i (RFC 3629: no overlong forms, no surrogates,
+    // nothing above U+10FFFF), or 0 for a byte written as \xNN.
+    std::size_t n = 0;
+    if (c >= 0x20 && c < 0x7F) {
+      n = 1;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      n = continuation(i + 1) ? 2 : 0;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      const unsigned char lo = c == 0xE0 ? 0xA0 : 0x80;
+      const unsigned char hi = c == 0xED ? 0x9F : 0xBF;
+      n = continuation(i + 1, lo, hi) && continuation(i + 2) ? 3 : 0;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      const unsigned char lo = c == 0xF0 ? 0x90 : 0x80;
+      const unsigned char hi = c == 0xF4 ? 0x8F : 0xBF;
+      n = continuation(i + 1, lo, hi) && continuation(i + 2) && continuation(i + 3) ? 4 : 0;
+    }
+    if (out.size() + (n == 0 ? 4 : n) > max_bytes) return false;
+    if (n == 0) {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xF];
+      ++i;
+    } else {
+      out.append(bytes.substr(i, n));
+      i += n;
+    }
+  }
+  return true;
+}
+
+std::string label_text(std::string_view bytes) {
+  std::string out;
+  out.reserve(bytes.size());
+  append_label_text(out, bytes, static_cast<std::size_t>(-1));
+  return out;
+}
+
 std::string_view to_string(route r) noexcept {
   switch (r) {
     case route::acquire:
@@ -88,7 +134,8 @@ std::string_view to_string(route r) noexcept {
 metrics::metrics(std::vector<std::string> policies)
     : policies_(std::move(policies)),
       decisions_(std::make_unique<decision_counts[]>(policies_.size() + 1)),
-      routes_(std::make_unique<route_counts[]>(route_count)) {}
+      routes_(std::make_unique<route_counts[]>(route_count)),
+      rls_(std::make_unique<rls_metrics>()) {}
 
 metrics::~metrics() = default;
 
@@ -137,7 +184,7 @@ std::string metrics::render(const limiter_stats& stats) const {
 
   header(out, "sluice_decisions_total", "counter", "Decisions by policy and outcome.");
   for (std::size_t slot = 0; slot <= policies_.size(); ++slot) {
-    const std::string policy = slot < policies_.size() ? label(policies_[slot]) : "(inline)";
+    const std::string policy = slot < policies_.size() ? escape_label(policies_[slot]) : "(inline)";
     for (std::size_t o = 0; o < std::size(kOutcomes); ++o) {
       sample(out, "sluice_decisions_total",
              "policy=\"" + policy + "\",outcome=\"" + std::string(kOutcomes[o]) + "\"",
@@ -221,9 +268,51 @@ void render_store_metrics(std::string& out, const store& s) {
     }
     std::string labels;
     if (!m.label.empty()) {
-      labels.append(m.label).append("=\"").append(label(m.label_value)).append("\"");
+      labels.append(m.label).append("=\"").append(escape_label(m.label_value)).append("\"");
     }
     sample(out, m.name, labels, m.value);
+  });
+}
+
+void render_rls_metrics(std::string& out, const rls_metrics& m) {
+  const std::shared_ptr<const rls_counters> c = m.current();
+  if (!c) return;
+  header(out, "sluice_rls_requests_total", "counter",
+         "Envoy rate limit service calls (ShouldRateLimit) by domain and code.");
+  c->visit_domains([&](const rls_domain_counters& d, bool configured) {
+    std::uint64_t n[rls_code_count];
+    std::uint64_t total = 0;
+    for (std::size_t i = 0; i < rls_code_count; ++i) {
+      n[i] = d.requests(static_cast<rls_code>(i));
+      total += n[i];
+    }
+    if (!configured && total == 0) return;
+    const std::string domain = "domain=\"" + escape_label(d.domain()) + "\",code=\"";
+    for (std::size_t i = 0; i < rls_code_count; ++i) {
+      sample(out, "sluice_rls_requests_total",
+             domain + std::string(to_string(static_cast<rls_code>(i))) + "\"", n[i]);
+    }
+  });
+  header(out, "sluice_rls_hits_total", "counter",
+         "Hits (hits_addend) of the Envoy configuration's rate limits by domain, descriptor "
+         "and outcome: within_limit, near_limit (taking the use above 80% of the limit), "
+         "over_limit, shadow_mode (over the limit, answered OK).");
+  c->visit_rules([&](const rls_rule_counters& rule, bool configured) {
+    const std::string labels = "domain=\"" + escape_label(rule.domain()) + "\",descriptor=\"" +
+                               escape_label(rule.descriptor()) + "\",";
+    rule.visit([&](std::string_view entries, const rls_series& s) {
+      // A detailed rule's values, and what no rule of the configuration has, appear once
+      // they count; the configuration's rules are always there.
+      if ((rule.detailed() || !configured) && s.empty()) return;
+      std::string series = labels;
+      if (rule.detailed()) series += "entries=\"" + escape_label(entries) + "\",";
+      series += "outcome=\"";
+      for (std::size_t o = 0; o < rls_outcome_count; ++o) {
+        const auto outcome = static_cast<rls_outcome>(o);
+        sample(out, "sluice_rls_hits_total", series + std::string(to_string(outcome)) + "\"",
+               s.hits(outcome));
+      }
+    });
   });
 }
 

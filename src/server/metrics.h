@@ -17,6 +17,8 @@
 
 namespace sluice::server {
 
+class rls_metrics;  // server/rls_metrics.h
+
 // The routes of the HTTP API, as metrics label them.
 enum class route : std::uint8_t {
   acquire,  // POST /v1/acquire
@@ -71,6 +73,11 @@ class metrics {
   // Counts a connection closed at once because `max_connections` were open.
   void connection_refused() noexcept { refused_.fetch_add(1, std::memory_order_relaxed); }
 
+  // Returns the counters of Envoy's rate limit service (rls_metrics.h), which its handler
+  // installs; rendered by render_rls_metrics.
+  rls_metrics& rls() noexcept { return *rls_; }
+  const rls_metrics& rls() const noexcept { return *rls_; }
+
   std::int64_t open_connections() const noexcept { return open_.load(std::memory_order_relaxed); }
   std::uint64_t decisions(std::size_t slot, outcome o) const noexcept;
   std::uint64_t requests(route r, unsigned status) const noexcept;
@@ -105,11 +112,35 @@ class metrics {
   std::unique_ptr<route_counts[]> routes_;        // route_count
   std::atomic<std::int64_t> open_{0};
   std::atomic<std::uint64_t> refused_{0};
+  std::unique_ptr<rls_metrics> rls_;
 };
 
 // Appends the store's own metrics (`store::visit_metrics`) in the text format: for a
 // Redis store sluice_redis_*, for a cluster also sluice_redis_cluster_*, for the memory
 // store sluice_memory_*.
 void render_store_metrics(std::string& out, const store& s);
+
+// Appends the counters of Envoy's rate limit service (rls_metrics.h) in the text format,
+// nothing before a configuration is installed:
+//   sluice_rls_requests_total{domain,code}: ShouldRateLimit calls by domain (`_unknown_` for
+//     one the configuration lacks) and code (OK, OVER_LIMIT, INVALID_ARGUMENT, UNAVAILABLE);
+//   sluice_rls_hits_total{domain,descriptor[,entries],outcome}: the hits of each rule by
+//     outcome (within_limit, near_limit, over_limit, shadow_mode); `entries` with
+//     detailed_metric. The configuration's series are always there, zeros included; the
+//     `_unknown_` domain, `_override_` descriptors and each `entries` value appear once they
+//     count something.
+void render_rls_metrics(std::string& out, const rls_metrics& m);
+
+// Appends `bytes` to `out` as text that a Prometheus label value may hold (before the text
+// format's escaping), whatever they are: valid UTF-8 is copied, except control characters
+// (below U+0020, and U+007F); those and every byte of malformed UTF-8 become `\xNN` (two
+// lower-case hex digits). Stops before `out` would pass `max_bytes`, and returns whether all
+// of `bytes` went in.
+bool append_label_text(std::string& out, std::string_view bytes, std::size_t max_bytes);
+// Returns `bytes` as label text (append_label_text, uncut): "a\xffb" for a, 0xFF, b.
+std::string label_text(std::string_view bytes);
+// Returns `text` escaped for a label value of the text format: backslash, double quote and
+// line feed as `\\`, `\"` and `\n`.
+std::string escape_label(std::string_view text);
 
 }  // namespace sluice::server

@@ -38,9 +38,28 @@ struct asked {
   std::shared_ptr<const policy> override;  // the descriptor's own limit, when it has one
   std::string override_key;
   std::int64_t cost = 1;
-  bool impossible = false;  // cost above the limit: over the limit, whatever the state
-  std::size_t item = 0;     // its index among the limiter's items
+  bool impossible = false;       // cost above the limit: over the limit, whatever the state
+  std::size_t item = 0;          // its index among the limiter's items
+  rls_series* counts = nullptr;  // where its hits are counted, when limited and counted
 };
+
+// Returns the series that counts the hits of descriptor `d` of a request to `domain`, which
+// matched `m`: its rule's (with detailed_metric, its entries'), or for a descriptor with its
+// own limit and no rule the domain's `_override_`; nullptr when nothing limits it.
+rls_series* counts_of(const rls_counters& c, std::string_view domain, const envoy_match& m,
+                      bool has_override,
+                      const envoy::extensions::common::ratelimit::v3::RateLimitDescriptor& d) {
+  const bool limited = m.status == envoy_match_status::limited;
+  if (!limited && !has_override) return nullptr;
+  rls_rule_counters* rule = m.rate_limit != nullptr ? c.rule(*m.rate_limit) : nullptr;
+  if (rule == nullptr && has_override) rule = &c.domain(domain).overrides();
+  if (rule == nullptr) return nullptr;
+  if (!rule->detailed()) return &rule->series({});
+  std::vector<envoy_entry> entries;
+  entries.reserve(static_cast<std::size_t>(d.entries_size()));
+  for (const auto& e : d.entries()) entries.push_back({e.key(), e.value()});
+  return &rule->series(entries);
+}
 
 // Returns the sluice limit of a descriptor's limit override, if it names one.
 std::optional<sluice::limit> override_limit(
@@ -76,10 +95,13 @@ std::string policy_item(std::string_view name, std::int64_t count, microseconds 
   return sf_string(name) + ";q=" + std::to_string(count) + ";w=" + std::to_string(w);
 }
 
-// Fills `response` from the decisions of the limited descriptors.
+// Fills `response` from the decisions of the limited descriptors, and counts their hits.
 void respond(const std::vector<asked>& asks, const std::vector<decision>& ds, bool impossible,
              rls::RateLimitResponse* response) {
   bool over = impossible;
+  // Whether the request spent: else a decision that allows says what is left before its hits.
+  const bool admitted =
+      !impossible && std::all_of(ds.begin(), ds.end(), [](const decision& d) { return d.allowed; });
   std::string policies, fields;
   microseconds longest{0};
   for (const asked& a : asks) {
@@ -126,6 +148,16 @@ void respond(const std::vector<asked>& asks, const std::vector<decision>& ds, bo
       over = true;
       longest = std::max(longest, d.retry_after);
     }
+    if (a.counts != nullptr) {
+      // A shadow limit's denial comes back allowed, from `decision_source::shadow`.
+      const bool denied = !d.allowed || d.source == decision_source::shadow;
+      std::int64_t used = 0;
+      if (!denied) {
+        used = count - std::clamp<std::int64_t>(d.remaining, 0, count) +
+               (admitted ? 0 : std::min(a.cost, count));
+      }
+      a.counts->add(split_hits(a.cost, count, used, denied, shadow));
+    }
     st->set_limit_remaining(static_cast<std::uint32_t>(
         std::clamp<std::int64_t>(d.remaining, 0, std::numeric_limits<std::uint32_t>::max())));
     const microseconds until = d.allowed ? d.reset_after : d.retry_after;
@@ -152,6 +184,14 @@ void respond(const std::vector<asked>& asks, const std::vector<decision>& ds, bo
   }
 }
 
+// Counts an answered call by its overall code, when counting.
+void count_answer(rls_domain_counters* requests, const rls::RateLimitResponse& response) {
+  if (requests == nullptr) return;
+  requests->count(response.overall_code() == rls::RateLimitResponse::OVER_LIMIT
+                      ? rls_code::over_limit
+                      : rls_code::ok);
+}
+
 }  // namespace
 
 // The policies of one loaded configuration: one per rate limit, unscoped (a match's store
@@ -159,8 +199,10 @@ void respond(const std::vector<asked>& asks, const std::vector<decision>& ds, bo
 struct envoy_rls_handler::loaded {
   envoy_config config;
   std::unordered_map<const envoy_rate_limit*, policy> policies;
+  std::shared_ptr<const rls_counters> counters;  // nullptr: nothing is counted
 
-  loaded(envoy_config c, failure_mode on_failure) : config(std::move(c)) {
+  loaded(envoy_config c, failure_mode on_failure, rls_metrics* metrics) : config(std::move(c)) {
+    if (metrics != nullptr) counters = metrics->install(config);
     for (const envoy_rate_limit& rl : config.rate_limits()) {
       if (!rl.limit) continue;
       policy p;
@@ -174,10 +216,11 @@ struct envoy_rls_handler::loaded {
 };
 
 envoy_rls_handler::envoy_rls_handler(envoy_config config, failure_mode on_failure,
-                                     sluice::limiter& lim)
+                                     sluice::limiter& lim, rls_metrics* metrics)
     : lim_(lim),
       on_failure_(on_failure),
-      current_(std::make_shared<loaded>(std::move(config), on_failure)) {}
+      metrics_(metrics),
+      current_(std::make_shared<loaded>(std::move(config), on_failure, metrics)) {}
 
 envoy_rls_handler::~envoy_rls_handler() = default;
 
@@ -190,7 +233,7 @@ result<std::size_t> envoy_rls_handler::reload(const std::string& dir) {
   auto config = load_envoy_config(dir);
   if (!config) return fail(config.error());
   const std::size_t files = config->files().size();
-  auto next = std::make_shared<loaded>(std::move(*config), on_failure_);
+  auto next = std::make_shared<loaded>(std::move(*config), on_failure_, metrics_);
   const std::lock_guard lock(mu_);
   current_ = std::move(next);
   return files;
@@ -198,12 +241,18 @@ result<std::size_t> envoy_rls_handler::reload(const std::string& dir) {
 
 void envoy_rls_handler::should_rate_limit(const rls::RateLimitRequest& request,
                                           rls::RateLimitResponse* response, rls_done done) {
+  std::shared_ptr<const loaded> cfg = snapshot();
+  rls_domain_counters* requests =
+      cfg->counters ? &cfg->counters->domain(request.domain()) : nullptr;
+  const auto refuse = [&](grpc::Status status) {
+    if (requests != nullptr) requests->count(rls_code::invalid_argument);
+    done(std::move(status));
+  };
   if (request.descriptors_size() > kMaxDescriptors) {
-    return done(
+    return refuse(
         grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                      "at most " + std::to_string(kMaxDescriptors) + " descriptors per request"));
   }
-  std::shared_ptr<const loaded> cfg = snapshot();
   const std::int64_t hits = request.hits_addend() == 0 ? 1 : request.hits_addend();
   auto asks =
       std::make_shared<std::vector<asked>>(static_cast<std::size_t>(request.descriptors_size()));
@@ -213,10 +262,10 @@ void envoy_rls_handler::should_rate_limit(const rls::RateLimitRequest& request,
   for (int i = 0; i < request.descriptors_size(); ++i) {
     const auto& d = request.descriptors(i);
     if (d.entries_size() > kMaxEntries) {
-      return done(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                               "descriptor " + std::to_string(i) + " has " +
-                                   std::to_string(d.entries_size()) + " entries; at most " +
-                                   std::to_string(kMaxEntries)));
+      return refuse(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                 "descriptor " + std::to_string(i) + " has " +
+                                     std::to_string(d.entries_size()) + " entries; at most " +
+                                     std::to_string(kMaxEntries)));
     }
     entries.clear();
     for (const auto& e : d.entries()) entries.push_back({e.key(), e.value()});
@@ -253,6 +302,10 @@ void envoy_rls_handler::should_rate_limit(const rls::RateLimitRequest& request,
     asked& a = (*asks)[i];
     a.match = std::move(matches[i]);
     const bool limited = a.match.status == envoy_match_status::limited;
+    if (cfg->counters) {
+      a.counts = counts_of(*cfg->counters, request.domain(), a.match, a.override != nullptr,
+                           request.descriptors(static_cast<int>(i)));
+    }
     if (a.override) {
       a.p = a.override.get();
     } else if (limited && a.match.rate_limit->denies_all()) {
@@ -279,22 +332,28 @@ void envoy_rls_handler::should_rate_limit(const rls::RateLimitRequest& request,
   }
   if (items.empty()) {
     respond(*asks, {}, impossible, response);
+    count_answer(requests, *response);
     return done(grpc::Status::OK);
   }
-  lim_.async_acquire_all(items, [cfg, asks, impossible, response, done = std::move(done)](
+  lim_.async_acquire_all(items, [cfg, asks, impossible, requests, response, done = std::move(done)](
                                     result<std::vector<decision>> got) mutable {
-    if (!got) return done(grpc::Status(grpc::StatusCode::UNAVAILABLE, got.error().message()));
+    if (!got) {
+      if (requests != nullptr) requests->count(rls_code::unavailable);
+      return done(grpc::Status(grpc::StatusCode::UNAVAILABLE, got.error().message()));
+    }
     respond(*asks, *got, impossible, response);
+    count_answer(requests, *response);
     done(grpc::Status::OK);
   });
 }
 
 std::unique_ptr<envoy_rls_handler> make_rls_handler(const server_config& config,
-                                                    sluice::limiter& lim, metrics& /*m*/) {
+                                                    sluice::limiter& lim, metrics& m) {
   if (config.envoy_config.empty()) return nullptr;
   auto loaded = load_envoy_config(config.envoy_config);
   if (!loaded) throw std::runtime_error("envoy_config: " + loaded.error().message());
-  return std::make_unique<envoy_rls_handler>(std::move(*loaded), failure_mode::allow, lim);
+  return std::make_unique<envoy_rls_handler>(std::move(*loaded), failure_mode::allow, lim,
+                                             &m.rls());
 }
 
 }  // namespace sluice::server

@@ -11,6 +11,7 @@
 #include "server/envoy_config.h"
 #include "server/grpc_server.h"
 #include "server/metrics.h"
+#include "server/rls_metrics.h"
 #include "sluice/limiter.h"
 
 namespace sluice::server {
@@ -23,12 +24,18 @@ namespace sluice::server {
 // one status per descriptor (OK with no current_limit for a descriptor that matches no
 // limit, an unknown domain or an unlimited one; OVER_LIMIT where a limit denies, unless it
 // is in shadow mode), the overall code, and the RateLimit-Policy / RateLimit fields and
-// Retry-After as the HTTP API writes them. Thread-safe; `reload` swaps the configuration
-// while calls run (each finishes with the one it started with).
+// Retry-After as the HTTP API writes them. With `rls_metrics`, each call is counted by
+// domain and code, and each limited descriptor's hits (its cost) by rule and outcome
+// (rls_metrics.h; a store failure counts no hits). Thread-safe; `reload` swaps the
+// configuration while calls run (each finishes with the one it started with, and counts
+// into its counters).
 class envoy_rls_handler final : public rls_handler {
  public:
-  // `on_failure` decides for rate limits that name no `on_failure` of their own.
-  envoy_rls_handler(envoy_config config, failure_mode on_failure, sluice::limiter& lim);
+  // `on_failure` decides for rate limits that name no `on_failure` of their own. `metrics`
+  // (nullptr: nothing is counted) gets the configuration installed now and at each reload;
+  // it outlives the handler.
+  envoy_rls_handler(envoy_config config, failure_mode on_failure, sluice::limiter& lim,
+                    rls_metrics* metrics = nullptr);
   ~envoy_rls_handler() override;
 
   void should_rate_limit(const rls::RateLimitRequest& request, rls::RateLimitResponse* response,
@@ -44,6 +51,7 @@ class envoy_rls_handler final : public rls_handler {
 
   sluice::limiter& lim_;
   const failure_mode on_failure_;
+  rls_metrics* const metrics_;
   mutable std::mutex mu_;
   std::shared_ptr<const loaded> current_;
 };
@@ -51,8 +59,9 @@ class envoy_rls_handler final : public rls_handler {
 // Returns the handler that answers ShouldRateLimit for `config` with `lim`, or nullptr when
 // `config` has no `envoy_config`: `sluice serve` then refuses `grpc_listen` ("grpc_listen
 // needs envoy_config"). Throws std::runtime_error when the Envoy configuration does not load
-// (`file:line: field: problem`). The limiter and the metrics outlive the handler, and the
-// handler outlives every call's `done` (serve destroys it after the gRPC server).
+// (`file:line: field: problem`). The handler counts into `m.rls()`. The limiter and the
+// metrics outlive the handler, and the handler outlives every call's `done` (serve destroys
+// it after the gRPC server).
 std::unique_ptr<envoy_rls_handler> make_rls_handler(const server_config& config,
                                                     sluice::limiter& lim, metrics& m);
 

@@ -156,6 +156,7 @@ descriptors:
   EXPECT_TRUE(rl.detailed_metric);
   EXPECT_FALSE(rl.denies_all());
   EXPECT_EQ(rl.stats_key, "api.route_checkout");
+  EXPECT_EQ(rl.domain, "api");
   EXPECT_EQ(rl.source, "t.yaml:9");
   EXPECT_EQ(c.files().size(), 1u);
   EXPECT_EQ(c.domains(), (std::vector<std::string_view>{"api"}));

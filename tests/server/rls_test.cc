@@ -1,7 +1,8 @@
 // Tests of Envoy's rate limit service as sluice answers it: the handler (envoy_rls_handler)
-// on a memory store for the decisions, statuses and header fields of ShouldRateLimit, and
-// `sluice serve` with an Envoy configuration behind a real gRPC client, on the memory store
-// and on a real Redis, where racing requests over two limits are decided all or nothing.
+// on a memory store for the decisions, statuses and header fields of ShouldRateLimit and the
+// counters it keeps, and `sluice serve` with an Envoy configuration behind a real gRPC
+// client, on the memory store and on a real Redis, where racing requests over two limits are
+// decided all or nothing, and its /metrics page.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -14,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
@@ -23,8 +25,11 @@
 #include <grpcpp/grpcpp.h>
 
 #include "envoy/service/ratelimit/v3/rls.grpc.pb.h"
+#include "server/e2e_support.h"
 #include "server/envoy_config.h"
+#include "server/metrics.h"
 #include "server/rls.h"
+#include "server/rls_metrics.h"
 #include "server/serve.h"
 #include "sluice/clock.h"
 #include "sluice/limiter.h"
@@ -37,6 +42,7 @@ namespace {
 
 namespace rls = envoy::service::ratelimit::v3;
 using sluice::server::envoy_rls_handler;
+using sluice::server::rls_metrics;
 using sluice::test::must;
 using std::chrono::seconds;
 using Code = rls::RateLimitResponse::Code;
@@ -96,9 +102,23 @@ class RlsHandler : public ::testing::Test {
     lo.store = std::make_shared<sluice::memory_store>(o);
     lo.time_source = &clock_;
     limiter_ = std::make_unique<sluice::limiter>(std::move(lo));
+    use(kEdge);
+  }
+
+  // Answers from `yaml` from now on, counting into new counters with a cap of `detailed`.
+  void use(const char* yaml, std::size_t detailed = sluice::server::default_detailed_values) {
+    handler_.reset();
+    rls_ = std::make_unique<rls_metrics>(detailed);
     handler_ = std::make_unique<envoy_rls_handler>(
-        must(sluice::server::parse_envoy_config(kEdge, "edge.yaml")), sluice::failure_mode::allow,
-        *limiter_);
+        must(sluice::server::parse_envoy_config(yaml, "test.yaml")), sluice::failure_mode::allow,
+        *limiter_, rls_.get());
+  }
+
+  // Returns the counters as GET /metrics shows them.
+  std::string page() const {
+    std::string out;
+    sluice::server::render_rls_metrics(out, *rls_);
+    return out;
   }
 
   // Returns the handler's answer to `r` (the memory store answers before the call returns).
@@ -115,6 +135,7 @@ class RlsHandler : public ::testing::Test {
 
   sluice::manual_clock clock_{seconds(1'700'000'000)};
   std::unique_ptr<sluice::limiter> limiter_;
+  std::unique_ptr<rls_metrics> rls_;
   std::unique_ptr<envoy_rls_handler> handler_;
   std::unique_ptr<sluice::server::metrics> metrics_for_examples_ =
       std::make_unique<sluice::server::metrics>(std::vector<std::string>{});
@@ -226,6 +247,185 @@ TEST_F(RlsHandler, HostileRequestsAreClearErrorsOrHarmless) {
   const auto r = ask(request({{{"user", huge}}}));
   EXPECT_EQ(r.statuses(0).limit_remaining(), 99u);
   EXPECT_EQ(ask(request({{{"user", huge}}})).statuses(0).limit_remaining(), 98u);
+}
+
+// A domain for the counters: a limit of 10, whose 80% is 8; a shadow limit of 2; a detailed
+// limit of 5; an unlimited path; a blocked key.
+constexpr const char* kShop = R"(domain: shop
+descriptors:
+  - key: user
+    rate_limit: {unit: minute, requests_per_unit: 10}
+  - key: plan
+    value: trial
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: remote_address
+    detailed_metric: true
+    rate_limit: {unit: minute, requests_per_unit: 5}
+  - key: path
+    value: /health
+    rate_limit: {unlimited: true}
+  - key: blocked
+    rate_limit: {unit: hour, requests_per_unit: 0}
+)";
+
+// Returns the value of the sample `series` in `text`, or -1 when it is not there.
+long long value(const std::string& text, const std::string& series) {
+  return sluice::test::e2e::sample("\n" + text, series);
+}
+
+// Returns the `sluice_rls_hits_total` series of `descriptor` in domain shop.
+std::string hits(const std::string& descriptor, const std::string& outcome,
+                 const std::string& labelled = "") {
+  return R"(sluice_rls_hits_total{domain="shop",descriptor=")" + descriptor + "\"," +
+         (labelled.empty() ? "" : "entries=\"" + labelled + "\",") + "outcome=\"" + outcome + "\"}";
+}
+
+std::string calls(const std::string& domain, const std::string& code) {
+  return R"(sluice_rls_requests_total{domain=")" + domain + R"(",code=")" + code + "\"}";
+}
+
+// Returns the lines of `text` that start with `prefix`.
+std::size_t count_lines(const std::string& text, const std::string& prefix) {
+  std::size_t n = 0;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) n += line.starts_with(prefix) ? 1 : 0;
+  return n;
+}
+
+// Verifies the exact counts after a known sequence: hits (hits_addend) within the limit, the
+// ones that take its use above 8 of 10 near it (one request's hits split as envoyproxy
+// splits them), the ones over it, a shadow limit's over it as shadow_mode, a blocked key
+// over it; unlimited and unmatched descriptors count no hits; calls by domain and code.
+TEST_F(RlsHandler, MetricsCountHitsByOutcome) {
+  use(kShop);
+  const auto u = request({{{"user", "u"}}}, 0, "shop");
+  for (int i = 0; i < 9; ++i) ask(u);  // 8 within, 1 near
+  EXPECT_EQ(ask(request({{{"user", "u"}}}, 2, "shop")).overall_code(),
+            rls::RateLimitResponse::OVER_LIMIT);                         // 2 over
+  EXPECT_EQ(ask(u).overall_code(), rls::RateLimitResponse::OK);          // 10 of 10: near
+  EXPECT_EQ(ask(u).overall_code(), rls::RateLimitResponse::OVER_LIMIT);  // over
+  ask(request({{{"user", "v"}}}, 7, "shop"));                            // 7 within
+  ask(request({{{"user", "v"}}}, 3, "shop"));  // 7 → 10: 1 within, 2 near
+  const auto trial = request({{{"plan", "trial"}}}, 0, "shop");
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(ask(trial).overall_code(), rls::RateLimitResponse::OK);  // 1, 1, shadow 1
+  ask(request({{{"path", "/health"}}, {{"colour", "blue"}}}, 0, "shop"));
+  EXPECT_EQ(ask(request({{{"blocked", "b"}}}, 0, "shop")).overall_code(),
+            rls::RateLimitResponse::OVER_LIMIT);
+  ask(request({{{"user", "u"}}}, 0, "nowhere"));
+  ask(request({std::vector<entries>(100, entries{{"user", "x"}})}, 0, "shop"),
+      grpc::StatusCode::INVALID_ARGUMENT);
+
+  const std::string text = page();
+  EXPECT_EQ(value(text, hits("user", "within_limit")), 16) << text;
+  EXPECT_EQ(value(text, hits("user", "near_limit")), 4) << text;
+  EXPECT_EQ(value(text, hits("user", "over_limit")), 3) << text;
+  EXPECT_EQ(value(text, hits("user", "shadow_mode")), 0) << text;
+  EXPECT_EQ(value(text, hits("plan_trial", "within_limit")), 1) << text;
+  EXPECT_EQ(value(text, hits("plan_trial", "near_limit")), 1) << text;
+  EXPECT_EQ(value(text, hits("plan_trial", "over_limit")), 0) << text;
+  EXPECT_EQ(value(text, hits("plan_trial", "shadow_mode")), 1) << text;
+  EXPECT_EQ(value(text, hits("blocked", "over_limit")), 1) << text;
+  EXPECT_EQ(text.find("path"), std::string::npos) << text;
+  EXPECT_EQ(text.find("colour"), std::string::npos) << text;
+  EXPECT_EQ(value(text, calls("shop", "OK")), 16) << text;
+  EXPECT_EQ(value(text, calls("shop", "OVER_LIMIT")), 3) << text;
+  EXPECT_EQ(value(text, calls("shop", "INVALID_ARGUMENT")), 1) << text;
+  EXPECT_EQ(value(text, calls("shop", "UNAVAILABLE")), 0) << text;
+  EXPECT_EQ(value(text, calls("_unknown_", "OK")), 1) << text;
+}
+
+// Verifies that each descriptor is counted by its own limit's answer, as envoyproxy counts
+// them: a request one limit denies counts the other's hits within its limit (they were
+// looked at, not spent, so the next request counts the same); a descriptor's own limit with
+// no rule counts under `_override_`.
+TEST_F(RlsHandler, MetricsCountEachDescriptorByItsOwnLimit) {
+  use(kShop);
+  ask(request({{{"user", "w"}}}, 10, "shop"));  // 8 within, 2 near
+  const auto both = request({{{"user", "w"}}, {{"remote_address", "198.51.100.7"}}}, 0, "shop");
+  for (int i = 0; i < 2; ++i) {
+    const auto r = ask(both);
+    EXPECT_EQ(r.overall_code(), rls::RateLimitResponse::OVER_LIMIT);
+    EXPECT_EQ(r.statuses(1).code(), rls::RateLimitResponse::OK);
+    EXPECT_EQ(r.statuses(1).limit_remaining(), 5u);  // not spent
+  }
+  auto own = request({{{"colour", "blue"}}}, 0, "shop");
+  own.mutable_descriptors(0)->mutable_limit()->set_requests_per_unit(1);
+  own.mutable_descriptors(0)->mutable_limit()->set_unit(envoy::type::v3::HOUR);
+  EXPECT_EQ(ask(own).overall_code(), rls::RateLimitResponse::OK);
+  EXPECT_EQ(ask(own).overall_code(), rls::RateLimitResponse::OVER_LIMIT);
+
+  const std::string text = page();
+  EXPECT_EQ(value(text, hits("user", "over_limit")), 2) << text;
+  EXPECT_EQ(value(text, hits("remote_address", "within_limit", "remote_address_198.51.100.7")), 2)
+      << text;
+  EXPECT_EQ(value(text, hits("remote_address", "near_limit", "remote_address_198.51.100.7")), 0)
+      << text;
+  EXPECT_EQ(value(text, hits("_override_", "near_limit")), 1) << text;  // 1 of 1: above 80%
+  EXPECT_EQ(value(text, hits("_override_", "over_limit")), 1) << text;
+}
+
+// Verifies detailed_metric: each value of the descriptor is a label of its own up to the cap
+// (3 here), the rest are counted under `_other_`, and a value labelled before the cap was
+// reached keeps its label.
+TEST_F(RlsHandler, DetailedMetricLabelsValuesUpToTheCap) {
+  use(kShop, 3);
+  for (const char* a : {"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.1"}) {
+    ask(request({{{"remote_address", a}}}, 0, "shop"));
+  }
+  const std::string text = page();
+  EXPECT_EQ(value(text, hits("remote_address", "within_limit", "remote_address_10.0.0.1")), 2)
+      << text;
+  EXPECT_EQ(value(text, hits("remote_address", "within_limit", "remote_address_10.0.0.3")), 1)
+      << text;
+  EXPECT_EQ(value(text, hits("remote_address", "within_limit", "_other_")), 2) << text;
+  EXPECT_EQ(text.find("10.0.0.4"), std::string::npos) << text;
+  EXPECT_EQ(count_lines(text, R"(sluice_rls_hits_total{domain="shop",descriptor="remote_address")"),
+            4u * 4u);
+}
+
+// Verifies that hostile descriptor values cannot break the metrics page: quotes,
+// backslashes, line feeds, NUL and bytes that are not UTF-8 come out escaped, every line is
+// a comment or a sample, and the page is printable UTF-8.
+TEST_F(RlsHandler, HostileDescriptorValuesAreEscapedInTheMetrics) {
+  use(kShop);
+  const std::vector<std::string> values = {
+      "a\"b", "c\\d", "e\nsluice_fake_total 1\n", std::string("f\0g", 3), "\xff\xfe", "}\" 99"};
+  for (const auto& v : values) ask(request({{{"remote_address", v}}}, 0, "shop"));
+  const std::string text = page();
+  const std::string within = "within_limit";
+  EXPECT_EQ(value(text, hits("remote_address", within, R"(remote_address_a\"b)")), 1) << text;
+  EXPECT_EQ(value(text, hits("remote_address", within, R"(remote_address_c\\d)")), 1) << text;
+  EXPECT_EQ(value(text, hits("remote_address", within,
+                             R"(remote_address_e\\x0asluice_fake_total 1\\x0a)")),
+            1)
+      << text;
+  EXPECT_EQ(value(text, hits("remote_address", within, R"(remote_address_f\\x00g)")), 1) << text;
+  EXPECT_EQ(value(text, hits("remote_address", within, R"(remote_address_\\xff\\xfe)")), 1) << text;
+  EXPECT_EQ(value(text, hits("remote_address", within, R"(remote_address_}\" 99)")), 1) << text;
+  EXPECT_EQ(value(text, "sluice_fake_total"), -1);
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    EXPECT_TRUE(line.starts_with("# ") || line.starts_with("sluice_rls_")) << line;
+    EXPECT_EQ(sluice::server::label_text(line), line) << "not printable UTF-8: " << line;
+  }
+}
+
+// Verifies that 10,000 distinct values of a detailed descriptor leave 100 labels and
+// `_other_` on the page, every hit counted.
+TEST_F(RlsHandler, TenThousandDistinctValuesKeepTheMetricsBounded) {
+  use(kShop);
+  for (int i = 0; i < 10000; ++i) {
+    ask(request({{{"remote_address", "v" + std::to_string(i)}}}, 0, "shop"));
+  }
+  const std::string text = page();
+  const std::string prefix = R"(sluice_rls_hits_total{domain="shop",descriptor="remote_address")";
+  EXPECT_EQ(count_lines(text, prefix), (sluice::server::default_detailed_values + 1) * 4);
+  EXPECT_EQ(value(text, hits("remote_address", "within_limit", "remote_address_v99")), 1);
+  EXPECT_EQ(value(text, hits("remote_address", "within_limit", "remote_address_v100")), -1);
+  EXPECT_EQ(value(text, hits("remote_address", "within_limit", "_other_")), 9900);
+  EXPECT_LT(text.size(), 64u * 1024);
 }
 
 // Verifies reload: a good directory replaces the configuration, a bad one keeps it.
@@ -375,6 +575,34 @@ TEST_F(RlsServe, AllOrNothingUnderRacingRequestsOnACluster) {
   sluice::test::redis_cluster cluster;
   start(cluster.uri() + "?timeout=2s");
   race(/*exact=*/false);
+}
+
+// Verifies that GET /metrics of `sluice serve` shows the rate limit service's counters once
+// gRPC calls were answered.
+TEST_F(RlsServe, MetricsPageShowsTheRateLimitService) {
+  start("memory://");
+  rls::RateLimitResponse r;
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(call(request({{{"api_key", "m"}}}), &r).ok());
+  ASSERT_TRUE(call(request({{{"plan", "trial"}}}), &r).ok());
+  sluice::test::e2e::client c(service_->port());
+  const std::string text = c.call(boost::beast::http::verb::get, "/metrics").body();
+  const std::string api = R"(sluice_rls_hits_total{domain="edge",descriptor="api_key",outcome=")";
+  EXPECT_EQ(sluice::test::e2e::sample(text, api + R"(within_limit"})"), 2) << text;
+  EXPECT_EQ(sluice::test::e2e::sample(text, api + R"(near_limit"})"), 1) << text;  // 3 of 3
+  EXPECT_EQ(sluice::test::e2e::sample(text, api + R"(over_limit"})"), 1) << text;
+  EXPECT_EQ(
+      sluice::test::e2e::sample(
+          text,
+          R"(sluice_rls_hits_total{domain="edge",descriptor="plan_trial",outcome="near_limit"})"),
+      1)
+      << text;
+  EXPECT_EQ(
+      sluice::test::e2e::sample(text, R"(sluice_rls_requests_total{domain="edge",code="OK"})"), 4)
+      << text;
+  EXPECT_EQ(sluice::test::e2e::sample(
+                text, R"(sluice_rls_requests_total{domain="edge",code="OVER_LIMIT"})"),
+            1)
+      << text;
 }
 
 // Verifies that malformed bytes are a gRPC error and the server keeps serving.
