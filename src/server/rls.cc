@@ -325,6 +325,27 @@ void envoy_rls_handler::should_rate_limit(const rls::RateLimitRequest& request,
         {a.p, a.override ? std::string_view(a.override_key) : std::string_view(a.match.store_key),
          a.cost});
   }
+  // One descriptor given twice counts twice on one key: together its costs may be more than
+  // its limit, which no state can admit.
+  for (std::size_t i = 0; i < asks->size(); ++i) {
+    asked& a = (*asks)[i];
+    if (a.p == nullptr || a.impossible || a.item >= items.size() || items[a.item].p != a.p) {
+      continue;
+    }
+    std::int64_t together = 0;
+    for (const spend& s : items) {
+      if (s.key == items[a.item].key) together += s.cost;
+    }
+    if (together > a.p->limit.count) {
+      a.impossible = true;
+      impossible = impossible || !a.p->shadow;
+    }
+  }
+  for (const asked& a : *asks) {
+    if (a.impossible && a.p != nullptr && a.item < items.size() && items[a.item].p == a.p) {
+      items[a.item].cost = 0;  // a shadow limit's too: it never denies, and spends nothing
+    }
+  }
   // A request that cannot be admitted (a limit of 0, a cost above a limit) spends nothing:
   // its other limits are only looked at.
   if (impossible) {

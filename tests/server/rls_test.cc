@@ -212,6 +212,17 @@ TEST_F(RlsHandler, HitsAddendIsTheCost) {
   EXPECT_EQ(ask(request({{{"api_key", "h"}}})).statuses(0).limit_remaining(), 2u);
 }
 
+// Verifies that one descriptor given twice counts twice, and that costs which together are
+// above its limit are over the limit and spend nothing (not an error).
+TEST_F(RlsHandler, RepeatedDescriptorsAddUp) {
+  auto r = request({{{"user", "twice"}}, {{"user", "twice"}}}, 30);
+  EXPECT_EQ(ask(r).statuses(1).limit_remaining(), 40u);
+  auto over = request({{{"user", "twice2"}}, {{"user", "twice2"}}}, 60);
+  const auto answer = ask(over);
+  EXPECT_EQ(answer.overall_code(), rls::RateLimitResponse::OVER_LIMIT);
+  EXPECT_EQ(ask(request({{{"user", "twice2"}}})).statuses(0).limit_remaining(), 99u);
+}
+
 // Verifies that a descriptor's own limit replaces the configured one and counts apart.
 TEST_F(RlsHandler, LimitOverrideIsHonoured) {
   auto r = request({{{"user", "o"}}});
