@@ -23,13 +23,18 @@ namespace health = grpc::health::v1;
 // The name the health service answers for besides "" (the whole server).
 constexpr std::string_view kRlsServiceName = "envoy.service.ratelimit.v3.RateLimitService";
 
-// One ShouldRateLimit call: the reactor gRPC drives, and the request and response the handler
-// works on. Deleted when the last reference goes: gRPC's own (until OnDone, which comes only
-// after Finish) and one per live copy of the call's rls_done. Thread-safe.
-class rls_call final : public grpc::ServerUnaryReactor {
+// One ShouldRateLimit call as the handler sees it: the request, the response, and whether it
+// has been answered. Deleted by the last reference: its reactor's (until gRPC's OnDone, which
+// comes only after Finish) and one per live copy of the call's rls_done. Kept apart from the
+// reactor, which gRPC hands between its threads in ways a ThreadSanitizer build cannot see
+// (docs/DESIGN.md, "Testing and CI"): what the handler's threads touch changes hands through
+// these atomics only. Thread-safe.
+class rls_call {
  public:
-  // `reply` is gRPC's buffer for the response bytes, valid until the call is finished.
-  explicit rls_call(grpc::ByteBuffer* reply) : reply_(reply) {}
+  // `reactor` and gRPC's buffer for the response bytes, `reply`, are valid until the call is
+  // answered.
+  rls_call(grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* reply)
+      : reactor_(reactor), reply_(reply) {}
 
   rls::RateLimitRequest request;
   rls::RateLimitResponse response;
@@ -39,12 +44,12 @@ class rls_call final : public grpc::ServerUnaryReactor {
   bool answer(const grpc::Status& status) {
     if (answered_.exchange(true, std::memory_order_acq_rel)) return false;
     if (!status.ok()) {
-      Finish(status);
+      reactor_->Finish(status);
       return true;
     }
     bool own_buffer = false;
-    Finish(grpc::SerializationTraits<rls::RateLimitResponse>::Serialize(response, reply_,
-                                                                        &own_buffer));
+    reactor_->Finish(grpc::SerializationTraits<rls::RateLimitResponse>::Serialize(response, reply_,
+                                                                                  &own_buffer));
     return true;
   }
 
@@ -62,20 +67,36 @@ class rls_call final : public grpc::ServerUnaryReactor {
     unref();
   }
 
-  // The client cancelled, its deadline passed, or the server's drain ended: answer now, so
-  // that gRPC can end the call; whatever the handler sends later is dropped.
-  void OnCancel() override { answer(grpc::Status::CANCELLED); }
-  void OnDone() override { unref(); }
-
- private:
   void unref() {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
   }
 
+ private:
+  grpc::ServerUnaryReactor* const reactor_;
   grpc::ByteBuffer* const reply_;
   std::atomic<bool> answered_{false};
-  std::atomic<int> refs_{1};  // gRPC's until OnDone, plus answers_
+  std::atomic<int> refs_{1};  // the reactor's until OnDone, plus answers_
   std::atomic<int> answers_{0};
+};
+
+// The reactor gRPC drives for one call. Deleted by gRPC's OnDone, on a gRPC thread, while its
+// rls_call may live on until the handler lets go of it.
+class rls_reactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit rls_reactor(grpc::ByteBuffer* reply) : call_(new rls_call(this, reply)) {}
+
+  rls_call& call() { return *call_; }
+
+  // The client cancelled, its deadline passed, or the server's drain ended: answer now, so
+  // that gRPC can end the call; whatever the handler sends later is dropped.
+  void OnCancel() override { call_->answer(grpc::Status::CANCELLED); }
+  void OnDone() override {
+    call_->unref();
+    delete this;
+  }
+
+ private:
+  rls_call* const call_;
 };
 
 // The callable inside an rls_done: a counted reference to its call.
@@ -112,11 +133,12 @@ class rls_service final : public rls::RateLimitService::WithRawCallbackMethod_Sh
   grpc::ServerUnaryReactor* ShouldRateLimit(grpc::CallbackServerContext* /*context*/,
                                             const grpc::ByteBuffer* request,
                                             grpc::ByteBuffer* reply) override {
-    auto* call = new rls_call(reply);
+    auto* reactor = new rls_reactor(reply);
+    rls_call* call = &reactor->call();
     // gRPC refuses new calls itself once its Shutdown runs; this covers the moment before.
     if (draining_.load(std::memory_order_relaxed)) {
       call->answer(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
-      return call;
+      return reactor;
     }
     // An empty message (every field at its default) may arrive as no buffer at all.
     if (request->Valid()) {
@@ -125,7 +147,7 @@ class rls_service final : public rls::RateLimitService::WithRawCallbackMethod_Sh
                .ok()) {
         call->answer(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                   "not a RateLimitRequest: malformed protobuf"));
-        return call;
+        return reactor;
       }
     }
     // Held across the handler's call: a handler that throws has its `done` destroyed by the
@@ -137,7 +159,7 @@ class rls_service final : public rls::RateLimitService::WithRawCallbackMethod_Sh
       // The handler must not throw; one that does still answers its caller.
       call->answer(grpc::Status(grpc::StatusCode::INTERNAL, "the rate limit handler failed"));
     }
-    return call;
+    return reactor;
   }
 
  private:

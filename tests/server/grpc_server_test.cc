@@ -175,6 +175,52 @@ class countdown {
   int left_;
 };
 
+// ShouldRateLimit calls in flight at once, and what each needs until it is answered. The
+// destructor cancels the calls still unanswered and waits for them, so that a test that
+// fails half-way ends cleanly instead of freeing what gRPC still uses. Not thread-safe.
+class async_calls {
+ public:
+  // Starts one call per request on `stub`.
+  async_calls(rls::RateLimitService::Stub& stub, std::vector<rls::RateLimitRequest> requests)
+      : calls_(requests.size()), left_(static_cast<int>(requests.size())) {
+    for (std::size_t i = 0; i < calls_.size(); ++i) {
+      one& c = calls_[i];
+      c.request = std::move(requests[i]);
+      c.ctx.set_deadline(std::chrono::system_clock::now() + kPatience);
+      stub.async()->ShouldRateLimit(&c.ctx, &c.request, &c.response, [this, &c](grpc::Status s) {
+        c.status = std::move(s);
+        c.answers.fetch_add(1);
+        left_.arrive();
+      });
+    }
+  }
+  ~async_calls() {
+    if (wait()) return;
+    for (one& c : calls_) c.ctx.TryCancel();
+    left_.wait();
+  }
+
+  // Returns whether every call was answered (within kPatience).
+  bool wait() { return left_.wait(); }
+
+  std::size_t size() const { return calls_.size(); }
+  const grpc::Status& status(std::size_t i) const { return calls_[i].status; }
+  const rls::RateLimitResponse& response(std::size_t i) const { return calls_[i].response; }
+  // Returns how many times call i's callback ran.
+  int answers(std::size_t i) const { return calls_[i].answers.load(); }
+
+ private:
+  struct one {
+    grpc::ClientContext ctx;
+    rls::RateLimitRequest request;
+    rls::RateLimitResponse response;
+    grpc::Status status;
+    std::atomic<int> answers{0};
+  };
+  std::vector<one> calls_;
+  countdown left_;
+};
+
 rls::RateLimitRequest request_for(
     const std::string& domain,
     std::initializer_list<std::pair<std::string, std::string>> entries = {{"user", "42"}}) {
@@ -334,15 +380,6 @@ TEST_F(GrpcServer, ConcurrentCallsAreEachAnsweredOnce) {
   // Verifies that 500 calls in flight at once, half answered inline and half later from
   // another thread, each get their own answer, once.
   constexpr int kCalls = 500;
-  struct client_call {
-    grpc::ClientContext ctx;
-    rls::RateLimitRequest request;
-    rls::RateLimitResponse response;
-    grpc::Status status;
-    std::atomic<int> answers{0};
-  };
-  std::vector<std::unique_ptr<client_call>> calls;
-  countdown all(kCalls);
   handler_.how = test_handler::mode::hold_half;
   // Answers held calls from a thread of its own, as a store's I/O thread would.
   std::thread answerer([&] {
@@ -351,26 +388,18 @@ TEST_F(GrpcServer, ConcurrentCallsAreEachAnsweredOnce) {
       h.done(grpc::Status::OK);
     }
   });
-  for (int i = 0; i < kCalls; ++i) {
-    auto c = std::make_unique<client_call>();
-    set_deadline(c->ctx);
-    c->request = request_for("d", {{"call", std::to_string(i)}});
-    client_call* p = c.get();
-    calls.push_back(std::move(c));
-    rls_->async()->ShouldRateLimit(&p->ctx, &p->request, &p->response, [p, &all](grpc::Status s) {
-      p->status = std::move(s);
-      p->answers.fetch_add(1);
-      all.arrive();
-    });
-  }
-  ASSERT_TRUE(all.wait());
+  std::vector<rls::RateLimitRequest> requests;
+  for (int i = 0; i < kCalls; ++i)
+    requests.push_back(request_for("d", {{"call", std::to_string(i)}}));
+  async_calls calls(*rls_, std::move(requests));
+  const bool all_answered = calls.wait();
   answerer.join();
-  for (int i = 0; i < kCalls; ++i) {
-    const client_call& c = *calls[i];
-    EXPECT_EQ(c.answers.load(), 1) << "call " << i;
-    ASSERT_TRUE(c.status.ok()) << "call " << i << ": " << c.status.error_message();
-    ASSERT_EQ(c.response.statuses_size(), 1);
-    EXPECT_EQ(c.response.statuses(0).current_limit().name(), "call=" + std::to_string(i));
+  ASSERT_TRUE(all_answered);
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    EXPECT_EQ(calls.answers(i), 1) << "call " << i;
+    ASSERT_TRUE(calls.status(i).ok()) << "call " << i << ": " << calls.status(i).error_message();
+    ASSERT_EQ(calls.response(i).statuses_size(), 1);
+    EXPECT_EQ(calls.response(i).statuses(0).current_limit().name(), "call=" + std::to_string(i));
   }
   EXPECT_EQ(handler_.calls.load(), kCalls);
 }
@@ -381,21 +410,10 @@ TEST_F(GrpcServer, HeldCallsDoNotHoldGrpcThreads) {
   // ones are answered when the handler answers, from its own thread.
   constexpr int kHeld = 200;
   handler_.how = test_handler::mode::hold;
-  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
-  std::vector<rls::RateLimitRequest> requests(kHeld);
-  std::vector<rls::RateLimitResponse> responses(kHeld);
-  std::vector<grpc::Status> statuses(kHeld);
-  countdown answered(kHeld);
-  for (int i = 0; i < kHeld; ++i) {
-    contexts.push_back(std::make_unique<grpc::ClientContext>());
-    set_deadline(*contexts.back());
-    requests[i] = request_for("held", {{"call", std::to_string(i)}});
-    rls_->async()->ShouldRateLimit(contexts.back().get(), &requests[i], &responses[i],
-                                   [&, i](grpc::Status s) {
-                                     statuses[i] = std::move(s);
-                                     answered.arrive();
-                                   });
-  }
+  std::vector<rls::RateLimitRequest> requests;
+  for (int i = 0; i < kHeld; ++i)
+    requests.push_back(request_for("held", {{"call", std::to_string(i)}}));
+  async_calls calls(*rls_, std::move(requests));
   std::vector<held_call> held = handler_.take_held(kHeld);
   ASSERT_EQ(held.size(), static_cast<std::size_t>(kHeld));
 
@@ -412,10 +430,10 @@ TEST_F(GrpcServer, HeldCallsDoNotHoldGrpcThreads) {
     }
     held.clear();  // the last copies of `done` go here, on this thread
   }).join();
-  ASSERT_TRUE(answered.wait());
-  for (int i = 0; i < kHeld; ++i) {
-    ASSERT_TRUE(statuses[i].ok()) << statuses[i].error_message();
-    EXPECT_EQ(responses[i].statuses(0).current_limit().name(), "call=" + std::to_string(i));
+  ASSERT_TRUE(calls.wait());
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    ASSERT_TRUE(calls.status(i).ok()) << calls.status(i).error_message();
+    EXPECT_EQ(calls.response(i).statuses(0).current_limit().name(), "call=" + std::to_string(i));
   }
 }
 
@@ -423,25 +441,17 @@ TEST_F(GrpcServer, ErrorStatusFromTheHandlerReachesTheClient) {
   // Verifies that a handler's error status is what the client gets, without the response,
   // and that answering twice sends the first answer only.
   handler_.how = test_handler::mode::hold;
-  rls::RateLimitResponse response;
-  grpc::Status status;
-  countdown answered(1);
-  grpc::ClientContext ctx;
-  set_deadline(ctx);
-  const rls::RateLimitRequest request = request_for("unavailable");
-  rls_->async()->ShouldRateLimit(&ctx, &request, &response, [&](grpc::Status s) {
-    status = std::move(s);
-    answered.arrive();
-  });
+  async_calls calls(*rls_, {request_for("unavailable")});
   std::vector<held_call> held = handler_.take_held(1);
   ASSERT_EQ(held.size(), 1u);
   echo(*held[0].request, held[0].response);
   held[0].done(grpc::Status(grpc::StatusCode::UNAVAILABLE, "store down"));
   held[0].done(grpc::Status::OK);
-  ASSERT_TRUE(answered.wait());
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
-  EXPECT_EQ(status.error_message(), "store down");
-  EXPECT_EQ(response.statuses_size(), 0);
+  ASSERT_TRUE(calls.wait());
+  EXPECT_EQ(calls.status(0).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(calls.status(0).error_message(), "store down");
+  EXPECT_EQ(calls.response(0).statuses_size(), 0);
+  EXPECT_EQ(calls.answers(0), 1);
 }
 
 TEST_F(GrpcServer, DroppedOrThrowingHandlerIsInternal) {
@@ -553,20 +563,7 @@ TEST_F(GrpcServer, ShutdownLetsCallsInFlightFinish) {
   // that wait() returns once they are.
   constexpr int kHeld = 10;
   handler_.how = test_handler::mode::hold;
-  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
-  std::vector<rls::RateLimitRequest> requests(kHeld, request_for("drain"));
-  std::vector<rls::RateLimitResponse> responses(kHeld);
-  std::vector<grpc::Status> statuses(kHeld);
-  countdown answered(kHeld);
-  for (int i = 0; i < kHeld; ++i) {
-    contexts.push_back(std::make_unique<grpc::ClientContext>());
-    set_deadline(*contexts.back());
-    rls_->async()->ShouldRateLimit(contexts.back().get(), &requests[i], &responses[i],
-                                   [&, i](grpc::Status s) {
-                                     statuses[i] = std::move(s);
-                                     answered.arrive();
-                                   });
-  }
+  async_calls calls(*rls_, std::vector<rls::RateLimitRequest>(kHeld, request_for("drain")));
   std::vector<held_call> held = handler_.take_held(kHeld);
   ASSERT_EQ(held.size(), static_cast<std::size_t>(kHeld));
   server_->shutdown();
@@ -585,9 +582,11 @@ TEST_F(GrpcServer, ShutdownLetsCallsInFlightFinish) {
     }
   }).join();
   server_->wait();
-  ASSERT_TRUE(answered.wait());
-  for (const grpc::Status& s : statuses) EXPECT_TRUE(s.ok()) << s.error_message();
-  EXPECT_EQ(responses[0].statuses(0).current_limit().name(), "user=42");
+  ASSERT_TRUE(calls.wait());
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    ASSERT_TRUE(calls.status(i).ok()) << calls.status(i).error_message();
+    EXPECT_EQ(calls.response(i).statuses(0).current_limit().name(), "user=42");
+  }
 }
 
 TEST_F(GrpcServer, ShutdownNowCancelsCallsInFlight) {
@@ -595,27 +594,14 @@ TEST_F(GrpcServer, ShutdownNowCancelsCallsInFlight) {
   // without the handler's answers, and answers that come after are dropped harmlessly.
   constexpr int kHeld = 5;
   handler_.how = test_handler::mode::hold;
-  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
-  std::vector<rls::RateLimitRequest> requests(kHeld, request_for("cancel"));
-  std::vector<rls::RateLimitResponse> responses(kHeld);
-  std::vector<grpc::Status> statuses(kHeld);
-  countdown answered(kHeld);
-  for (int i = 0; i < kHeld; ++i) {
-    contexts.push_back(std::make_unique<grpc::ClientContext>());
-    set_deadline(*contexts.back());
-    rls_->async()->ShouldRateLimit(contexts.back().get(), &requests[i], &responses[i],
-                                   [&, i](grpc::Status s) {
-                                     statuses[i] = std::move(s);
-                                     answered.arrive();
-                                   });
-  }
+  async_calls calls(*rls_, std::vector<rls::RateLimitRequest>(kHeld, request_for("cancel")));
   std::vector<held_call> held = handler_.take_held(kHeld);
   ASSERT_EQ(held.size(), static_cast<std::size_t>(kHeld));
   server_->shutdown();
   server_->shutdown_now();
   server_->wait();
-  ASSERT_TRUE(answered.wait());
-  for (const grpc::Status& s : statuses) EXPECT_FALSE(s.ok());
+  ASSERT_TRUE(calls.wait());
+  for (std::size_t i = 0; i < calls.size(); ++i) EXPECT_FALSE(calls.status(i).ok());
   server_.reset();
   for (held_call& c : held) {
     echo(*c.request, c.response);
@@ -629,22 +615,13 @@ TEST_F(GrpcServer, DrainTimeoutCancelsCallsNeverAnswered) {
   o.drain_timeout = 50ms;
   start(o);
   handler_.how = test_handler::mode::hold;
-  grpc::ClientContext ctx;
-  set_deadline(ctx);
-  rls::RateLimitResponse response;
-  grpc::Status status;
-  countdown answered(1);
-  const rls::RateLimitRequest request = request_for("never");
-  rls_->async()->ShouldRateLimit(&ctx, &request, &response, [&](grpc::Status s) {
-    status = std::move(s);
-    answered.arrive();
-  });
+  async_calls calls(*rls_, {request_for("never")});
   std::vector<held_call> held = handler_.take_held(1);
   ASSERT_EQ(held.size(), 1u);
   server_->shutdown();
   server_->wait();
-  ASSERT_TRUE(answered.wait());
-  EXPECT_FALSE(status.ok());
+  ASSERT_TRUE(calls.wait());
+  EXPECT_FALSE(calls.status(0).ok());
 }
 
 TEST_F(GrpcServer, PortInUseFailsToStart) {
@@ -734,16 +711,7 @@ TEST(ServeGrpc, ServesGrpcBesideHttpAndDrainsBoth) {
     EXPECT_EQ(h.status(), health::HealthCheckResponse::SERVING);  // memory:// is ready
   }
   handler->how = test_handler::mode::hold;
-  grpc::ClientContext ctx;
-  set_deadline(ctx);
-  const rls::RateLimitRequest request = request_for("serve");
-  rls::RateLimitResponse response;
-  grpc::Status status;
-  countdown answered(1);
-  stub->async()->ShouldRateLimit(&ctx, &request, &response, [&](grpc::Status st) {
-    status = std::move(st);
-    answered.arrive();
-  });
+  async_calls calls(*stub, {request_for("serve")});
   std::vector<held_call> held = handler->take_held(1);
   ASSERT_EQ(held.size(), 1u);
 
@@ -754,9 +722,9 @@ TEST(ServeGrpc, ServesGrpcBesideHttpAndDrainsBoth) {
   });
   s.wait();
   answer.join();
-  ASSERT_TRUE(answered.wait());
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_EQ(response.statuses(0).current_limit().name(), "user=42");
+  ASSERT_TRUE(calls.wait());
+  ASSERT_TRUE(calls.status(0).ok()) << calls.status(0).error_message();
+  EXPECT_EQ(calls.response(0).statuses(0).current_limit().name(), "user=42");
 }
 
 }  // namespace
