@@ -35,7 +35,7 @@ namespace rls = envoy::service::ratelimit::v3;
 // The answer to one ShouldRateLimit call. Calling it sends `*response` when the status is OK,
 // or the status alone (a gRPC error; the response is dropped) otherwise. Only the first call
 // counts, from any thread; later ones do nothing. When every copy is destroyed uncalled, the
-// call is answered INTERNAL ("the handler dropped the call").
+// call is answered INTERNAL ("the rate limit handler dropped the call unanswered").
 using rls_done = std::function<void(grpc::Status)>;
 
 // Answers ShouldRateLimit calls: the decision side of Envoy's rate limit service.
