@@ -80,8 +80,8 @@ struct grpc_server_options {
   std::function<bool()> serving;
 };
 
-// Thread-safe: `shutdown` may be called from any thread, any number of times; the other
-// members from the thread that owns the server.
+// Thread-safe: `shutdown` and `shutdown_now` may be called from any thread, any number of times;
+// the other members from the thread that owns the server.
 class grpc_server {
  public:
   // The handler must outlive the server. Does not listen yet: see `start`.
