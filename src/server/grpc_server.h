@@ -35,7 +35,7 @@ namespace rls = envoy::service::ratelimit::v3;
 // The answer to one ShouldRateLimit call. Calling it sends `*response` when the status is OK,
 // or the status alone (a gRPC error; the response is dropped) otherwise. Only the first call
 // counts, from any thread; later ones do nothing. When every copy is destroyed uncalled, the
-// call is answered INTERNAL ("the handler dropped the call").
+// call is answered INTERNAL ("the rate limit handler dropped the call unanswered").
 using rls_done = std::function<void(grpc::Status)>;
 
 // Answers ShouldRateLimit calls: the decision side of Envoy's rate limit service.
@@ -80,8 +80,8 @@ struct grpc_server_options {
   std::function<bool()> serving;
 };
 
-// Thread-safe: `shutdown` may be called from any thread, any number of times; the other
-// members from the thread that owns the server.
+// Thread-safe: `shutdown` and `shutdown_now` may be called from any thread, any number of times;
+// the other members from the thread that owns the server.
 class grpc_server {
  public:
   // The handler must outlive the server. Does not listen yet: see `start`.
