@@ -58,7 +58,8 @@ done
 check() {
   local out
   out=$("$sluice" bench --grpc "$address" --descriptors "$1" --seconds "$2" --inflight 16 \
-    --keys 100 2>"$tmp/bench.err") || fail "sluice bench --grpc exited with $?: $out $(cat "$tmp/bench.err")"
+    --keys 100 2>"$tmp/bench.err") ||
+    fail "sluice bench --grpc exited with $?: $out $(cat "$tmp/bench.err")"
   echo "$out"
   python3 - "$out" "$1" <<'PY' || fail "unexpected figures: $out"
 import json, sys
@@ -69,7 +70,8 @@ assert j["allowed"] == j["decisions"], "denials under a limit of 1000000/s"
 assert j["descriptors"] == int(sys.argv[2])
 assert 0 < j["p50_us"] <= j["p99_us"]
 PY
-  if grep -qE 'ERROR: [A-Za-z]+Sanitizer|WARNING: ThreadSanitizer|runtime error:' "$tmp/bench.err"; then
+  if grep -qE 'ERROR: [A-Za-z]+Sanitizer|WARNING: ThreadSanitizer|runtime error:' \
+      "$tmp/bench.err"; then
     cat "$tmp/bench.err" >&2
     fail "sluice bench reported a sanitizer error"
   fi
