@@ -110,6 +110,7 @@ EOF
 start_serve() {
   local name=$1 config=$2
   shift 2
+  : >"$tmp/$name.out" # before the child opens it, so the first read cannot miss it
   "$@" "$sluice" serve --config "$config" >"$tmp/$name.out" 2>"$tmp/$name.log" &
   serve_pid=$!
   pids+=("$serve_pid")

@@ -42,6 +42,7 @@ descriptors:
   - key: remote_address
     rate_limit: {unit: second, requests_per_unit: 1000000, algorithm: gcra}
 YAML
+: >"$tmp/serve.out" # before the child opens it, so the first read cannot miss it
 "$sluice" serve --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 --envoy-config "$tmp/envoy" \
   --store memory:// --io-threads 1 >"$tmp/serve.out" 2>"$tmp/serve.log" &
 serve_pid=$!
