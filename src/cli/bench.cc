@@ -61,11 +61,19 @@ class latency_histogram {
   std::array<std::atomic<std::uint64_t>, kBuckets> counts_{};
 };
 
+// Returns `v` rounded to `digits` decimals, as the double that prints that way.
+double round_to(double v, int digits) {
+  const double scale = std::pow(10.0, digits);
+  return std::round(v * scale) / scale;
+}
+
+}  // namespace
+
 // What the completions share with the generator. Thread-safe: completions update it from
-// any thread while the generator waits on `inflight`. On the heap, held by every pending
-// completion as well, so that a completion finishing after the generator has seen the
-// last count never touches freed memory.
-struct run_state {
+// any thread while the generator waits on `inflight`. On the heap, held by every call's
+// token as well, so that a completion finishing after the generator has seen the last
+// count never touches freed memory.
+struct load_state {
   // Calls made and not yet completed. An int: the type atomic waits on without a proxy.
   std::atomic<int> inflight{0};
   int low_water = 0;  // the generator sleeps until `inflight` drops to this
@@ -74,21 +82,6 @@ struct run_state {
   std::atomic<std::uint64_t> errors{0};
   std::atomic<std::uint64_t> timeouts{0};
   latency_histogram latency;
-
-  void complete(const result<decision>& d, steady::time_point started) {
-    const auto elapsed = steady::now() - started;
-    latency.record(static_cast<std::uint64_t>(
-        std::max<std::int64_t>(0, std::chrono::nanoseconds(elapsed).count())));
-    if (d) {
-      (d->allowed ? allowed : denied).fetch_add(1, relaxed);
-    } else if (d.error().code == make_error_code(errc::timeout)) {
-      timeouts.fetch_add(1, relaxed);
-    } else {
-      errors.fetch_add(1, relaxed);
-    }
-    const int left = inflight.fetch_sub(1, std::memory_order_acq_rel) - 1;
-    if (left == low_water || left == 0) inflight.notify_one();
-  }
 
   // Blocks until at most `n` calls are in flight.
   void wait_until_at_most(int n) {
@@ -99,54 +92,60 @@ struct run_state {
   }
 };
 
-// Returns `v` rounded to `digits` decimals, as the double that prints that way.
-double round_to(double v, int digits) {
-  const double scale = std::pow(10.0, digits);
-  return std::round(v * scale) / scale;
+void call_token::complete(call_outcome outcome) const {
+  load_state& s = *state_;
+  const auto elapsed = steady::now() - started_;
+  s.latency.record(static_cast<std::uint64_t>(
+      std::max<std::int64_t>(0, std::chrono::nanoseconds(elapsed).count())));
+  switch (outcome) {
+    case call_outcome::allowed:
+      s.allowed.fetch_add(1, relaxed);
+      break;
+    case call_outcome::denied:
+      s.denied.fetch_add(1, relaxed);
+      break;
+    case call_outcome::timeout:
+      s.timeouts.fetch_add(1, relaxed);
+      break;
+    case call_outcome::error:
+      s.errors.fetch_add(1, relaxed);
+      break;
+  }
+  const int left = s.inflight.fetch_sub(1, std::memory_order_acq_rel) - 1;
+  if (left == s.low_water || left == 0) s.inflight.notify_one();
 }
 
-}  // namespace
-
-bench_report run_bench(store& s, const bench_options& options) {
+bench_report run_load(const load_options& options, const start_call& start) {
   const std::size_t key_count = std::max<std::size_t>(1, options.keys);
-  std::vector<std::string> keys;
-  keys.reserve(key_count);
-  for (std::size_t i = 0; i < key_count; ++i) {
-    keys.push_back(options.prefix + ":" + std::to_string(i));
-  }
   const int window = static_cast<int>(std::clamp<std::size_t>(options.inflight, 1, 1 << 20));
   const int refill =
       options.refill == 0
           ? std::max(1, window / 16)
           : static_cast<int>(std::clamp<std::size_t>(options.refill, 1, std::size_t(window)));
 
-  auto state = std::make_shared<run_state>();
+  auto state = std::make_shared<load_state>();
   state->low_water = window - refill;
-  request r;
-  r.limit = options.limit;
-  r.algorithm = options.algorithm;
 
-  const auto start = steady::now();
-  const auto deadline = start + std::chrono::duration_cast<steady::duration>(options.seconds);
+  const auto begin = steady::now();
+  const auto deadline = begin + std::chrono::duration_cast<steady::duration>(options.seconds);
   std::size_t next_key = 0;
   for (;;) {
-    // Top the window up, then sleep until it has drained to the low-water mark. A store
-    // that completes inline (memory) never fills it and just runs back to back.
+    // Top the window up, then sleep until it has drained to the low-water mark. A callee
+    // that completes inline (the memory store) never fills it and just runs back to back.
     int in_flight = state->inflight.load(std::memory_order_acquire);
     auto now = steady::now();
     if (now >= deadline) break;
     for (; in_flight < window; ++in_flight) {
-      r.key = keys[next_key];
+      const std::size_t key = next_key;
       if (++next_key == key_count) next_key = 0;
       state->inflight.fetch_add(1, std::memory_order_acq_rel);
-      s.async_acquire(r,
-                      [state, started = now](result<decision> d) { state->complete(d, started); });
+      start(key, call_token(state, now));
       now = steady::now();
     }
     state->wait_until_at_most(state->low_water);
   }
   state->wait_until_at_most(0);
-  const std::chrono::duration<double> took = steady::now() - start;
+  const std::chrono::duration<double> took = steady::now() - begin;
 
   bench_report out;
   out.allowed = state->allowed.load();
@@ -160,6 +159,29 @@ bench_report run_bench(store& s, const bench_options& options) {
   out.p99_us = state->latency.quantile_ns(0.99) / 1000;
   out.p999_us = state->latency.quantile_ns(0.999) / 1000;
   return out;
+}
+
+bench_report run_bench(store& s, const bench_options& options) {
+  const std::size_t key_count = std::max<std::size_t>(1, options.keys);
+  std::vector<std::string> keys;
+  keys.reserve(key_count);
+  for (std::size_t i = 0; i < key_count; ++i) {
+    keys.push_back(options.prefix + ":" + std::to_string(i));
+  }
+  request r;
+  r.limit = options.limit;
+  r.algorithm = options.algorithm;
+  return run_load(options, [&](std::size_t key, call_token token) {
+    r.key = keys[key];
+    s.async_acquire(r, [token = std::move(token)](result<decision> d) {
+      if (d) {
+        token.complete(d->allowed ? call_outcome::allowed : call_outcome::denied);
+      } else {
+        token.complete(d.error().code == make_error_code(errc::timeout) ? call_outcome::timeout
+                                                                        : call_outcome::error);
+      }
+    });
+  });
 }
 
 nlohmann::ordered_json bench_json(const bench_report& r) {

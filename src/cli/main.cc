@@ -10,6 +10,9 @@
 
 #include "cli/bench.h"
 #include "cli/eval.h"
+#ifdef SLUICE_WITH_GRPC
+#include "cli/grpc_bench.h"
+#endif
 #include "server/config.h"
 #include "server/serve.h"
 #include "sluice/sluice.h"
@@ -140,11 +143,60 @@ struct bench_args {
   std::size_t refill = 0;
   std::string prefix = "bench";
   std::string print_script;
+  // --grpc: Envoy's rate limit service at this host:port instead of a store.
+  std::string grpc;
+  std::string domain = "bench";
+  int descriptors = 1;
+  std::uint32_t hits = 0;
+  std::size_t channels = 1;
 };
 
+// Prints the report's JSON line with what the run was; returns 0 when every call got a
+// decision, 1 when some failed.
+int print_bench(const sluice::cli::bench_report& report, nlohmann::ordered_json about) {
+  auto j = sluice::cli::bench_json(report);
+  j.update(about);
+  print_json_line(std::cout, j);
+  return report.errors + report.timeouts > 0 ? 1 : 0;
+}
+
+// `sluice bench --grpc`: the same figures for ShouldRateLimit calls (a decision per request).
+int run_grpc_bench([[maybe_unused]] const bench_args& a) {
+#ifdef SLUICE_WITH_GRPC
+  sluice::cli::grpc_bench_options options;
+  options.target = a.grpc;
+  options.domain = a.domain;
+  options.descriptors = a.descriptors;
+  options.prefix = a.prefix;
+  options.hits = a.hits;
+  options.channels = a.channels;
+  options.keys = a.keys;
+  options.seconds = std::chrono::duration<double>(a.seconds);
+  options.inflight = a.inflight;
+  options.refill = a.refill;
+  const auto report = sluice::cli::run_grpc_bench(options);
+  if (!report) {
+    nlohmann::ordered_json j;
+    j["error"] = report.error().message();
+    print_json_line(std::cout, j);
+    return 2;
+  }
+  nlohmann::ordered_json about;
+  about["grpc"] = options.target;
+  about["domain"] = options.domain;
+  about["descriptors"] = options.descriptors;
+  about["keys"] = options.keys;
+  about["inflight"] = options.inflight;
+  about["channels"] = options.channels;
+  return print_bench(*report, about);
+#else
+  throw CLI::ValidationError("--grpc", "this sluice was built without gRPC (SLUICE_WITH_GRPC)");
+#endif
+}
+
 // Prints one JSON line of figures; returns 0 when every call got a decision, 1 when some
-// failed, 2 when the store does not answer at all. With --print-script, prints the Lua
-// source the Redis store runs for that algorithm, byte for byte, and nothing else.
+// failed, 2 when the store (or the --grpc service) does not answer at all. With --print-script,
+// prints the Lua source the Redis store runs for that algorithm, byte for byte, and nothing else.
 int run_bench(const bench_args& a) {
   if (!a.print_script.empty()) {
     auto algo = sluice::parse_algorithm(a.print_script);
@@ -152,6 +204,7 @@ int run_bench(const bench_args& a) {
     std::cout << sluice::redis::script_source(*algo) << std::flush;
     return 0;
   }
+  if (!a.grpc.empty()) return run_grpc_bench(a);
   sluice::cli::bench_options options;
   auto lim = sluice::parse_limit(a.limit);
   if (!lim) throw CLI::ValidationError("--limit", lim.error().message());
@@ -175,14 +228,13 @@ int run_bench(const bench_args& a) {
     return 2;
   }
   const auto report = sluice::cli::run_bench(*store, options);
-  auto j = sluice::cli::bench_json(report);
-  j["store"] = store->describe();
-  j["algorithm"] = std::string(sluice::to_string(options.algorithm));
-  j["limit"] = sluice::to_string(options.limit);
-  j["keys"] = options.keys;
-  j["inflight"] = options.inflight;
-  print_json_line(std::cout, j);
-  return report.errors + report.timeouts > 0 ? 1 : 0;
+  nlohmann::ordered_json about;
+  about["store"] = store->describe();
+  about["algorithm"] = std::string(sluice::to_string(options.algorithm));
+  about["limit"] = sluice::to_string(options.limit);
+  about["keys"] = options.keys;
+  about["inflight"] = options.inflight;
+  return print_bench(report, about);
 }
 
 struct serve_args {
@@ -257,12 +309,16 @@ int main(int argc, char** argv) {
   auto* bench_cmd = app.add_subcommand(
       "bench",
       "Keep --inflight acquires in flight over --keys keys (<prefix>:<i>, round robin) "
-      "for --seconds, through the store's async API, and print one JSON line: decisions, "
-      "seconds, per_second, allowed, denied, errors, timeouts, p50_us, p99_us, p999_us.");
-  bench_cmd->add_option("--store", bench.store, "Store URI (memory://)")->capture_default_str();
-  bench_cmd->add_option("--algorithm", bench.algorithm, "sliding_log, sliding_counter or gcra")
-      ->capture_default_str();
-  bench_cmd->add_option("--limit", bench.limit, "Limit of every key")->capture_default_str();
+      "for --seconds, through the store's async API (or, with --grpc, as ShouldRateLimit "
+      "calls to Envoy's rate limit service), and print one JSON line: decisions, seconds, "
+      "per_second, allowed, denied, errors, timeouts, p50_us, p99_us, p999_us.");
+  auto* bench_store =
+      bench_cmd->add_option("--store", bench.store, "Store URI (memory://)")->capture_default_str();
+  auto* bench_algorithm =
+      bench_cmd->add_option("--algorithm", bench.algorithm, "sliding_log, sliding_counter or gcra")
+          ->capture_default_str();
+  auto* bench_limit =
+      bench_cmd->add_option("--limit", bench.limit, "Limit of every key")->capture_default_str();
   bench_cmd->add_option("--keys", bench.keys, "Distinct keys")
       ->check(CLI::Range(std::size_t{1}, std::size_t{10'000'000}))
       ->capture_default_str();
@@ -274,6 +330,31 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bench_cmd->add_option("--prefix", bench.prefix, "Prefix of the keys")->capture_default_str();
   bench_cmd->add_option("--refill", bench.refill, "Calls per top-up (0: inflight/16)")->group("");
+  auto* bench_grpc =
+      bench_cmd
+          ->add_option("--grpc", bench.grpc,
+                       "Instead of a store, call Envoy's rate limit service (ShouldRateLimit) at "
+                       "HOST:PORT, as `sluice serve --grpc-listen`; its limits are the server's")
+          ->excludes(bench_store, bench_algorithm, bench_limit);
+  bench_cmd->add_option("--domain", bench.domain, "With --grpc: the requests' domain")
+      ->needs(bench_grpc)
+      ->capture_default_str();
+  bench_cmd
+      ->add_option("--descriptors", bench.descriptors,
+                   "With --grpc: 1 (user=<prefix>:<i>) or 2 (and remote_address, over 1024 "
+                   "addresses) per request, decided all or nothing")
+      ->needs(bench_grpc)
+      ->check(CLI::Range(1, 2))
+      ->capture_default_str();
+  bench_cmd->add_option("--hits", bench.hits, "With --grpc: hits_addend (0 means 1)")
+      ->needs(bench_grpc)
+      ->capture_default_str();
+  bench_cmd
+      ->add_option("--channels", bench.channels,
+                   "With --grpc: connections, calls spread over them round robin")
+      ->needs(bench_grpc)
+      ->check(CLI::Range(std::size_t{1}, std::size_t{64}))
+      ->capture_default_str();
   bench_cmd
       ->add_option("--print-script", bench.print_script,
                    "Print the Redis store's Lua script for ALGORITHM and exit")
