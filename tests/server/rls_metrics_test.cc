@@ -127,7 +127,8 @@ TEST(RlsMetrics, LabelTextIsUtf8AndEscaped) {
   std::string out;
   EXPECT_FALSE(sluice::server::append_label_text(out, "abc\xff", 5));  // \xff needs 4 bytes
   EXPECT_EQ(out, "abc");
-  const std::vector<envoy_entry> long_value = {{"k", std::string(1000, 'v')}};
+  const std::string thousand(1000, 'v');  // entries borrow their bytes: it must outlive them
+  const std::vector<envoy_entry> long_value = {{"k", thousand}};
   const std::string cut = sluice::server::entries_label(long_value);
   EXPECT_EQ(cut.size(), sluice::server::max_entries_label);
   EXPECT_TRUE(cut.ends_with("vvv..."));
