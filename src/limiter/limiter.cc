@@ -355,7 +355,11 @@ limiter::limiter(std::shared_ptr<sluice::store> s)
         return o;
       }()) {}
 
-limiter::~limiter() = default;
+limiter::~limiter() {
+  // The store goes first: its destructor answers what is still in flight and joins its I/O
+  // thread, and those completions reach the breakers, which must outlive them.
+  store_.reset();
+}
 limiter::limiter(limiter&&) noexcept = default;
 limiter& limiter::operator=(limiter&&) noexcept = default;
 
