@@ -141,6 +141,7 @@ struct bench_args {
   double seconds = 5;
   std::size_t inflight = 256;
   std::size_t refill = 0;
+  std::size_t threads = 1;
   std::string prefix = "bench";
   std::string print_script;
   // --grpc: Envoy's rate limit service at this host:port instead of a store.
@@ -216,7 +217,11 @@ int run_bench(const bench_args& a) {
   options.seconds = std::chrono::duration<double>(a.seconds);
   options.inflight = a.inflight;
   options.refill = a.refill;
+  options.threads = a.threads;
   options.prefix = a.prefix;
+  if (options.threads > options.keys) {
+    throw CLI::ValidationError("--threads", "each thread needs keys of its own: at most --keys");
+  }
   auto store = open(a.store, nullptr);
 
   // One call first, spending nothing: a store that is down fails here, not 5 s of errors.
@@ -234,6 +239,7 @@ int run_bench(const bench_args& a) {
   about["limit"] = sluice::to_string(options.limit);
   about["keys"] = options.keys;
   about["inflight"] = options.inflight;
+  about["threads"] = options.threads;
   return print_bench(report, about);
 }
 
@@ -328,6 +334,13 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--inflight", bench.inflight, "Calls in flight at once")
       ->check(CLI::Range(std::size_t{1}, std::size_t{65536}))
       ->capture_default_str();
+  auto* bench_threads =
+      bench_cmd
+          ->add_option("--threads", bench.threads,
+                       "Generator threads on the one store, each with --inflight calls of its "
+                       "own over its own share of the --keys")
+          ->check(CLI::Range(std::size_t{1}, std::size_t{256}))
+          ->capture_default_str();
   bench_cmd->add_option("--prefix", bench.prefix, "Prefix of the keys")->capture_default_str();
   bench_cmd->add_option("--refill", bench.refill, "Calls per top-up (0: inflight/16)")->group("");
   auto* bench_grpc =
@@ -335,7 +348,7 @@ int main(int argc, char** argv) {
           ->add_option("--grpc", bench.grpc,
                        "Instead of a store, call Envoy's rate limit service (ShouldRateLimit) at "
                        "HOST:PORT, as `sluice serve --grpc-listen`; its limits are the server's")
-          ->excludes(bench_store, bench_algorithm, bench_limit);
+          ->excludes(bench_store, bench_algorithm, bench_limit, bench_threads);
   bench_cmd->add_option("--domain", bench.domain, "With --grpc: the requests' domain")
       ->needs(bench_grpc)
       ->capture_default_str();
