@@ -538,6 +538,7 @@ struct limiter::multi : std::enable_shared_from_this<multi> {
   }
 
   void start() {
+    if (items.size() == 1) return decide_one();
     failover& f = *lim->failover_;
     if (enforced.empty()) return after_enforced(true);
     for (const std::size_t i : enforced) {
@@ -555,6 +556,24 @@ struct limiter::multi : std::enable_shared_from_this<multi> {
                                    [self = shared_from_this()](result<std::vector<decision>> got) {
                                      self->settle(std::move(got));
                                    });
+  }
+
+  // One limit is all or nothing by itself: it takes the single-key path, whose store call
+  // is cheaper (on Redis a single-key script, which batches with the others) and which
+  // decides exactly as the multi-key one would, fallbacks and shadow included.
+  void decide_one() {
+    const spend& it = items.front();
+    const std::int64_t cost = std::max<std::int64_t>(it.cost, 1);
+    const mode m = it.cost == 0 ? mode::peek : mode::acquire;
+    auto one = [](result<decision> d) -> result<std::vector<decision>> {
+      if (!d) return fail(d.error());
+      return std::vector<decision>{*d};
+    };
+    if (sync) return finish(one(lim->decide(*it.p, raw_keys.front(), cost, now, m)));
+    lim->async_decide(*it.p, raw_keys.front(), cost, m,
+                      [self = shared_from_this(), one](result<decision> d) {
+                        self->finish(one(std::move(d)));
+                      });
   }
 
   void settle(result<std::vector<decision>> got) {
