@@ -250,6 +250,9 @@ struct serve_args {
   std::string envoy_config;
   std::string store;
   std::size_t io_threads = 0;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
 };
 
 // Runs the server until SIGTERM/SIGINT; returns 0 after the drain, 2 on a bad config.
@@ -269,6 +272,14 @@ int run_serve(const serve_args& a, const CLI::App& cmd) {
   if (cmd.count("--envoy-config") > 0) config.envoy_config = a.envoy_config;
   if (cmd.count("--store") > 0) config.store = a.store;
   if (cmd.count("--io-threads") > 0) config.io_threads = a.io_threads;
+  if (cmd.count("--tls-cert") > 0) config.tls.cert = a.tls_cert;
+  if (cmd.count("--tls-key") > 0) config.tls.key = a.tls_key;
+  if (cmd.count("--tls-client-ca") > 0) config.tls.client_ca = a.tls_client_ca;
+  if (config.tls.cert.empty() != config.tls.key.empty() ||
+      (!config.tls.client_ca.empty() && config.tls.cert.empty())) {
+    std::cerr << "sluice serve: TLS needs both --tls-cert and --tls-key\n";
+    return 2;
+  }
   return sluice::server::serve(config, std::cout);
 }
 
@@ -391,6 +402,16 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--store", serve.store, "Store URI (default memory://)");
   serve_cmd->add_option("--io-threads", serve.io_threads, "I/O threads (0: one per core)")
       ->check(CLI::Range(std::size_t{0}, std::size_t{1024}));
+  serve_cmd
+      ->add_option("--tls-cert", serve.tls_cert,
+                   "PEM certificate chain: both listeners speak TLS (with --tls-key)")
+      ->check(CLI::ExistingFile);
+  serve_cmd->add_option("--tls-key", serve.tls_key, "PEM private key of --tls-cert")
+      ->check(CLI::ExistingFile);
+  serve_cmd
+      ->add_option("--tls-client-ca", serve.tls_client_ca,
+                   "PEM CA certificates: clients must present a certificate one of them signed")
+      ->check(CLI::ExistingFile);
 
   try {
     app.parse(argc, argv);
