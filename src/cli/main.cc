@@ -3,6 +3,7 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -150,7 +151,20 @@ struct bench_args {
   int descriptors = 1;
   std::uint32_t hits = 0;
   std::size_t channels = 1;
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
 };
+
+// Returns the whole of `path` (a file CLI11 checked exists), or throws naming the option.
+std::string read_pem(const std::string& option, const std::string& path) {
+  if (path.empty()) return {};
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream content;
+  content << in.rdbuf();
+  if (!in) throw CLI::ValidationError(option, "cannot read " + path);
+  return content.str();
+}
 
 // Prints the report's JSON line with what the run was; returns 0 when every call got a
 // decision, 1 when some failed.
@@ -171,6 +185,9 @@ int run_grpc_bench([[maybe_unused]] const bench_args& a) {
   options.prefix = a.prefix;
   options.hits = a.hits;
   options.channels = a.channels;
+  options.tls_ca_pem = read_pem("--tls-ca", a.tls_ca);
+  options.tls_cert_pem = read_pem("--tls-cert", a.tls_cert);
+  options.tls_key_pem = read_pem("--tls-key", a.tls_key);
   options.keys = a.keys;
   options.seconds = std::chrono::duration<double>(a.seconds);
   options.inflight = a.inflight;
@@ -189,6 +206,7 @@ int run_grpc_bench([[maybe_unused]] const bench_args& a) {
   about["keys"] = options.keys;
   about["inflight"] = options.inflight;
   about["channels"] = options.channels;
+  about["tls"] = !options.tls_ca_pem.empty();
   return print_bench(*report, about);
 #else
   throw CLI::ValidationError("--grpc", "this sluice was built without gRPC (SLUICE_WITH_GRPC)");
@@ -379,6 +397,21 @@ int main(int argc, char** argv) {
       ->needs(bench_grpc)
       ->check(CLI::Range(std::size_t{1}, std::size_t{64}))
       ->capture_default_str();
+  auto* bench_tls_ca =
+      bench_cmd
+          ->add_option("--tls-ca", bench.tls_ca,
+                       "With --grpc: speak TLS, trusting the CA certificates in this PEM file")
+          ->needs(bench_grpc)
+          ->check(CLI::ExistingFile);
+  auto* bench_tls_key =
+      bench_cmd->add_option("--tls-key", bench.tls_key, "With --tls-ca: the PEM key of --tls-cert")
+          ->needs(bench_tls_ca)
+          ->check(CLI::ExistingFile);
+  bench_cmd
+      ->add_option("--tls-cert", bench.tls_cert,
+                   "With --tls-ca: a PEM client certificate, for a server that asks for one")
+      ->needs(bench_tls_ca, bench_tls_key)
+      ->check(CLI::ExistingFile);
   bench_cmd
       ->add_option("--print-script", bench.print_script,
                    "Print the Redis store's Lua script for ALGORITHM and exit")

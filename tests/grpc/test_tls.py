@@ -153,6 +153,26 @@ def ask(channel):
     return rls_pb2_grpc.RateLimitServiceStub(channel).ShouldRateLimit(request, timeout=10)
 
 
+def bench(grpc_port, *tls):
+    """Runs `sluice bench --grpc` (the project's own gRPC client) briefly; returns its JSON."""
+    done = subprocess.run(
+        [os.environ["SLUICE_CLI"], "bench", "--grpc", f"127.0.0.1:{grpc_port}", "--domain", "edge",
+         "--seconds", "0.3", "--inflight", "4", "--keys", "5", *tls],
+        capture_output=True, text=True, timeout=60)
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_the_bench_client_over_tls(serve, certs):
+    _, grpc_port = serve("--tls-client-ca", str(certs / "ca.crt"))
+    code, report = bench(grpc_port, "--tls-ca", str(certs / "ca.crt"), "--tls-cert",
+                         str(certs / "client.crt"), "--tls-key", str(certs / "client.key"))
+    assert code == 0 and report["tls"] is True
+    assert report["allowed"] == 5 * 2  # the edge domain's 2 per minute on each of 5 users
+    assert report["decisions"] > report["allowed"]
+    code, report = bench(grpc_port, "--tls-ca", str(certs / "ca.crt"))  # no certificate
+    assert code == 2 and "error" in report
+
+
 def test_grpc_over_tls(serve, certs):
     _, grpc_port = serve()
     creds = grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes())
