@@ -10,6 +10,7 @@
 #   make bench-cluster build release; the Redis Cluster store vs a single Redis
 #   make bench-python  build release; the Python module vs the reference and sluice bench
 #   make bench-grpc    build release; sluice serve's gRPC (Envoy RLS) vs HTTP and the library
+#   make bench-io-threads build release; sluice serve with 2 I/O threads vs 1 (CPU per request)
 #   make fuzz          build the libFuzzer targets with clang, run each FUZZ_SECONDS (60)
 #   make format        clang-format every C++ file in place
 #   make format-check  fail if any C++ file is not clang-formatted
@@ -30,7 +31,7 @@ export UBSAN_OPTIONS := print_stacktrace=1:halt_on_error=1
 # The gRPC tests link Debian's gRPC, built without TSan: tests/tsan_suppressions.txt says why.
 export TSAN_OPTIONS := halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan_suppressions.txt
 
-.PHONY: run test build build-cli bench bench-redis bench-server bench-cluster bench-python bench-grpc fuzz deps format format-check clean \
+.PHONY: run test build build-cli bench bench-redis bench-server bench-cluster bench-python bench-grpc bench-io-threads fuzz deps format format-check clean \
 	$(addprefix build-,$(PRESETS)) $(addprefix test-,$(PRESETS))
 
 # SLUICE_DEPS_DONE is set for the sub-makes of `test`, which checked the packages already.
@@ -101,6 +102,11 @@ bench-cluster: build-release
 # "gRPC (Envoy's rate limit service)"). ROUNDS=..., BENCH_SECONDS=... pass through.
 bench-grpc: build-release
 	SLUICE=./build/release/sluice bash benchmarks/grpc_compare.sh
+
+# One run of benchmarks/io_threads_compare.sh: sluice serve --io-threads 2 vs 1 on the memory
+# store, server CPU per request (docs/BENCHMARKS.md, "Memory store across cores").
+bench-io-threads: build-release
+	SLUICE=./build/release/sluice bash benchmarks/io_threads_compare.sh
 
 # TSan needs the low-entropy address layout it was built for; `setarch -R` turns ASLR
 # off for the tests (harmless when the kernel's layout is already fine).

@@ -295,12 +295,7 @@ for ((r = 1; r <= rounds; r++)); do
 done
 
 # --- the summary: medians and ranges -----------------------------------------------------------
-# stats VALUES...: "median (min-max)".
-stats() {
-  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-    m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-    printf "%.3g (%.3g-%.3g)", m, v[1], v[NR] }'
-}
+# stats and median: benchmarks/lib.sh.
 # column ARRAY SIDE: the values of ARRAY for SIDE, one per round.
 column() {
   local -n a=$1
@@ -321,8 +316,6 @@ ratios() {
     awk -v a="${x[$2,$r]}" -v b="${y[$4,$r]}" 'BEGIN { printf "%.4f\n", (b > 0 ? a / b : 0) }'
   done
 }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-  print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 verdict() { # VALUE OP TARGET
   awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {
     ok = (op == "<=" ? v <= t : (op == "<" ? v < t : v >= t)); printf "%s", ok ? "met" : "MISSED" }'

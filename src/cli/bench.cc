@@ -7,6 +7,7 @@
 #include <cmath>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "sluice/error.h"
@@ -23,6 +24,13 @@ constexpr auto relaxed = std::memory_order_relaxed;
 class latency_histogram {
  public:
   void record(std::uint64_t ns) noexcept { counts_[index(ns)].fetch_add(1, relaxed); }
+
+  // Adds every value `other` recorded.
+  void add(const latency_histogram& other) noexcept {
+    for (std::size_t i = 0; i < kBuckets; ++i) {
+      counts_[i].fetch_add(other.counts_[i].load(relaxed), relaxed);
+    }
+  }
 
   // Returns the smallest recorded value v (its bucket's midpoint) such that at least
   // q of the values are at most v; 0 when nothing was recorded.
@@ -117,47 +125,69 @@ void call_token::complete(call_outcome outcome) const {
 
 bench_report run_load(const load_options& options, const start_call& start) {
   const std::size_t key_count = std::max<std::size_t>(1, options.keys);
-  const int window = static_cast<int>(std::clamp<std::size_t>(options.inflight, 1, 1 << 20));
-  const int refill =
-      options.refill == 0
-          ? std::max(1, window / 16)
-          : static_cast<int>(std::clamp<std::size_t>(options.refill, 1, std::size_t(window)));
-
-  auto state = std::make_shared<load_state>();
-  state->low_water = window - refill;
+  const std::size_t threads = std::clamp<std::size_t>(options.threads, 1, key_count);
 
   const auto begin = steady::now();
   const auto deadline = begin + std::chrono::duration_cast<steady::duration>(options.seconds);
-  std::size_t next_key = 0;
-  for (;;) {
-    // Top the window up, then sleep until it has drained to the low-water mark. A callee
-    // that completes inline (the memory store) never fills it and just runs back to back.
-    int in_flight = state->inflight.load(std::memory_order_acquire);
-    auto now = steady::now();
-    if (now >= deadline) break;
-    for (; in_flight < window; ++in_flight) {
-      const std::size_t key = next_key;
-      if (++next_key == key_count) next_key = 0;
-      state->inflight.fetch_add(1, std::memory_order_acq_rel);
-      start(key, call_token(state, now));
-      now = steady::now();
+  // One generator: calls on keys [first, first + count) until the deadline, then waits for
+  // them all. Returns what its calls recorded.
+  const auto generate = [&](std::size_t first, std::size_t count) {
+    const int window = static_cast<int>(std::clamp<std::size_t>(options.inflight, 1, 1 << 20));
+    const int refill =
+        options.refill == 0
+            ? std::max(1, window / 16)
+            : static_cast<int>(std::clamp<std::size_t>(options.refill, 1, std::size_t(window)));
+    auto state = std::make_shared<load_state>();
+    state->low_water = window - refill;
+    std::size_t next_key = 0;
+    for (;;) {
+      // Top the window up, then sleep until it has drained to the low-water mark. A callee
+      // that completes inline (the memory store) never fills it and just runs back to back.
+      int in_flight = state->inflight.load(std::memory_order_acquire);
+      auto now = steady::now();
+      if (now >= deadline) break;
+      for (; in_flight < window; ++in_flight) {
+        const std::size_t key = first + next_key;
+        if (++next_key == count) next_key = 0;
+        state->inflight.fetch_add(1, std::memory_order_acq_rel);
+        start(key, call_token(state, now));
+        now = steady::now();
+      }
+      state->wait_until_at_most(state->low_water);
     }
-    state->wait_until_at_most(state->low_water);
+    state->wait_until_at_most(0);
+    return state;
+  };
+  std::vector<std::shared_ptr<load_state>> states(threads);
+  if (threads == 1) {
+    states[0] = generate(0, key_count);
+  } else {
+    std::vector<std::thread> generators;
+    generators.reserve(threads);
+    for (std::size_t t = 0; t < threads; ++t) {
+      const std::size_t first = t * key_count / threads;
+      const std::size_t last = (t + 1) * key_count / threads;
+      generators.emplace_back([&, t, first, last] { states[t] = generate(first, last - first); });
+    }
+    for (auto& g : generators) g.join();
   }
-  state->wait_until_at_most(0);
   const std::chrono::duration<double> took = steady::now() - begin;
 
   bench_report out;
-  out.allowed = state->allowed.load();
-  out.denied = state->denied.load();
-  out.errors = state->errors.load();
-  out.timeouts = state->timeouts.load();
+  latency_histogram latency;
+  for (const auto& s : states) {
+    out.allowed += s->allowed.load();
+    out.denied += s->denied.load();
+    out.errors += s->errors.load();
+    out.timeouts += s->timeouts.load();
+    latency.add(s->latency);
+  }
   out.decisions = out.allowed + out.denied;
   out.seconds = took.count();
   out.per_second = out.seconds > 0 ? static_cast<double>(out.decisions) / out.seconds : 0;
-  out.p50_us = state->latency.quantile_ns(0.50) / 1000;
-  out.p99_us = state->latency.quantile_ns(0.99) / 1000;
-  out.p999_us = state->latency.quantile_ns(0.999) / 1000;
+  out.p50_us = latency.quantile_ns(0.50) / 1000;
+  out.p99_us = latency.quantile_ns(0.99) / 1000;
+  out.p999_us = latency.quantile_ns(0.999) / 1000;
   return out;
 }
 
@@ -168,11 +198,8 @@ bench_report run_bench(store& s, const bench_options& options) {
   for (std::size_t i = 0; i < key_count; ++i) {
     keys.push_back(options.prefix + ":" + std::to_string(i));
   }
-  request r;
-  r.limit = options.limit;
-  r.algorithm = options.algorithm;
   return run_load(options, [&](std::size_t key, call_token token) {
-    r.key = keys[key];
+    const request r{keys[key], options.limit, options.algorithm};
     s.async_acquire(r, [token = std::move(token)](result<decision> d) {
       if (d) {
         token.complete(d->allowed ? call_outcome::allowed : call_outcome::denied);

@@ -30,6 +30,9 @@ struct load_options {
   // `inflight - refill` (at least 1), so calls go out in small bursts the callee can batch.
   std::size_t inflight = 256;
   std::size_t refill = 0;  // 0: inflight / 16
+  // Generator threads, each with `inflight` calls of its own in flight over its own share of
+  // the keys (thread t of n: keys [t * keys / n, (t + 1) * keys / n)); at most `keys`.
+  std::size_t threads = 1;
 };
 
 // A load on a store's async API (`run_bench`).
@@ -87,7 +90,10 @@ class call_token {
 
 // Runs `start` with `options.inflight` calls in flight, keys round robin, for
 // `options.seconds`; then waits for every call to complete and returns what it measured.
-// Blocks the calling thread, which is the one that starts every call.
+// Blocks the calling thread, which is the one that starts every call; with
+// `options.threads` > 1, each generator thread starts the calls on its keys, so `start` runs
+// on several threads at once and must be thread-safe. The report sums them (latencies of all
+// calls; `seconds` is the longest thread's).
 //
 //   run_load(o, [&](std::size_t key, call_token t) {
 //     s.async_acquire(requests[key], [t](result<decision> d) { t.complete(outcome(d)); });

@@ -61,12 +61,20 @@ struct grpc_call {
 result<bench_report> run_grpc_bench(const grpc_bench_options& options) {
   // Each channel its own subchannel pool, hence its own connection: channels with the same
   // target and arguments would otherwise share one.
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (!options.tls_ca_pem.empty()) {
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = options.tls_ca_pem;
+    tls.pem_cert_chain = options.tls_cert_pem;
+    tls.pem_private_key = options.tls_key_pem;
+    credentials = grpc::SslCredentials(tls);
+  }
   std::vector<std::unique_ptr<rls::RateLimitService::Stub>> stubs;
   for (std::size_t c = 0; c < std::max<std::size_t>(1, options.channels); ++c) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     stubs.push_back(rls::RateLimitService::NewStub(
-        grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args)));
+        grpc::CreateCustomChannel(options.target, credentials, args)));
   }
 
   const std::size_t key_count = std::max<std::size_t>(1, options.keys);

@@ -17,6 +17,11 @@ namespace sluice::cli {
 struct grpc_bench_options : load_options {
   // host:port of the service (plaintext HTTP/2, as `sluice serve --grpc-listen`).
   std::string target;
+  // TLS when `tls_ca_pem` is set: the CA certificates that sign the server's (PEM text), and
+  // a client certificate and its key for a server that asks for one (both or neither).
+  std::string tls_ca_pem;
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
   // The requests' domain.
   std::string domain = "bench";
   // Descriptors per request: 1, `user=<prefix>:<i>`; or 2, that and

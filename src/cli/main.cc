@@ -3,6 +3,7 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -141,6 +142,7 @@ struct bench_args {
   double seconds = 5;
   std::size_t inflight = 256;
   std::size_t refill = 0;
+  std::size_t threads = 1;
   std::string prefix = "bench";
   std::string print_script;
   // --grpc: Envoy's rate limit service at this host:port instead of a store.
@@ -149,7 +151,20 @@ struct bench_args {
   int descriptors = 1;
   std::uint32_t hits = 0;
   std::size_t channels = 1;
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
 };
+
+// Returns the whole of `path` (a file CLI11 checked exists), or throws naming the option.
+std::string read_pem(const std::string& option, const std::string& path) {
+  if (path.empty()) return {};
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream content;
+  content << in.rdbuf();
+  if (!in) throw CLI::ValidationError(option, "cannot read " + path);
+  return content.str();
+}
 
 // Prints the report's JSON line with what the run was; returns 0 when every call got a
 // decision, 1 when some failed.
@@ -170,6 +185,9 @@ int run_grpc_bench([[maybe_unused]] const bench_args& a) {
   options.prefix = a.prefix;
   options.hits = a.hits;
   options.channels = a.channels;
+  options.tls_ca_pem = read_pem("--tls-ca", a.tls_ca);
+  options.tls_cert_pem = read_pem("--tls-cert", a.tls_cert);
+  options.tls_key_pem = read_pem("--tls-key", a.tls_key);
   options.keys = a.keys;
   options.seconds = std::chrono::duration<double>(a.seconds);
   options.inflight = a.inflight;
@@ -188,6 +206,7 @@ int run_grpc_bench([[maybe_unused]] const bench_args& a) {
   about["keys"] = options.keys;
   about["inflight"] = options.inflight;
   about["channels"] = options.channels;
+  about["tls"] = !options.tls_ca_pem.empty();
   return print_bench(*report, about);
 #else
   throw CLI::ValidationError("--grpc", "this sluice was built without gRPC (SLUICE_WITH_GRPC)");
@@ -216,7 +235,11 @@ int run_bench(const bench_args& a) {
   options.seconds = std::chrono::duration<double>(a.seconds);
   options.inflight = a.inflight;
   options.refill = a.refill;
+  options.threads = a.threads;
   options.prefix = a.prefix;
+  if (options.threads > options.keys) {
+    throw CLI::ValidationError("--threads", "each thread needs keys of its own: at most --keys");
+  }
   auto store = open(a.store, nullptr);
 
   // One call first, spending nothing: a store that is down fails here, not 5 s of errors.
@@ -234,6 +257,7 @@ int run_bench(const bench_args& a) {
   about["limit"] = sluice::to_string(options.limit);
   about["keys"] = options.keys;
   about["inflight"] = options.inflight;
+  about["threads"] = options.threads;
   return print_bench(report, about);
 }
 
@@ -244,6 +268,9 @@ struct serve_args {
   std::string envoy_config;
   std::string store;
   std::size_t io_threads = 0;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
 };
 
 // Runs the server until SIGTERM/SIGINT; returns 0 after the drain, 2 on a bad config.
@@ -263,6 +290,14 @@ int run_serve(const serve_args& a, const CLI::App& cmd) {
   if (cmd.count("--envoy-config") > 0) config.envoy_config = a.envoy_config;
   if (cmd.count("--store") > 0) config.store = a.store;
   if (cmd.count("--io-threads") > 0) config.io_threads = a.io_threads;
+  if (cmd.count("--tls-cert") > 0) config.tls.cert = a.tls_cert;
+  if (cmd.count("--tls-key") > 0) config.tls.key = a.tls_key;
+  if (cmd.count("--tls-client-ca") > 0) config.tls.client_ca = a.tls_client_ca;
+  if (config.tls.cert.empty() != config.tls.key.empty() ||
+      (!config.tls.client_ca.empty() && config.tls.cert.empty())) {
+    std::cerr << "sluice serve: TLS needs both --tls-cert and --tls-key\n";
+    return 2;
+  }
   return sluice::server::serve(config, std::cout);
 }
 
@@ -328,6 +363,13 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--inflight", bench.inflight, "Calls in flight at once")
       ->check(CLI::Range(std::size_t{1}, std::size_t{65536}))
       ->capture_default_str();
+  auto* bench_threads =
+      bench_cmd
+          ->add_option("--threads", bench.threads,
+                       "Generator threads on the one store, each with --inflight calls of its "
+                       "own over its own share of the --keys")
+          ->check(CLI::Range(std::size_t{1}, std::size_t{256}))
+          ->capture_default_str();
   bench_cmd->add_option("--prefix", bench.prefix, "Prefix of the keys")->capture_default_str();
   bench_cmd->add_option("--refill", bench.refill, "Calls per top-up (0: inflight/16)")->group("");
   auto* bench_grpc =
@@ -335,7 +377,7 @@ int main(int argc, char** argv) {
           ->add_option("--grpc", bench.grpc,
                        "Instead of a store, call Envoy's rate limit service (ShouldRateLimit) at "
                        "HOST:PORT, as `sluice serve --grpc-listen`; its limits are the server's")
-          ->excludes(bench_store, bench_algorithm, bench_limit);
+          ->excludes(bench_store, bench_algorithm, bench_limit, bench_threads);
   bench_cmd->add_option("--domain", bench.domain, "With --grpc: the requests' domain")
       ->needs(bench_grpc)
       ->capture_default_str();
@@ -355,6 +397,21 @@ int main(int argc, char** argv) {
       ->needs(bench_grpc)
       ->check(CLI::Range(std::size_t{1}, std::size_t{64}))
       ->capture_default_str();
+  auto* bench_tls_ca =
+      bench_cmd
+          ->add_option("--tls-ca", bench.tls_ca,
+                       "With --grpc: speak TLS, trusting the CA certificates in this PEM file")
+          ->needs(bench_grpc)
+          ->check(CLI::ExistingFile);
+  auto* bench_tls_key =
+      bench_cmd->add_option("--tls-key", bench.tls_key, "With --tls-ca: the PEM key of --tls-cert")
+          ->needs(bench_tls_ca)
+          ->check(CLI::ExistingFile);
+  bench_cmd
+      ->add_option("--tls-cert", bench.tls_cert,
+                   "With --tls-ca: a PEM client certificate, for a server that asks for one")
+      ->needs(bench_tls_ca, bench_tls_key)
+      ->check(CLI::ExistingFile);
   bench_cmd
       ->add_option("--print-script", bench.print_script,
                    "Print the Redis store's Lua script for ALGORITHM and exit")
@@ -378,6 +435,16 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--store", serve.store, "Store URI (default memory://)");
   serve_cmd->add_option("--io-threads", serve.io_threads, "I/O threads (0: one per core)")
       ->check(CLI::Range(std::size_t{0}, std::size_t{1024}));
+  serve_cmd
+      ->add_option("--tls-cert", serve.tls_cert,
+                   "PEM certificate chain: both listeners speak TLS (with --tls-key)")
+      ->check(CLI::ExistingFile);
+  serve_cmd->add_option("--tls-key", serve.tls_key, "PEM private key of --tls-cert")
+      ->check(CLI::ExistingFile);
+  serve_cmd
+      ->add_option("--tls-client-ca", serve.tls_client_ca,
+                   "PEM CA certificates: clients must present a certificate one of them signed")
+      ->check(CLI::ExistingFile);
 
   try {
     app.parse(argc, argv);

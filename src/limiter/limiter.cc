@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/striped.h"
 #include "core/text.h"
 #include "sluice/algorithms.h"
 
@@ -162,14 +163,12 @@ struct limiter::failover {
     return *domains[d < domains.size() ? d : d % domains.size()];
   }
 
-  void count(const decision& d) noexcept {
-    (d.allowed ? allowed : denied).fetch_add(1, std::memory_order_relaxed);
-  }
+  void count(const decision& d) noexcept { counters.add(d.allowed ? kAllowed : kDenied); }
 
   // Records a failed store call in `d`: counts it, tells the breaker, keeps the message for
   // the warnings that follow while the breaker is open.
   void store_failed(domain& d, const error& e) {
-    store_errors.fetch_add(1, std::memory_order_relaxed);
+    counters.add(kStoreErrors);
     d.breaker.on_failure();
     if (warn) {
       std::string text = describe_error(e);
@@ -199,12 +198,12 @@ struct limiter::failover {
              microseconds(0),
              microseconds(0),
              decision_source::fallback_allow};
-        fallbacks_allow.fetch_add(1, std::memory_order_relaxed);
+        counters.add(kFallbacksAllow);
         break;
       case failure_mode::deny: {
         const microseconds wait = deny_wait(dom);
         d = {false, r.limit.count, 0, wait, wait, decision_source::fallback_deny};
-        fallbacks_deny.fetch_add(1, std::memory_order_relaxed);
+        counters.add(kFallbacksDeny);
         break;
       }
       case failure_mode::local: {
@@ -212,7 +211,7 @@ struct limiter::failover {
         if (!l) return l;
         d = *l;
         d.source = decision_source::fallback_local;
-        fallbacks_local.fetch_add(1, std::memory_order_relaxed);
+        counters.add(kFallbacksLocal);
         break;
       }
     }
@@ -332,13 +331,17 @@ struct limiter::failover {
   const std::function<void(std::string_view)> warn;
   const std::int64_t warn_interval;  // µs
 
-  // Bumped on every decision: a cache line of their own.
-  alignas(64) std::atomic<std::uint64_t> allowed{0};
-  std::atomic<std::uint64_t> denied{0};
-  alignas(64) std::atomic<std::uint64_t> store_errors{0};
-  std::atomic<std::uint64_t> fallbacks_allow{0};
-  std::atomic<std::uint64_t> fallbacks_deny{0};
-  std::atomic<std::uint64_t> fallbacks_local{0};
+  // Bumped on every decision, so striped: each thread adds on cache lines of its own.
+  enum counter : std::size_t {
+    kAllowed,
+    kDenied,
+    kStoreErrors,
+    kFallbacksAllow,
+    kFallbacksDeny,
+    kFallbacksLocal,
+    kCounters
+  };
+  internal::striped_counters counters{kCounters};
 
   std::atomic<std::int64_t> last_warn_at{kNever};  // µs
   std::atomic<std::uint64_t> suppressed{0};        // events not warned about since then
@@ -373,13 +376,13 @@ const circuit_breaker& limiter::breaker(std::size_t domain) const noexcept {
 limiter_stats limiter::stats() const noexcept {
   const failover& f = *failover_;
   limiter_stats s;
-  s.allowed = f.allowed.load(std::memory_order_relaxed);
-  s.denied = f.denied.load(std::memory_order_relaxed);
+  s.allowed = f.counters.sum(failover::kAllowed);
+  s.denied = f.counters.sum(failover::kDenied);
   s.decisions = s.allowed + s.denied;
-  s.store_errors = f.store_errors.load(std::memory_order_relaxed);
-  s.fallbacks_allow = f.fallbacks_allow.load(std::memory_order_relaxed);
-  s.fallbacks_deny = f.fallbacks_deny.load(std::memory_order_relaxed);
-  s.fallbacks_local = f.fallbacks_local.load(std::memory_order_relaxed);
+  s.store_errors = f.counters.sum(failover::kStoreErrors);
+  s.fallbacks_allow = f.counters.sum(failover::kFallbacksAllow);
+  s.fallbacks_deny = f.counters.sum(failover::kFallbacksDeny);
+  s.fallbacks_local = f.counters.sum(failover::kFallbacksLocal);
   s.breakers = f.domains.size();
   bool half_open = false;
   for (const auto& d : f.domains) {
@@ -535,6 +538,7 @@ struct limiter::multi : std::enable_shared_from_this<multi> {
   }
 
   void start() {
+    if (items.size() == 1) return decide_one();
     failover& f = *lim->failover_;
     if (enforced.empty()) return after_enforced(true);
     for (const std::size_t i : enforced) {
@@ -552,6 +556,24 @@ struct limiter::multi : std::enable_shared_from_this<multi> {
                                    [self = shared_from_this()](result<std::vector<decision>> got) {
                                      self->settle(std::move(got));
                                    });
+  }
+
+  // One limit is all or nothing by itself: it takes the single-key path, whose store call
+  // is cheaper (on Redis a single-key script, which batches with the others) and which
+  // decides exactly as the multi-key one would, fallbacks and shadow included.
+  void decide_one() {
+    const spend& it = items.front();
+    const std::int64_t cost = std::max<std::int64_t>(it.cost, 1);
+    const mode m = it.cost == 0 ? mode::peek : mode::acquire;
+    auto one = [](result<decision> d) -> result<std::vector<decision>> {
+      if (!d) return fail(d.error());
+      return std::vector<decision>{*d};
+    };
+    if (sync) return finish(one(lim->decide(*it.p, raw_keys.front(), cost, now, m)));
+    lim->async_decide(*it.p, raw_keys.front(), cost, m,
+                      [self = shared_from_this(), one](result<decision> d) {
+                        self->finish(one(std::move(d)));
+                      });
   }
 
   void settle(result<std::vector<decision>> got) {
@@ -601,18 +623,18 @@ struct limiter::multi : std::enable_shared_from_this<multi> {
                microseconds(0),
                microseconds(0),
                decision_source::fallback_allow};
-          f.fallbacks_allow.fetch_add(1, std::memory_order_relaxed);
+          f.counters.add(failover::kFallbacksAllow);
           break;
         case failure_mode::deny: {
           const microseconds wait = failover::deny_wait(dom);
           d = {false, p.limit.count, 0, wait, wait, decision_source::fallback_deny};
-          f.fallbacks_deny.fetch_add(1, std::memory_order_relaxed);
+          f.counters.add(failover::kFallbacksDeny);
           any_deny = true;
           break;
         }
         case failure_mode::local:
           local.push_back(i);
-          f.fallbacks_local.fetch_add(1, std::memory_order_relaxed);
+          f.counters.add(failover::kFallbacksLocal);
           continue;
       }
       out[i] = d;
@@ -652,8 +674,8 @@ struct limiter::multi : std::enable_shared_from_this<multi> {
   // Counts each enforced item in the limiter's statistics as the request went: allowed
   // when it was admitted, denied when it was not (also the items that alone would pass).
   void count(bool admitted) {
-    auto& counter = admitted ? lim->failover_->allowed : lim->failover_->denied;
-    counter.fetch_add(enforced.size(), std::memory_order_relaxed);
+    lim->failover_->counters.add(admitted ? failover::kAllowed : failover::kDenied,
+                                 enforced.size());
   }
 
   // Decides the shadow items now that the rest is known: spent when it was admitted.

@@ -6,6 +6,8 @@
 //   listen: 127.0.0.1:8080        # host:port, [v6]:port; port 0 picks a free one
 //   grpc_listen: 127.0.0.1:8081   # Envoy's rate limit service over gRPC; unset: off
 //   envoy_config: envoy/          # envoyproxy/ratelimit's YAML files, for grpc_listen
+//   tls: {cert: server.crt, key: server.key, client_ca: ca.crt}  # PEM files; both listeners
+//                                 # speak TLS; with client_ca, clients need a certificate
 //   io_threads: 0                 # 0: one per core
 //   store: memory://              # or redis://, rediss://, unix://, redis+cluster:// (see
 //   open_store) breaker: {failures_to_open: 5, open_for: 1s, max_open_for: 30s} warn_interval: 10s
@@ -194,9 +196,9 @@ class reader {
     }
     server_config c;
     bool have_policies = false;
-    static constexpr std::array kTop = {"listen", "grpc_listen", "envoy_config",  "io_threads",
-                                        "store",  "breaker",     "warn_interval", "limits",
-                                        "auth",   "gate",        "log",           "policies"};
+    static constexpr std::array kTop = {
+        "listen",        "grpc_listen", "envoy_config", "tls",  "io_threads", "store",   "breaker",
+        "warn_interval", "limits",      "auth",         "gate", "log",        "policies"};
     const entry* grpc_entry = nullptr;
     const std::vector<entry> top = entries(root, "", kTop);
     for (const entry& e : top) {
@@ -213,6 +215,8 @@ class reader {
         if (dir.empty()) fail(e, p, "a directory of envoyproxy/ratelimit YAML files");
         if (dir.is_relative()) dir = base_dir_ / dir;
         c.envoy_config = dir.string();
+      } else if (p == "tls") {
+        read_tls(e, c.tls);
       } else if (p == "io_threads") {
         c.io_threads = number(e, p, 0, 1024);
       } else if (p == "store") {
@@ -565,19 +569,12 @@ class reader {
   }
 
   std::vector<std::string> tokens_from_file(const entry& e, std::string_view path) const {
-    std::filesystem::path file = text(e, path);
-    if (file.empty()) fail(e, path, "the file name is empty");
-    if (file.is_relative()) file = base_dir_ / file;
-    std::error_code ec;
-    if (!std::filesystem::is_regular_file(file, ec) ||
-        std::filesystem::file_size(file, ec) > kMaxFileBytes) {
-      fail(e, path, "cannot read " + quote(file.string()) + ": not a file of at most 1 MiB");
-    }
+    const std::string file = readable_file(e, path);
     std::ifstream in(file, std::ios::binary);
     std::stringstream content;
     content << in.rdbuf();
-    if (!in) fail(e, path, "cannot read " + quote(file.string()));
-    return split_tokens(e, path, content.str(), "file " + quote(file.string()));
+    if (!in) fail(e, path, "cannot read " + quote(file));
+    return split_tokens(e, path, content.str(), "file " + quote(file));
   }
 
   void read_gate(const entry& section, std::string_view path, key_source& k) const {
@@ -609,6 +606,32 @@ class reader {
       }
     }
     return o;
+  }
+
+  void read_tls(const entry& section, tls_files& t) const {
+    static constexpr std::array kKeys = {"cert", "key", "client_ca"};
+    for (const entry& e : entries(section, "tls", kKeys)) {
+      const std::string p = join("tls", e.key);
+      std::string& file = e.key == "cert" ? t.cert : e.key == "key" ? t.key : t.client_ca;
+      file = readable_file(e, p);
+    }
+    if (t.cert.empty() || t.key.empty()) {
+      fail(section, "tls", "needs both cert and key (PEM files)");
+    }
+  }
+
+  // Returns the file named by `e` (relative to the config's directory), which must be a
+  // readable regular file of at most 1 MiB.
+  std::string readable_file(const entry& e, std::string_view path) const {
+    std::filesystem::path file = text(e, path);
+    if (file.empty()) fail(e, path, "the file name is empty");
+    if (file.is_relative()) file = base_dir_ / file;
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(file, ec) ||
+        std::filesystem::file_size(file, ec) > kMaxFileBytes) {
+      fail(e, path, "cannot read " + quote(file.string()) + ": not a file of at most 1 MiB");
+    }
+    return file.string();
   }
 
   void read_log(const entry& section, server_config& c) const {

@@ -27,6 +27,15 @@ struct served_policy {
   key_source gate_key;    // for the gate; defaults to the server's `gate_key`
 };
 
+// TLS on the listeners: PEM files, read when the server starts. Off while `cert` is empty.
+struct tls_files {
+  std::string cert;       // the certificate chain, leaf first
+  std::string key;        // its private key (unencrypted)
+  std::string client_ca;  // when set, clients must present a certificate this CA signed
+
+  bool enabled() const noexcept { return !cert.empty(); }
+};
+
 struct server_config {
   std::string listen = "127.0.0.1:8080";  // host:port; port 0 picks a free one
   // host:port of the gRPC listener (Envoy's rate limit service, grpc.health.v1); empty: off.
@@ -34,6 +43,8 @@ struct server_config {
   // A directory of envoyproxy/ratelimit's YAML files (src/server/envoy_config.h), answered on
   // `grpc_listen`; empty: none. A relative path in the file is relative to the file.
   std::string envoy_config;
+  // TLS on both listeners (HTTPS, and gRPC over TLS); off unless `tls.cert` is set.
+  tls_files tls;
   std::size_t io_threads = 0;       // 0: one per core
   std::string store = "memory://";  // a store URI (see open_store)
   breaker_options breaker;

@@ -246,7 +246,17 @@ result<void> grpc_server::start() {
   impl& s = *impl_;
   if (s.server) return {};
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(s.options.listen, grpc::InsecureServerCredentials(), &s.port);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!s.options.tls_cert_pem.empty()) {
+    grpc::SslServerCredentialsOptions tls(
+        s.options.tls_client_ca_pem.empty()
+            ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+            : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    tls.pem_root_certs = s.options.tls_client_ca_pem;
+    tls.pem_key_cert_pairs.push_back({s.options.tls_key_pem, s.options.tls_cert_pem});
+    credentials = grpc::SslServerCredentials(tls);
+  }
+  builder.AddListeningPort(s.options.listen, credentials, &s.port);
   builder.RegisterService(&s.rls);
   builder.RegisterService(&s.health);
   builder.SetMaxReceiveMessageSize(

@@ -58,8 +58,14 @@ class rls_handler {
 
 struct grpc_server_options {
   // host:port to listen on; port 0 picks a free one (see `port()`); `[::1]:8081` for IPv6.
-  // Plaintext HTTP/2 (h2c), as Envoy's rate limit cluster speaks to a local service.
+  // Plaintext HTTP/2 (h2c), as Envoy's rate limit cluster speaks to a local service, unless
+  // `tls_cert_pem` is set.
   std::string listen = "127.0.0.1:8081";
+  // TLS: the certificate chain and its private key (PEM text, not file names); with
+  // `tls_client_ca_pem`, clients must present a certificate that CA signed.
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
+  std::string tls_client_ca_pem;
   // Larger requests are refused with RESOURCE_EXHAUSTED before they are read into a message.
   // Envoy sends a domain and a few descriptors of short entries, well under 4 KiB; 64 KiB
   // leaves room for entries built from long header values while bounding what one call may

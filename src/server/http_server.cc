@@ -22,6 +22,8 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/basic_stream.hpp>
@@ -29,6 +31,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 
 #include "core/text.h"
 #include "server/handlers.h"
@@ -44,6 +47,8 @@ using executor = asio::io_context::executor_type;
 using socket_type = asio::basic_stream_socket<tcp, executor>;
 using acceptor_type = asio::basic_socket_acceptor<tcp, executor>;
 using stream_type = beast::basic_stream<tcp, executor>;
+using tls_stream_type = beast::ssl_stream<stream_type>;
+namespace ssl = asio::ssl;
 using timer_type =
     asio::basic_waitable_timer<std::chrono::steady_clock,
                                asio::wait_traits<std::chrono::steady_clock>, executor>;
@@ -133,6 +138,7 @@ struct http_server::impl {
   const http_server_options options;
   const request_handler& handler;
   metrics& counters;
+  std::optional<ssl::context> tls;               // with options.tls: every session speaks TLS
   std::vector<std::unique_ptr<worker>> workers;  // before what runs on them; [0] accepts
   std::optional<acceptor_type> acceptor;
   std::optional<timer_type> drain_timer;
@@ -160,10 +166,12 @@ namespace {
 class session : public std::enable_shared_from_this<session> {
  public:
   session(http_server::impl& srv, worker& w, socket_type socket)
-      : srv_(srv),
-        w_(w),
-        stream_(std::move(socket)),
-        buffer_(srv.options.max_header_bytes + 2 * kReadSize) {
+      : srv_(srv), w_(w), buffer_(srv.options.max_header_bytes + 2 * kReadSize) {
+    if (srv_.tls) {
+      tls_.emplace(std::move(socket), *srv_.tls);
+    } else {
+      plain_.emplace(std::move(socket));
+    }
     const std::lock_guard lock(w_.mu);
     next_ = w_.sessions;
     if (next_ != nullptr) next_->prev_ = this;
@@ -186,24 +194,32 @@ class session : public std::enable_shared_from_this<session> {
 
   void start() {
     error_code ec;
-    stream_.socket().set_option(tcp::no_delay(true), ec);
-    stream_.socket().non_blocking(true, ec);  // for write()'s first, synchronous attempt
+    tcp_stream().socket().set_option(tcp::no_delay(true), ec);
+    // For write()'s first, synchronous attempt (plain connections only).
+    if (!tls_) tcp_stream().socket().non_blocking(true, ec);
     if (srv_.options.access_log) {
-      const auto peer = stream_.socket().remote_endpoint(ec);
+      const auto peer = tcp_stream().socket().remote_endpoint(ec);
       peer_ = ec ? "-" : endpoint_text(peer);
     }
-    wait_for_request();
+    if (!tls_) return wait_for_request();
+    // The handshake counts against header_timeout, which restarts for the first request.
+    tcp_stream().expires_after(srv_.options.header_timeout);
+    tls_->async_handshake(
+        ssl::stream_base::server, [self = shared_from_this()](const error_code& e) {
+          if (e) return self->finish();  // not TLS, an untrusted client certificate, a timeout
+          self->wait_for_request();
+        });
   }
 
   // Shutting down: an idle connection closes now, a busy one after its response.
   void drain() {
     must_close_ = true;
-    if (phase_ == phase::idle) stream_.cancel();
+    if (phase_ == phase::idle) tcp_stream().cancel();
   }
 
   void close_now() {
     must_close_ = true;
-    stream_.close();
+    tcp_stream().close();
   }
 
  private:
@@ -226,7 +242,7 @@ class session : public std::enable_shared_from_this<session> {
     // A new connection must send its header within header_timeout; a kept-alive one may
     // wait idle_timeout for its next request to begin.
     header_timer_running_ = first_;
-    stream_.expires_after(first_ ? srv_.options.header_timeout : srv_.options.idle_timeout);
+    tcp_stream().expires_after(first_ ? srv_.options.header_timeout : srv_.options.idle_timeout);
     read_more();
   }
 
@@ -234,7 +250,7 @@ class session : public std::enable_shared_from_this<session> {
   // connection's start, for its first request).
   void begin_header() {
     phase_ = phase::reading;
-    if (!header_timer_running_) stream_.expires_after(srv_.options.header_timeout);
+    if (!header_timer_running_) tcp_stream().expires_after(srv_.options.header_timeout);
     header_timer_running_ = false;
   }
 
@@ -244,14 +260,14 @@ class session : public std::enable_shared_from_this<session> {
       began_ = std::chrono::steady_clock::now();
       return header_too_large();
     }
-    stream_.async_read_some(buffer_.prepare(room),
-                            [self = shared_from_this()](const error_code& ec, std::size_t n) {
-                              // End of stream, a timeout, a reset: closed without an answer.
-                              if (ec) return self->finish();
-                              self->buffer_.commit(n);
-                              if (self->phase_ == phase::idle) self->begin_header();
-                              self->parse();
-                            });
+    read_some(buffer_.prepare(room),
+              [self = shared_from_this()](const error_code& ec, std::size_t n) {
+                // End of stream, a timeout, a reset: closed without an answer.
+                if (ec) return self->finish();
+                self->buffer_.commit(n);
+                if (self->phase_ == phase::idle) self->begin_header();
+                self->parse();
+              });
   }
 
   void parse() {
@@ -273,16 +289,16 @@ class session : public std::enable_shared_from_this<session> {
   bool on_header() {
     began_ = std::chrono::steady_clock::now();
     if (parser_->is_done()) return false;
-    stream_.expires_after(srv_.options.body_timeout);
+    tcp_stream().expires_after(srv_.options.body_timeout);
     const auto& req = parser_->get();
     const auto it = req.find(http::field::expect);
     if (it == req.end() || !internal::iequals(it->value(), "100-continue")) return false;
     static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
-    asio::async_write(stream_, asio::buffer(kContinue.data(), kContinue.size()),
-                      [self = shared_from_this()](const error_code& e, std::size_t) {
-                        if (e) return self->finish();
-                        self->parse();
-                      });
+    write_all(asio::buffer(kContinue.data(), kContinue.size()),
+              [self = shared_from_this()](const error_code& e, std::size_t) {
+                if (e) return self->finish();
+                self->parse();
+              });
     return true;
   }
 
@@ -320,11 +336,11 @@ class session : public std::enable_shared_from_this<session> {
       target_ = std::string(req.target());
     }
     phase_ = phase::handling;
-    stream_.expires_never();
+    tcp_stream().expires_never();
     // The completion may run here and now, or on the store's I/O thread: either way the
     // write starts on this session's thread.
     srv_.handler.handle(std::move(req), [self = shared_from_this()](http_response&& res) {
-      const executor ex = self->stream_.get_executor();
+      const executor ex = self->tcp_stream().get_executor();
       if (ex.running_in_this_thread()) return self->write(std::move(res));
       asio::post(ex, [self = std::move(self), res = std::move(res)]() mutable {
         self->write(std::move(res));
@@ -383,23 +399,25 @@ class session : public std::enable_shared_from_this<session> {
     const std::size_t body_size = head_ || bodiless ? 0 : res_.body().size();
     const std::array<asio::const_buffer, 2> buffers = {asio::buffer(head_text_),
                                                        asio::buffer(res_.body().data(), body_size)};
-    // Most responses fit in the socket's buffer: written at once, without an asynchronous
-    // operation and its timer (the socket is non-blocking). What does not fit goes on
-    // asynchronously, under body_timeout.
+    // Most responses fit in the socket's buffer: on a plain connection they are written at
+    // once, without an asynchronous operation and its timer (the socket is non-blocking).
+    // What does not fit, and every TLS record, goes on asynchronously, under body_timeout.
     error_code ec;
-    const std::size_t total = head_text_.size() + body_size;
-    const std::size_t n = stream_.socket().write_some(buffers, ec);
-    if (!ec && n == total) return on_write(ec, close, /*in_line=*/true);
-    if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
-      return on_write(ec, close, /*in_line=*/true);
+    std::size_t n = 0;
+    if (!tls_) {
+      const std::size_t total = head_text_.size() + body_size;
+      n = tcp_stream().socket().write_some(buffers, ec);
+      if (!ec && n == total) return on_write(ec, close, /*in_line=*/true);
+      if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
+        return on_write(ec, close, /*in_line=*/true);
+      }
     }
     beast::buffers_suffix<std::array<asio::const_buffer, 2>> rest(buffers);
     rest.consume(ec ? 0 : n);
-    stream_.expires_after(srv_.options.body_timeout);
-    asio::async_write(stream_, rest,
-                      [self = shared_from_this(), close](const error_code& e, std::size_t) {
-                        self->on_write(e, close, /*in_line=*/false);
-                      });
+    tcp_stream().expires_after(srv_.options.body_timeout);
+    write_all(rest, [self = shared_from_this(), close](const error_code& e, std::size_t) {
+      self->on_write(e, close, /*in_line=*/false);
+    });
   }
 
   // `in_line`: called from write() itself, which may be deep in a parse of pipelined
@@ -418,7 +436,7 @@ class session : public std::enable_shared_from_this<session> {
     if (close) return linger();
     first_ = false;
     if (in_line && buffer_.size() > 0) {
-      return asio::post(stream_.get_executor(),
+      return asio::post(tcp_stream().get_executor(),
                         [self = shared_from_this()] { self->wait_for_request(); });
     }
     wait_for_request();
@@ -427,28 +445,50 @@ class session : public std::enable_shared_from_this<session> {
   // Closes after the last response: stops sending, then reads and drops what the client
   // still sends (a body that was refused, a pipelined request) until it closes too or a
   // short while passes, so its kernel does not see a reset before it has read the response.
+  // On TLS, the same after a close_notify: what the client sends next is read and dropped
+  // through TLS until it answers with its own close_notify, closes, or the time passes.
   void linger() {
     phase_ = phase::closing;
-    error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
-    if (ec) return finish();
     buffer_.clear();
-    stream_.expires_after(
+    tcp_stream().expires_after(
         std::min<std::chrono::milliseconds>(srv_.options.body_timeout, kLingerMax));
+    if (tls_) {
+      return tls_->async_shutdown(
+          [self = shared_from_this()](const error_code&) { self->finish(); });
+    }
+    error_code ec;
+    tcp_stream().socket().shutdown(tcp::socket::shutdown_send, ec);
+    if (ec) return finish();
     drop_input();
   }
 
   void drop_input() {
-    stream_.async_read_some(buffer_.prepare(kReadSize),
-                            [self = shared_from_this()](const error_code& ec, std::size_t) {
-                              if (ec) return self->finish();
-                              self->drop_input();
-                            });
+    read_some(buffer_.prepare(kReadSize),
+              [self = shared_from_this()](const error_code& ec, std::size_t) {
+                if (ec) return self->finish();
+                self->drop_input();
+              });
   }
 
   void finish() {
     phase_ = phase::closing;
-    stream_.close();
+    tcp_stream().close();
+  }
+
+  // The TCP stream under the session, with its timer: the connection itself, or the one
+  // under TLS.
+  stream_type& tcp_stream() noexcept { return tls_ ? tls_->next_layer() : *plain_; }
+
+  template <class Buffers, class Handler>
+  void read_some(const Buffers& buffers, Handler&& handler) {
+    if (tls_) return tls_->async_read_some(buffers, std::forward<Handler>(handler));
+    plain_->async_read_some(buffers, std::forward<Handler>(handler));
+  }
+
+  template <class Buffers, class Handler>
+  void write_all(const Buffers& buffers, Handler&& handler) {
+    if (tls_) return asio::async_write(*tls_, buffers, std::forward<Handler>(handler));
+    asio::async_write(*plain_, buffers, std::forward<Handler>(handler));
   }
 
   http_server::impl& srv_;
@@ -456,7 +496,8 @@ class session : public std::enable_shared_from_this<session> {
   session* prev_ = nullptr;  // in w_.sessions
   session* next_ = nullptr;
 
-  stream_type stream_;
+  std::optional<stream_type> plain_;    // the connection, without TLS; or
+  std::optional<tls_stream_type> tls_;  // TLS over it
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http_response res_;
@@ -496,6 +537,35 @@ const std::string& busy_response() {
   return text;
 }
 
+// Returns the TLS context of the listener, or throws std::runtime_error naming the file and
+// the problem (unreadable, not PEM, a key that does not match the certificate).
+ssl::context make_tls_context(const tls_files& files) {
+  ssl::context ctx(ssl::context::tls_server);
+  ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                  ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 |
+                  ssl::context::no_compression | ssl::context::single_dh_use);
+  const auto load = [](const std::string& what, const std::string& file, auto&& step) {
+    error_code ec;
+    step(ec);
+    if (ec) {
+      throw std::runtime_error("tls." + what + " " + internal::quote(file) + ": " + ec.message());
+    }
+  };
+  load("cert", files.cert, [&](error_code& ec) { ctx.use_certificate_chain_file(files.cert, ec); });
+  load("key", files.key,
+       [&](error_code& ec) { ctx.use_private_key_file(files.key, ssl::context::pem, ec); });
+  if (SSL_CTX_check_private_key(ctx.native_handle()) != 1) {
+    throw std::runtime_error("tls.key " + internal::quote(files.key) +
+                             ": does not match the certificate in " + internal::quote(files.cert));
+  }
+  if (!files.client_ca.empty()) {
+    load("client_ca", files.client_ca,
+         [&](error_code& ec) { ctx.load_verify_file(files.client_ca, ec); });
+    ctx.set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
+  }
+  return ctx;
+}
+
 }  // namespace
 
 http_server_options server_options(const server_config& config) {
@@ -509,11 +579,13 @@ http_server_options server_options(const server_config& config) {
   o.idle_timeout = config.idle_timeout;
   o.drain_timeout = config.drain_timeout;
   o.access_log = config.access_log;
+  o.tls = config.tls;
   return o;
 }
 
 http_server::impl::impl(http_server_options o, const request_handler& h, metrics& m)
     : options(std::move(o)), handler(h), counters(m) {
+  if (options.tls.enabled()) tls.emplace(make_tls_context(options.tls));
   std::size_t n = options.io_threads;
   if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
   for (std::size_t i = 0; i < n; ++i) workers.push_back(std::make_unique<worker>());

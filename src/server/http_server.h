@@ -44,6 +44,9 @@ struct http_server_options {
   std::chrono::milliseconds idle_timeout{60000};
   // On shutdown, how long requests in flight may take before their connections are closed.
   std::chrono::milliseconds drain_timeout{10000};
+  // HTTPS when `tls.cert` is set: the certificate chain and key (PEM files), and with
+  // `tls.client_ca` clients must present a certificate that CA signed. TLS 1.2 or later.
+  tls_files tls;
   // Log one line per request (spdlog, info).
   bool access_log = false;
   // SIGTERM and SIGINT start the drain; a second one closes every connection at once.

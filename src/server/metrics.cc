@@ -133,8 +133,8 @@ std::string_view to_string(route r) noexcept {
 
 metrics::metrics(std::vector<std::string> policies)
     : policies_(std::move(policies)),
-      decisions_(std::make_unique<decision_counts[]>(policies_.size() + 1)),
-      routes_(std::make_unique<route_counts[]>(route_count)),
+      counts_(std::make_unique<internal::striped_counters>(route_count * kPerRoute +
+                                                           3 * (policies_.size() + 1))),
       rls_(std::make_unique<rls_metrics>()) {}
 
 metrics::~metrics() = default;
@@ -155,27 +155,25 @@ std::size_t metrics::slot(std::string_view name) const noexcept {
 
 void metrics::count_decision(std::size_t slot, outcome o) noexcept {
   if (slot > policies_.size()) return;
-  decisions_[slot].n[static_cast<std::size_t>(o)].fetch_add(1, std::memory_order_relaxed);
+  counts_->add(decision_counter(slot, o));
 }
 
 void metrics::count_request(route r, unsigned status, std::chrono::nanoseconds took) noexcept {
-  route_counts& c = routes_[static_cast<std::size_t>(r)];
-  c.by_code[code_index(status)].fetch_add(1, std::memory_order_relaxed);
+  counts_->add(code_counter(r, code_index(status)));
   const double seconds = std::chrono::duration<double>(took).count();
   std::size_t b = 0;
   while (b < duration_buckets.size() && seconds > duration_buckets[b]) ++b;
-  c.buckets[b].fetch_add(1, std::memory_order_relaxed);
-  c.sum_ns.fetch_add(static_cast<std::uint64_t>(std::max<std::int64_t>(0, took.count())),
-                     std::memory_order_relaxed);
+  counts_->add(bucket_counter(r, b));
+  counts_->add(sum_counter(r), static_cast<std::uint64_t>(std::max<std::int64_t>(0, took.count())));
 }
 
 std::uint64_t metrics::decisions(std::size_t slot, outcome o) const noexcept {
   if (slot > policies_.size()) return 0;
-  return load(decisions_[slot].n[static_cast<std::size_t>(o)]);
+  return counts_->sum(decision_counter(slot, o));
 }
 
 std::uint64_t metrics::requests(route r, unsigned status) const noexcept {
-  return load(routes_[static_cast<std::size_t>(r)].by_code[code_index(status)]);
+  return counts_->sum(code_counter(r, code_index(status)));
 }
 
 std::string metrics::render(const limiter_stats& stats) const {
@@ -188,7 +186,7 @@ std::string metrics::render(const limiter_stats& stats) const {
     for (std::size_t o = 0; o < std::size(kOutcomes); ++o) {
       sample(out, "sluice_decisions_total",
              "policy=\"" + policy + "\",outcome=\"" + std::string(kOutcomes[o]) + "\"",
-             load(decisions_[slot].n[o]));
+             counts_->sum(decision_counter(slot, static_cast<outcome>(o))));
     }
   }
 
@@ -218,7 +216,7 @@ std::string metrics::render(const limiter_stats& stats) const {
     const std::string route_label =
         "route=\"" + std::string(to_string(static_cast<route>(r))) + "\",code=\"";
     for (std::size_t i = 0; i < codes_.size(); ++i) {
-      const std::uint64_t n = load(routes_[r].by_code[i]);
+      const std::uint64_t n = counts_->sum(code_counter(static_cast<route>(r), i));
       if (n == 0) continue;
       const std::string code = codes_[i] == 0 ? "other" : std::to_string(codes_[i]);
       sample(out, "sluice_http_requests_total", route_label + code + "\"", n);
@@ -228,16 +226,15 @@ std::string metrics::render(const limiter_stats& stats) const {
   header(out, "sluice_request_duration_seconds", "histogram",
          "Time from a request's header to its response, by route.");
   for (std::size_t r = 0; r < route_count; ++r) {
-    const route_counts& c = routes_[r];
+    const auto rt = static_cast<route>(r);
     std::uint64_t counts[duration_buckets.size() + 1];
     std::uint64_t total = 0;
     for (std::size_t b = 0; b <= duration_buckets.size(); ++b) {
-      counts[b] = load(c.buckets[b]);
+      counts[b] = counts_->sum(bucket_counter(rt, b));
       total += counts[b];
     }
     if (total == 0) continue;
-    const std::string route_label =
-        "route=\"" + std::string(to_string(static_cast<route>(r))) + "\"";
+    const std::string route_label = "route=\"" + std::string(to_string(rt)) + "\"";
     std::uint64_t cumulative = 0;
     for (std::size_t b = 0; b < duration_buckets.size(); ++b) {
       cumulative += counts[b];
@@ -246,7 +243,8 @@ std::string metrics::render(const limiter_stats& stats) const {
     }
     sample(out, "sluice_request_duration_seconds_bucket", route_label + ",le=\"+Inf\"", total);
     char sum[32];
-    std::snprintf(sum, sizeof sum, "%.9f", static_cast<double>(load(c.sum_ns)) / 1e9);
+    std::snprintf(sum, sizeof sum, "%.9f",
+                  static_cast<double>(counts_->sum(sum_counter(rt))) / 1e9);
     out += "sluice_request_duration_seconds_sum{" + route_label + "} " + sum + "\n";
     sample(out, "sluice_request_duration_seconds_count", route_label, total);
   }

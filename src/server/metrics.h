@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/striped.h"
 #include "sluice/limiter.h"
 #include "sluice/store.h"
 
@@ -44,8 +45,9 @@ enum class outcome : std::uint8_t {
 };
 
 // Counters of decisions, HTTP requests and connections. Thread-safe and lock-free: every
-// count is a relaxed atomic; `render` reads them without stopping the writers, so one
-// scrape may see a request counted in one series and not yet in another.
+// count is a relaxed atomic, and the per-request ones are striped per thread (two I/O
+// threads never write one cache line to count); `render` sums them without stopping the
+// writers, so one scrape may see a request counted in one series and not yet in another.
 class metrics {
  public:
   // Upper bounds of the request duration histogram's buckets, in seconds (50 µs to 1 s).
@@ -98,18 +100,28 @@ class metrics {
                                                       413, 429, 431, 500, 503, 0};
   static std::size_t code_index(unsigned status) noexcept;
 
-  struct decision_counts {
-    std::atomic<std::uint64_t> n[3] = {};
-  };
-  struct route_counts {
-    std::atomic<std::uint64_t> by_code[codes_.size()] = {};
-    std::atomic<std::uint64_t> buckets[duration_buckets.size() + 1] = {};  // last: +Inf only
-    std::atomic<std::uint64_t> sum_ns{0};
-  };
+  // Every per-request count lives in `counts_`, striped per thread (core/striped.h): the
+  // decisions (3 per slot), then per route its codes, duration buckets (the last +Inf only)
+  // and duration sum in ns.
+  static constexpr std::size_t kPerRoute = codes_.size() + duration_buckets.size() + 2;
+  static constexpr std::size_t route_base(route r) noexcept {
+    return static_cast<std::size_t>(r) * kPerRoute;
+  }
+  static constexpr std::size_t code_counter(route r, std::size_t code) noexcept {
+    return route_base(r) + code;
+  }
+  static constexpr std::size_t bucket_counter(route r, std::size_t b) noexcept {
+    return route_base(r) + codes_.size() + b;
+  }
+  static constexpr std::size_t sum_counter(route r) noexcept {
+    return route_base(r) + kPerRoute - 1;
+  }
+  std::size_t decision_counter(std::size_t slot, outcome o) const noexcept {
+    return route_count * kPerRoute + slot * 3 + static_cast<std::size_t>(o);
+  }
 
   std::vector<std::string> policies_;
-  std::unique_ptr<decision_counts[]> decisions_;  // policies_.size() + 1
-  std::unique_ptr<route_counts[]> routes_;        // route_count
+  std::unique_ptr<internal::striped_counters> counts_;
   std::atomic<std::int64_t> open_{0};
   std::atomic<std::uint64_t> refused_{0};
   std::unique_ptr<rls_metrics> rls_;

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <exception>
+#include <fstream>
 #include <ostream>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 #include <utility>
@@ -23,6 +25,19 @@
 #endif
 
 namespace sluice::server {
+
+namespace {
+
+// Returns the whole of a file the configuration named and checked (tls.*).
+[[maybe_unused]] std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream content;
+  content << in.rdbuf();
+  if (!in) throw std::runtime_error("cannot read " + internal::quote(path));
+  return content.str();
+}
+
+}  // namespace
 
 #ifdef SLUICE_WITH_GRPC
 struct service::grpc_listener {
@@ -111,6 +126,13 @@ void service::start_grpc([[maybe_unused]] const rls_handler_factory& make_rls) {
   }
   grpc_server_options options;
   options.listen = config_.grpc_listen;
+  if (config_.tls.enabled()) {
+    // The HTTP listener has loaded and checked the same files by now.
+    options.tls_cert_pem = read_file(config_.tls.cert);
+    options.tls_key_pem = read_file(config_.tls.key);
+    if (!config_.tls.client_ca.empty())
+      options.tls_client_ca_pem = read_file(config_.tls.client_ca);
+  }
   options.drain_timeout = config_.drain_timeout;
   // Cheap and without I/O, as the health service needs: what the store already knows.
   options.serving = [lim = limiter_.get()] { return lim->store().health().ready; };
@@ -208,6 +230,9 @@ std::string service::summary() const {
            std::string(to_string(sp.policy.algorithm)) + ", on_failure " +
            std::string(to_string(sp.policy.on_failure)) + (sp.policy.shadow ? ", shadow" : "") +
            ")";
+  }
+  if (config_.tls.enabled()) {
+    out += config_.tls.client_ca.empty() ? "; TLS" : "; TLS with client certificates";
   }
   if (!config_.api_tokens.empty()) out += "; API tokens required";
   if (!config_.admin_tokens.empty()) out += "; admin tokens required";

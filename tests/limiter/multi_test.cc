@@ -188,6 +188,40 @@ TEST_F(LimiterAcquireAll, AsyncFormMatchesSync) {
   EXPECT_EQ(must(lim.peek(a, "k")).remaining, 1);
 }
 
+// Verifies that one limit takes the single-key path (no multi-key store call) and decides as
+// a multi-key call would: spent while it admits, a cost of 0 only checks, shadow never denies,
+// a failing store falls back by the policy's mode; sync and async alike.
+TEST_F(LimiterAcquireAll, OneLimitTakesTheSingleKeyPath) {
+  sluice::limiter lim = make_limiter();
+  const policy p = make_policy("p", "2/1m", failure_mode::deny);
+  const policy watch = make_policy("watch", "1/1m", failure_mode::allow, true);
+  const std::vector<spend> one{{&p, "k", 1}};
+  EXPECT_TRUE(must(lim.acquire_all(one))[0].allowed);
+  EXPECT_EQ(must(lim.acquire_all(std::vector<spend>{{&p, "k", 0}}))[0].remaining, 1);
+  std::optional<result<std::vector<decision>>> async;
+  lim.async_acquire_all(one, [&](result<std::vector<decision>> r) { async = std::move(r); });
+  ASSERT_TRUE(async.has_value());
+  const decision second = must(std::move(*async))[0];
+  EXPECT_TRUE(second.allowed);
+  EXPECT_EQ(second.remaining, 0);
+  const decision third = must(lim.acquire_all(one))[0];
+  EXPECT_FALSE(third.allowed);
+  EXPECT_GT(third.retry_after.count(), 0);
+  EXPECT_TRUE(must(lim.acquire_all(std::vector<spend>{{&watch, "k"}}))[0].allowed);
+  const decision shadowed = must(lim.acquire_all(std::vector<spend>{{&watch, "k"}}))[0];
+  EXPECT_TRUE(shadowed.allowed);
+  EXPECT_EQ(shadowed.source, source::shadow);
+  EXPECT_EQ(store_->multi_key_calls(), 0);
+  store_->fail();
+  const decision fallback = must(lim.acquire_all(one))[0];
+  EXPECT_FALSE(fallback.allowed);
+  EXPECT_EQ(fallback.source, source::fallback_deny);
+  store_->recover();
+  EXPECT_EQ(store_->multi_key_calls(), 0);
+  (void)must(lim.acquire_all(std::vector<spend>{{&p, "a"}, {&p, "b"}}));
+  EXPECT_EQ(store_->multi_key_calls(), 1);
+}
+
 // Verifies bad input: errors, the async form's error too, and nothing spent.
 TEST_F(LimiterAcquireAll, BadInputIsAnErrorAndSpendsNothing) {
   sluice::limiter lim = make_limiter();

@@ -590,6 +590,36 @@ TEST(Config, TokensFromAFile) {
                                      "\": not a file of at most 1 MiB");
 }
 
+// Verifies the tls section: files relative to the config, both cert and key, files that
+// exist, no unknown key.
+TEST(Config, TlsFiles) {
+  scratch_dir dir;
+  dir.write("s.crt", "cert");
+  dir.write("s.key", "key");
+  dir.write("ca.crt", "ca");
+  const auto path = dir.write("sluice.yaml", std::string(kPolicies) +
+                                                 "tls: {cert: s.crt, key: s.key, client_ca: "
+                                                 "ca.crt}\n");
+  const auto c = load_config(path);
+  ASSERT_TRUE(c) << c.error().message();
+  EXPECT_EQ(c->tls.cert, (dir.path() / "s.crt").string());
+  EXPECT_EQ(c->tls.key, (dir.path() / "s.key").string());
+  EXPECT_EQ(c->tls.client_ca, (dir.path() / "ca.crt").string());
+  EXPECT_TRUE(c->tls.enabled());
+  EXPECT_FALSE(good(kPolicies).tls.enabled());
+
+  const auto half = dir.write("half.yaml", std::string(kPolicies) + "tls: {cert: s.crt}\n");
+  EXPECT_EQ(load_config(half).error().message(),
+            half.string() + ":2: tls: needs both cert and key (PEM files)");
+  const auto missing =
+      dir.write("missing.yaml", std::string(kPolicies) + "tls: {cert: s.crt, key: no.key}\n");
+  EXPECT_EQ(load_config(missing).error().message(),
+            missing.string() + ":2: tls.key: cannot read \"" + (dir.path() / "no.key").string() +
+                "\": not a file of at most 1 MiB");
+  EXPECT_EQ(message(std::string(kPolicies) + "tls: {cert: a, key: b, ca: c}\n"),
+            "t.yaml:2: tls.ca: unknown key; expected one of cert, key, client_ca");
+}
+
 // Verifies that a kind of token has one source, and that bad tokens are not echoed.
 TEST(Config, TokenSourcesAndSecrecy) {
   const std::string p(kPolicies);

@@ -108,6 +108,8 @@ class fake_store final : public async_store {
   }
   // How many times failure_domain() was asked.
   int domain_queries() const { return queries_.load(); }
+  // Multi-key calls made (acquire_all), each counted once.
+  int multi_key_calls() const { return multi_calls_.load(); }
 
   // The memory store that decides.
   memory_store& inner() { return inner_; }
@@ -130,6 +132,7 @@ class fake_store final : public async_store {
   // A multi-key call is counted once per key, against each key's domain, and fails when
   // any of those domains fails (as a cluster's reservations do).
   void async_acquire_all(std::span<const request> rs, all_completion done) override {
+    multi_calls_.fetch_add(1);
     std::vector<std::size_t> ds;
     std::vector<std::string> keys;
     for (const request& r : rs) {
@@ -249,6 +252,7 @@ class fake_store final : public async_store {
   std::atomic<bool> holding_{false};
   std::atomic<int> calls_{0};
   mutable std::atomic<int> queries_{0};
+  std::atomic<int> multi_calls_{0};
   mutable std::mutex mu_;
   std::optional<error> all_;                     // fail()
   std::map<std::size_t, domain_state> domains_;  // by the domain `domain_of` gives
