@@ -7,5 +7,6 @@ sluice_gtest(limiter_test
   ${CMAKE_CURRENT_LIST_DIR}/limiter/failure_test.cc
   ${CMAKE_CURRENT_LIST_DIR}/limiter/failure_domain_test.cc
   ${CMAKE_CURRENT_LIST_DIR}/limiter/source_test.cc
-  ${CMAKE_CURRENT_LIST_DIR}/limiter/multi_test.cc)
+  ${CMAKE_CURRENT_LIST_DIR}/limiter/multi_test.cc
+  ${CMAKE_CURRENT_LIST_DIR}/limiter/deny_cache_test.cc)
 sluice_gtest(breaker_test ${CMAKE_CURRENT_LIST_DIR}/limiter/breaker_test.cc)
