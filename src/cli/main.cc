@@ -10,6 +10,7 @@
 
 #include "cli/bench.h"
 #include "cli/eval.h"
+#include "core/text.h"
 #ifdef SLUICE_WITH_GRPC
 #include "cli/grpc_bench.h"
 #endif
@@ -149,6 +150,9 @@ struct bench_args {
   int descriptors = 1;
   std::uint32_t hits = 0;
   std::size_t channels = 1;
+  // Through a limiter with one policy (--limiter), its deny cache on (--deny-cache).
+  bool limiter = false;
+  bool deny_cache = false;
 };
 
 // Prints the report's JSON line with what the run was; returns 0 when every call got a
@@ -227,9 +231,23 @@ int run_bench(const bench_args& a) {
     print_json_line(std::cout, j);
     return 2;
   }
-  const auto report = sluice::cli::run_bench(*store, options);
+  sluice::cli::bench_report report;
+  if (a.limiter || a.deny_cache) {
+    if (!sluice::internal::valid_policy_name(a.prefix)) {
+      throw CLI::ValidationError("--prefix",
+                                 "with --limiter or --deny-cache the prefix is the "
+                                 "policy's name: use 1 to 64 of A-Z a-z 0-9 _ . -");
+    }
+    sluice::limiter_options lo;
+    lo.store = store;
+    sluice::limiter limiter(lo);
+    report = sluice::cli::run_limiter_bench(limiter, options, a.deny_cache);
+  } else {
+    report = sluice::cli::run_bench(*store, options);
+  }
   nlohmann::ordered_json about;
   about["store"] = store->describe();
+  if (a.limiter || a.deny_cache) about["deny_cache"] = a.deny_cache;
   about["algorithm"] = std::string(sluice::to_string(options.algorithm));
   about["limit"] = sluice::to_string(options.limit);
   about["keys"] = options.keys;
@@ -355,6 +373,15 @@ int main(int argc, char** argv) {
       ->needs(bench_grpc)
       ->check(CLI::Range(std::size_t{1}, std::size_t{64}))
       ->capture_default_str();
+  auto* bench_limiter = bench_cmd->add_flag(
+      "--limiter", bench.limiter,
+      "Through a limiter's async API, with one policy named --prefix (the same store keys), "
+      "not the store's");
+  auto* bench_deny_cache = bench_cmd->add_flag(
+      "--deny-cache", bench.deny_cache,
+      "Through a limiter (as --limiter) whose policy has the deny cache on: denied keys are "
+      "denied in-process until the store's retry_after");
+  bench_grpc->excludes(bench_limiter, bench_deny_cache);
   bench_cmd
       ->add_option("--print-script", bench.print_script,
                    "Print the Redis store's Lua script for ALGORITHM and exit")

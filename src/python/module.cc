@@ -826,7 +826,8 @@ PYBIND11_MODULE(_sluice, m) {
            "{\"limit\": ..., \"algorithm\": \"sliding_log\" | \"sliding_counter\" | \"gcra\",\n"
            "\"on_failure\": \"allow\" | \"deny\" | \"local\", \"shadow\": bool, \"deny_cache\":\n"
            "bool} (only limit required; deny_cache: once the store denies a key, deny it again\n"
-           "in this process until the wait it gave is over, without asking the store). Raises ValueError for a bad URI or policy, StoreError for a store this\n"
+           "in this process until the wait it gave is over, without asking the store). Raises "
+           "ValueError for a bad URI or policy, StoreError for a store this\n"
            "build does not provide.")
       .def(
           "acquire",
