@@ -232,6 +232,8 @@ int run_bench(const bench_args& a) {
     return 2;
   }
   sluice::cli::bench_report report;
+  nlohmann::ordered_json about;
+  about["store"] = store->describe();
   if (a.limiter || a.deny_cache) {
     if (!sluice::internal::valid_policy_name(a.prefix)) {
       throw CLI::ValidationError("--prefix",
@@ -242,12 +244,17 @@ int run_bench(const bench_args& a) {
     lo.store = store;
     sluice::limiter limiter(lo);
     report = sluice::cli::run_limiter_bench(limiter, options, a.deny_cache);
+    // A decision a failure mode made is no measure of the store: count it as an error.
+    const sluice::limiter_stats st = limiter.stats();
+    const std::uint64_t fallbacks = st.fallbacks_allow + st.fallbacks_deny + st.fallbacks_local;
+    report.errors += fallbacks;
+    about["deny_cache"] = a.deny_cache;
+    about["deny_cache_hits"] = st.deny_cache_hits;
+    about["store_errors"] = st.store_errors;
+    about["fallbacks"] = fallbacks;
   } else {
     report = sluice::cli::run_bench(*store, options);
   }
-  nlohmann::ordered_json about;
-  about["store"] = store->describe();
-  if (a.limiter || a.deny_cache) about["deny_cache"] = a.deny_cache;
   about["algorithm"] = std::string(sluice::to_string(options.algorithm));
   about["limit"] = sluice::to_string(options.limit);
   about["keys"] = options.keys;
