@@ -42,7 +42,7 @@ std::optional<decision> deny_cache::find(const ticket& t, std::string_view key, 
   if (s.size.load(std::memory_order_relaxed) == 0) return std::nullopt;
   const std::int64_t at = now.count();
   const std::lock_guard lock(s.mu);
-  const auto it = s.map.find(key);
+  const auto it = s.map.find(hashed{key, t.hash});
   if (it == s.map.end()) return std::nullopt;
   entry& e = it->second;
   if (e.lim != l || e.alg != a || at < e.received) return std::nullopt;
@@ -74,7 +74,7 @@ void deny_cache::record(const ticket& t, std::string_view key, const limit& l, a
   const std::lock_guard lock(s.mu);
   if (s.epoch.load(std::memory_order_relaxed) != t.epoch) return;
   try {
-    const auto it = s.map.find(key);
+    const auto it = s.map.find(hashed{key, t.hash});
     if (it != s.map.end()) {
       entry& e = it->second;
       const bool live = e.lim == l && e.alg == a && at >= e.received && at < e.retry_at;

@@ -88,11 +88,23 @@ class deny_cache {
     std::atomic<std::uint64_t>* hits;
   };
 
+  // A key with its hash, so that a lookup hashes the key once for the shard and the table.
+  struct hashed {
+    std::string_view key;
+    std::size_t hash;
+  };
   struct hash {
     using is_transparent = void;
     std::size_t operator()(std::string_view s) const noexcept {
       return std::hash<std::string_view>{}(s);
     }
+    std::size_t operator()(const hashed& h) const noexcept { return h.hash; }
+  };
+  struct equal {
+    using is_transparent = void;
+    bool operator()(std::string_view a, std::string_view b) const noexcept { return a == b; }
+    bool operator()(const hashed& a, std::string_view b) const noexcept { return a.key == b; }
+    bool operator()(std::string_view a, const hashed& b) const noexcept { return a == b.key; }
   };
 
   struct alignas(64) shard {
@@ -102,7 +114,7 @@ class deny_cache {
     std::size_t sweep_bucket = 0;         // the next bucket to sweep for expired entries
     // No entry's wait ends before this (µs): until then a full shard has nothing expired.
     std::int64_t earliest = 0;
-    std::unordered_map<std::string, entry, hash, std::equal_to<>> map;
+    std::unordered_map<std::string, entry, hash, equal> map;
   };
 
   shard& shard_of(std::size_t h) const noexcept { return shards_[(h >> 20) % shard_count]; }
