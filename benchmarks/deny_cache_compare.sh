@@ -11,8 +11,10 @@
 #     BENCH_RATE_LIMIT sets it instead), so the key is 10x over its limit without the cache
 #     too; the waits are about a millisecond, so the cache expires often and Redis decides
 #     again.
-# Each round runs on a fresh key prefix. redis% is the Redis CPU time over wall time (100 = one
-# core), so the rounds also show what the cache saves Redis. It starts its own redis-server on
+# Each round runs on a fresh key prefix. redis% and client% are the CPU time of Redis and of
+# `sluice bench` over wall time (100 = one core): the rounds show what the cache saves Redis,
+# and per_client_cpu_s (decisions per CPU second of the client) what one process would get
+# with a core to itself on a machine whose cores are busy with other work. It starts its own redis-server on
 # a free loopback port in a temporary directory and stops it (by pid) on exit.
 #
 # Environment: SLUICE (./build/release/sluice), BENCH_SECONDS (3), BENCH_ROUNDS (5),
@@ -33,7 +35,7 @@ die() {
   echo "deny_cache_compare: $*" >&2
   exit 1
 }
-for tool in "$redis_server" redis-cli awk sort; do
+for tool in "$redis_server" redis-cli awk sort /usr/bin/time; do
   command -v "$tool" >/dev/null || die "$tool not found (make deps installs it)"
 done
 [[ -x $sluice ]] || die "$sluice not found; build it first (make build)"
@@ -60,19 +62,22 @@ store="redis://127.0.0.1:$port?timeout=1s"
 echo "redis-server on 127.0.0.1:$port (pid $redis_pid), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "hot key: --keys 1, --inflight $inflight, $algorithm, $rounds rounds x ${run_seconds}s, alternating"
 
-# One round: prints "per_second redis% allowed denied errors p50 p99" (errors: failed calls,
-# timeouts and fallbacks).
+# One round: prints "per_second redis% client% per_client_cpu_s allowed denied errors p50 p99"
+# (errors: failed calls, timeouts and fallbacks).
 round() {
   local mode=$1 limit=$2 prefix=$3 before after out=$tmp/out.json
   before=$(cpu_seconds "$redis_pid")
-  "$sluice" bench --store "$store" "$mode" --keys 1 --limit "$limit" --algorithm "$algorithm" \
-    --inflight "$inflight" --seconds "$run_seconds" --prefix "$prefix" >"$out" || true
+  /usr/bin/time -f '%U %S' -o "$tmp/time" "$sluice" bench --store "$store" "$mode" --keys 1 \
+    --limit "$limit" --algorithm "$algorithm" --inflight "$inflight" --seconds "$run_seconds" \
+    --prefix "$prefix" >"$out" || true
   after=$(cpu_seconds "$redis_pid")
   awk -v a="$after" -v b="$before" -v s="$(field seconds "$out")" \
     -v ps="$(field per_second "$out")" -v al="$(field allowed "$out")" \
     -v de="$(field denied "$out")" -v p50="$(field p50_us "$out")" -v p99="$(field p99_us "$out")" \
     -v er="$(($(field errors "$out") + $(field timeouts "$out")))" \
-    'BEGIN { printf "%.0f %.0f %s %s %s %s %s\n", ps, 100 * (a - b) / s, al, de, er, p50, p99 }'
+    -v cpu="$(awk '{ print $1 + $2 }' "$tmp/time")" -v n="$(field decisions "$out")" \
+    'BEGIN { printf "%.0f %.0f %.0f %.0f %s %s %s %s %s\n", ps, 100 * (a - b) / s, 100 * cpu / s,
+             n / cpu, al, de, er, p50, p99 }'
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
@@ -87,21 +92,24 @@ fi
 for limit in 100/1m "$rate/1s"; do
   echo
   echo "limit $limit"
-  printf '%-6s %-13s %12s %8s %9s %11s %7s %9s %9s\n' round mode per_second redis% allowed \
-    denied errors p50_us p99_us
-  : >"$tmp/off" && : >"$tmp/on" && : >"$tmp/off_redis" && : >"$tmp/on_redis"
+  printf '%-6s %-13s %11s %7s %8s %13s %8s %9s %7s %9s %9s\n' round mode per_second redis% \
+    client% per_client_cpu_s allowed denied errors p50_us p99_us
+  for f in off on off_redis on_redis off_cpu on_cpu; do : >"$tmp/$f"; done
   for r in $(seq "$rounds"); do
     for mode in --limiter --deny-cache; do
       tag=off && [[ $mode == --deny-cache ]] && tag=on
-      read -r ps cpu al de er p50 p99 < <(round "$mode" "$limit" "hot${r}${tag}${limit%%/*}")
-      printf '%-6s %-13s %12s %8s %9s %11s %7s %9s %9s\n' "$r" "$mode" "$ps" "$cpu" "$al" "$de" \
-        "$er" "$p50" "$p99"
+      read -r ps cpu ccpu pcs al de er p50 p99 < <(round "$mode" "$limit" \
+        "hot${r}${tag}${limit%%/*}")
+      printf '%-6s %-13s %11s %7s %8s %13s %8s %9s %7s %9s %9s\n' "$r" "$mode" "$ps" "$cpu" \
+        "$ccpu" "$pcs" "$al" "$de" "$er" "$p50" "$p99"
       echo "$ps" >>"$tmp/$tag"
       echo "$cpu" >>"$tmp/${tag}_redis"
+      echo "$pcs" >>"$tmp/${tag}_cpu"
     done
   done
   off=$(median <"$tmp/off") on=$(median <"$tmp/on")
-  echo "median: --limiter $off/s ($(range <"$tmp/off")), redis $(median <"$tmp/off_redis")%;" \
-    "--deny-cache $on/s ($(range <"$tmp/on")), redis $(median <"$tmp/on_redis")%;" \
+  echo "median: --limiter $off/s ($(range <"$tmp/off")), redis $(median <"$tmp/off_redis")%," \
+    "$(median <"$tmp/off_cpu") per client CPU s; --deny-cache $on/s ($(range <"$tmp/on"))," \
+    "redis $(median <"$tmp/on_redis")%, $(median <"$tmp/on_cpu") per client CPU s;" \
     "ratio $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.1f", a / b }')x"
 done
