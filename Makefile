@@ -6,6 +6,7 @@
 #   make build         build the release preset
 #   make bench         build release and run the benchmarks (BENCH_ARGS=... passes flags)
 #   make bench-redis   build release; Redis store vs redis-benchmark vs the reference
+#   make bench-deny-cache build release; a hot key on Redis, the deny cache off and on
 #   make bench-server  build release; sluice serve vs nginx under wrk
 #   make bench-cluster build release; the Redis Cluster store vs a single Redis
 #   make bench-python  build release; the Python module vs the reference and sluice bench
@@ -31,7 +32,7 @@ export UBSAN_OPTIONS := print_stacktrace=1:halt_on_error=1
 # The gRPC tests link Debian's gRPC, built without TSan: tests/tsan_suppressions.txt says why.
 export TSAN_OPTIONS := halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan_suppressions.txt
 
-.PHONY: run test build build-cli bench bench-redis bench-server bench-cluster bench-python bench-grpc bench-io-threads fuzz deps format format-check clean \
+.PHONY: run test build build-cli bench bench-redis bench-deny-cache bench-server bench-cluster bench-python bench-grpc bench-io-threads fuzz deps format format-check clean \
 	$(addprefix build-,$(PRESETS)) $(addprefix test-,$(PRESETS))
 
 # SLUICE_DEPS_DONE is set for the sub-makes of `test`, which checked the packages already.
@@ -82,6 +83,10 @@ bench: build-release
 # One run of benchmarks/redis_compare.sh on a private redis-server; see docs/BENCHMARKS.md.
 bench-redis: build-release
 	SLUICE=./build/release/sluice bash benchmarks/redis_compare.sh
+
+# One run of benchmarks/deny_cache_compare.sh on a private redis-server; see docs/BENCHMARKS.md.
+bench-deny-cache: build-cli
+	SLUICE=./build/release/sluice bash benchmarks/deny_cache_compare.sh
 
 # One run of benchmarks/server_compare.sh: nginx `return 204` vs sluice serve, under wrk.
 bench-server: build-release

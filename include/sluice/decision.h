@@ -14,9 +14,11 @@ enum class decision_source : std::uint8_t {
   fallback_deny,   // the same, and on_failure: deny refused
   fallback_local,  // the same, and on_failure: local decided on the in-process store
   shadow,          // a shadow policy's denial, answered as allowed (the policy only records)
+  deny_cache,      // a denial the store gave earlier, replayed by the limiter's deny cache
 };
 
-// Returns "store", "fallback_allow", "fallback_deny", "fallback_local" or "shadow".
+// Returns "store", "fallback_allow", "fallback_deny", "fallback_local", "shadow" or
+// "deny_cache".
 constexpr std::string_view to_string(decision_source s) noexcept {
   switch (s) {
     case decision_source::store:
@@ -29,6 +31,8 @@ constexpr std::string_view to_string(decision_source s) noexcept {
       return "fallback_local";
     case decision_source::shadow:
       return "shadow";
+    case decision_source::deny_cache:
+      return "deny_cache";
   }
   return "unknown";
 }

@@ -52,6 +52,11 @@ struct policy {
   // `decision_source::shadow`, so a new limit can be watched before it is enforced. Its
   // denials still spend nothing.
   bool shadow = false;
+  // Keep the store's denials of a key in this process until the wait they give is over, and
+  // deny the same or a larger cost from there, without calling the store (source
+  // `deny_cache`). Never admits more than the store would; a reset or refund made by
+  // another process is seen only once the wait is over (docs/DESIGN.md, "Deny cache").
+  bool deny_cache = false;
 };
 
 // One limit of a decision over several: a policy (registered or not; it must outlive the
@@ -79,6 +84,9 @@ struct limiter_options {
   // The store of `failure_mode::local`, built with the limiter (its `time_source` is
   // replaced by the one above). Keys it cannot hold get its error while the store fails.
   memory_store_options local;
+  // The most keys the deny cache of `policy::deny_cache` policies holds (for all of them
+  // together); at the cap, keys whose wait is nearly over make room. 0 turns the cache off.
+  std::size_t deny_cache_max_keys = 100000;
 };
 
 // Counters since the limiter was built, for metrics.
@@ -96,6 +104,9 @@ struct limiter_stats {
   breaker_state breaker = breaker_state::closed;
   std::size_t breakers_open = 0;  // how many are not closed now (open or half_open)
   std::size_t breakers = 1;       // how many there are (fixed for the limiter's life)
+  // The deny cache (`policy::deny_cache`):
+  std::uint64_t deny_cache_hits = 0;  // decisions it answered (counted in `denied` too)
+  std::size_t deny_cache_keys = 0;    // keys it holds now
 };
 
 // Binds a store and named policies. Policies are added before the limiter is shared;
@@ -207,6 +218,9 @@ class limiter {
   // Returns domain 0's breaker: the only one for a store that fails as a whole.
   const circuit_breaker& breaker() const noexcept { return breaker(0); }
   limiter_stats stats() const noexcept;
+  // Returns how many decisions the deny cache answered for policy `policy_name`, including
+  // inline policies of that name; 0 for a name never registered.
+  std::uint64_t deny_cache_hits(std::string_view policy_name) const noexcept;
 
  private:
   struct failover;  // the breakers, the local store, counters and warnings

@@ -11,12 +11,13 @@ FailureMode = Literal["allow", "deny", "local"]
 Key = Union[str, bytes]
 
 class PolicySpec(TypedDict):
-    """A policy: its limit, and optionally algorithm, failure mode and shadow."""
+    """A policy: its limit, and optionally algorithm, failure mode, shadow and deny cache."""
 
     limit: Limit
     algorithm: NotRequired[Algorithm]
     on_failure: NotRequired[FailureMode]
     shadow: NotRequired[bool]
+    deny_cache: NotRequired[bool]
 
 class StoreError(Exception):
     """The store failed and nothing decided in its place."""

@@ -69,6 +69,13 @@ class latency_histogram {
   std::array<std::atomic<std::uint64_t>, kBuckets> counts_{};
 };
 
+// Returns what a call that came to `d` counts as.
+call_outcome outcome_of(const result<decision>& d) {
+  if (d) return d->allowed ? call_outcome::allowed : call_outcome::denied;
+  return d.error().code == make_error_code(errc::timeout) ? call_outcome::timeout
+                                                          : call_outcome::error;
+}
+
 // Returns `v` rounded to `digits` decimals, as the double that prints that way.
 double round_to(double v, int digits) {
   const double scale = std::pow(10.0, digits);
@@ -200,13 +207,24 @@ bench_report run_bench(store& s, const bench_options& options) {
   }
   return run_load(options, [&](std::size_t key, call_token token) {
     const request r{keys[key], options.limit, options.algorithm};
-    s.async_acquire(r, [token = std::move(token)](result<decision> d) {
-      if (d) {
-        token.complete(d->allowed ? call_outcome::allowed : call_outcome::denied);
-      } else {
-        token.complete(d.error().code == make_error_code(errc::timeout) ? call_outcome::timeout
-                                                                        : call_outcome::error);
-      }
+    s.async_acquire(
+        r, [token = std::move(token)](result<decision> d) { token.complete(outcome_of(d)); });
+  });
+}
+
+bench_report run_limiter_bench(limiter& lim, const bench_options& options, bool deny_cache) {
+  const std::size_t key_count = std::max<std::size_t>(1, options.keys);
+  std::vector<std::string> keys;
+  keys.reserve(key_count);
+  for (std::size_t i = 0; i < key_count; ++i) keys.push_back(std::to_string(i));
+  policy p{options.prefix, options.limit, options.algorithm};
+  p.deny_cache = deny_cache;
+  // The CLI checks the prefix as a policy name before it gets here.
+  if (auto ok = lim.add_policy(p); !ok) return {};
+  const policy& registered = *lim.find_policy(options.prefix);
+  return run_load(options, [&](std::size_t key, call_token token) {
+    lim.async_acquire(registered, keys[key], 1, [token = std::move(token)](result<decision> d) {
+      token.complete(outcome_of(d));
     });
   });
 }

@@ -1,8 +1,9 @@
 // `sluice bench`: a load generator, from one process. It keeps a fixed number of calls in
 // flight over a set of keys for a fixed time and reports throughput and latency (from the
 // call to its completion). `run_load` is the generator, whatever the calls are; `run_bench`
-// drives a store's async API with it (`sluice bench --store`), and `run_grpc_bench`
-// (grpc_bench.h) Envoy's rate limit service (`sluice bench --grpc`).
+// drives a store's async API with it (`sluice bench --store`), `run_limiter_bench` a
+// limiter's (`sluice bench --limiter`, `--deny-cache`), and `run_grpc_bench` (grpc_bench.h)
+// Envoy's rate limit service (`sluice bench --grpc`).
 #pragma once
 
 #include <chrono>
@@ -16,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sluice/limit.h"
+#include "sluice/limiter.h"
 #include "sluice/store.h"
 
 namespace sluice::cli {
@@ -104,6 +106,12 @@ bench_report run_load(const load_options& options, const start_call& start);
 // until every call it made has completed. Completions may run on any thread (the store's
 // I/O thread, or inline); the generator's own thread is the caller's.
 bench_report run_bench(store& s, const bench_options& options);
+
+// Runs the load described by `options` through `lim`'s async API, with one policy: named
+// `options.prefix` (so the store keys are the same `<prefix>:<i>` as run_bench's), with
+// `options.limit` and `options.algorithm`, the deny cache on when `deny_cache`. Blocks until
+// every call has completed; the limiter must not have a policy of that name yet.
+bench_report run_limiter_bench(limiter& lim, const bench_options& options, bool deny_cache);
 
 // Returns `r` as `sluice bench` prints it: decisions, seconds, per_second, allowed, denied,
 // errors, timeouts, p50_us, p99_us, p999_us.

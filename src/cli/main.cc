@@ -11,6 +11,7 @@
 
 #include "cli/bench.h"
 #include "cli/eval.h"
+#include "core/text.h"
 #ifdef SLUICE_WITH_GRPC
 #include "cli/grpc_bench.h"
 #endif
@@ -154,6 +155,9 @@ struct bench_args {
   std::string tls_ca;
   std::string tls_cert;
   std::string tls_key;
+  // Through a limiter with one policy (--limiter), its deny cache on (--deny-cache).
+  bool limiter = false;
+  bool deny_cache = false;
 };
 
 // Returns the whole of `path` (a file CLI11 checked exists), or throws naming the option.
@@ -250,9 +254,30 @@ int run_bench(const bench_args& a) {
     print_json_line(std::cout, j);
     return 2;
   }
-  const auto report = sluice::cli::run_bench(*store, options);
+  sluice::cli::bench_report report;
   nlohmann::ordered_json about;
   about["store"] = store->describe();
+  if (a.limiter || a.deny_cache) {
+    if (!sluice::internal::valid_policy_name(a.prefix)) {
+      throw CLI::ValidationError("--prefix",
+                                 "with --limiter or --deny-cache the prefix is the "
+                                 "policy's name: use 1 to 64 of A-Z a-z 0-9 _ . -");
+    }
+    sluice::limiter_options lo;
+    lo.store = store;
+    sluice::limiter limiter(lo);
+    report = sluice::cli::run_limiter_bench(limiter, options, a.deny_cache);
+    // A decision a failure mode made is no measure of the store: count it as an error.
+    const sluice::limiter_stats st = limiter.stats();
+    const std::uint64_t fallbacks = st.fallbacks_allow + st.fallbacks_deny + st.fallbacks_local;
+    report.errors += fallbacks;
+    about["deny_cache"] = a.deny_cache;
+    about["deny_cache_hits"] = st.deny_cache_hits;
+    about["store_errors"] = st.store_errors;
+    about["fallbacks"] = fallbacks;
+  } else {
+    report = sluice::cli::run_bench(*store, options);
+  }
   about["algorithm"] = std::string(sluice::to_string(options.algorithm));
   about["limit"] = sluice::to_string(options.limit);
   about["keys"] = options.keys;
@@ -412,6 +437,15 @@ int main(int argc, char** argv) {
                    "With --tls-ca: a PEM client certificate, for a server that asks for one")
       ->needs(bench_tls_ca, bench_tls_key)
       ->check(CLI::ExistingFile);
+  auto* bench_limiter = bench_cmd->add_flag(
+      "--limiter", bench.limiter,
+      "Through a limiter's async API, with one policy named --prefix (the same store keys), "
+      "not the store's");
+  auto* bench_deny_cache = bench_cmd->add_flag(
+      "--deny-cache", bench.deny_cache,
+      "Through a limiter (as --limiter) whose policy has the deny cache on: denied keys are "
+      "denied in-process until the store's retry_after");
+  bench_grpc->excludes(bench_limiter, bench_deny_cache);
   bench_cmd
       ->add_option("--print-script", bench.print_script,
                    "Print the Redis store's Lua script for ALGORITHM and exit")

@@ -16,6 +16,7 @@
 
 #include "core/striped.h"
 #include "core/text.h"
+#include "limiter/deny_cache.h"
 #include "sluice/algorithms.h"
 
 namespace sluice {
@@ -100,6 +101,7 @@ std::optional<failure_mode> fallback_of(decision_source s) noexcept {
       return failure_mode::local;
     case decision_source::store:
     case decision_source::shadow:
+    case decision_source::deny_cache:
       break;
   }
   return std::nullopt;
@@ -137,6 +139,9 @@ struct limiter::failover {
         domains(make_domains(o, *s, *time)),
         single(domains.size() == 1),
         local(local_options(o, *time)),
+        cache(o.deny_cache_max_keys > 0
+                  ? std::make_unique<internal::deny_cache>(o.deny_cache_max_keys)
+                  : nullptr),
         warn(o.warn),
         warn_interval(std::chrono::duration_cast<microseconds>(o.warn_interval).count()) {}
 
@@ -164,6 +169,41 @@ struct limiter::failover {
   }
 
   void count(const decision& d) noexcept { counters.add(d.allowed ? kAllowed : kDenied); }
+
+  // Returns the deny cache's answer to `r` under `p` at `at`, counted and shadowed as the
+  // store's would be, or nothing; `*t` is then the ticket to record the store's answer with,
+  // or nothing when `p` does not use the cache (or `r` is bad input, the store's to refuse).
+  std::optional<decision> cached(const policy& p, const request& r, microseconds at,
+                                 std::optional<internal::deny_cache::ticket>& t) noexcept {
+    if (!p.deny_cache || !cache || !request_in_range(r.limit, r.cost, at)) return std::nullopt;
+    t = cache->locate(r.key);
+    std::optional<decision> hit = cache->find(*t, r.key, r.limit, r.algorithm, r.cost, at);
+    if (!hit) return std::nullopt;
+    count(*hit);
+    return shadowed(p, *hit);
+  }
+
+  // Keeps the store's answer `got` to `r` in the deny cache when it is a denial. `now` is
+  // the request's explicit time, else the limiter's clock is read now: when the answer came
+  // back, so the wait runs from a little after the store decided (by the round trip).
+  void remember(const std::optional<internal::deny_cache::ticket>& t, const policy& p,
+                const request& r, const result<decision>& got) noexcept {
+    if (!t || !got || got->allowed) return;
+    const microseconds at = r.now ? *r.now : time->now();
+    cache->record(*t, r.key, r.limit, r.algorithm, r.cost, *got, at, hits_for(p.name));
+  }
+
+  // Clears `store_key` from the deny cache: a reset or a refund made through this limiter.
+  void forget(std::string_view store_key) noexcept {
+    if (cache) cache->erase(store_key);
+  }
+
+  // Returns the hit counter of policies named `name`: a registered one's, else the inline
+  // policies' counter.
+  std::atomic<std::uint64_t>* hits_for(std::string_view name) noexcept {
+    const auto it = hits_by_policy.find(name);
+    return it == hits_by_policy.end() ? &inline_hits : it->second.get();
+  }
 
   // Records a failed store call in `d`: counts it, tells the breaker, keeps the message for
   // the warnings that follow while the breaker is open.
@@ -328,6 +368,13 @@ struct limiter::failover {
   const std::vector<std::unique_ptr<domain>> domains;
   const bool single;  // one domain: `failure_domain` is not called
   memory_store local;
+  // The deny cache; null when `deny_cache_max_keys` is 0.
+  const std::unique_ptr<internal::deny_cache> cache;
+  // Its hits by registered policy name; filled by add_policy, before the limiter is shared.
+  std::unordered_map<std::string, std::unique_ptr<std::atomic<std::uint64_t>>, name_hash,
+                     std::equal_to<>>
+      hits_by_policy;
+  std::atomic<std::uint64_t> inline_hits{0};  // inline policies of names not registered
   const std::function<void(std::string_view)> warn;
   const std::int64_t warn_interval;  // µs
 
@@ -394,7 +441,18 @@ limiter_stats limiter::stats() const noexcept {
     if (state == breaker_state::open) s.breaker = breaker_state::open;
   }
   if (s.breaker != breaker_state::open && half_open) s.breaker = breaker_state::half_open;
+  s.deny_cache_hits = f.inline_hits.load(std::memory_order_relaxed);
+  for (const auto& [name, hits] : f.hits_by_policy) {
+    s.deny_cache_hits += hits->load(std::memory_order_relaxed);
+  }
+  s.deny_cache_keys = f.cache ? f.cache->size() : 0;
   return s;
+}
+
+std::uint64_t limiter::deny_cache_hits(std::string_view policy_name) const noexcept {
+  const auto& m = failover_->hits_by_policy;
+  const auto it = m.find(policy_name);
+  return it == m.end() ? 0 : it->second->load(std::memory_order_relaxed);
 }
 
 result<void> limiter::add_policy(policy p) {
@@ -408,6 +466,7 @@ result<void> limiter::add_policy(policy p) {
   if (policies_.contains(p.name)) {
     return make_error(errc::invalid_policy, "policy \"" + p.name + "\" is defined twice");
   }
+  failover_->hits_by_policy.try_emplace(p.name, std::make_unique<std::atomic<std::uint64_t>>(0));
   std::string name = p.name;
   policies_.emplace(std::move(name), std::move(p));
   return {};
@@ -444,9 +503,15 @@ result<decision> limiter::decide(const policy& p, std::string_view key, std::int
   const scoped_key k(p.name, key);
   const request r{k.view(), p.limit, p.algorithm, cost, now};
   failover& f = *failover_;
+  std::optional<internal::deny_cache::ticket> ticket;
+  if (p.deny_cache) {
+    if (auto hit = f.cached(p, r, now ? *now : f.time->now(), ticket)) return *hit;
+  }
   failover::domain& d = f.domain_of(r.key);
   if (!d.breaker.allow()) return f.fall_back(d, p, r, m, nullptr);
-  return f.settle(d, p, r, m, m == mode::acquire ? store_->acquire(r) : store_->peek(r));
+  result<decision> got = m == mode::acquire ? store_->acquire(r) : store_->peek(r);
+  f.remember(ticket, p, r, got);
+  return f.settle(d, p, r, m, std::move(got));
 }
 
 void limiter::async_decide(const policy& p, std::string_view key, std::int64_t cost, mode m,
@@ -455,16 +520,22 @@ void limiter::async_decide(const policy& p, std::string_view key, std::int64_t c
   const scoped_key k(p.name, key);
   const request r{k.view(), p.limit, p.algorithm, cost, {}};
   failover* f = failover_.get();
+  std::optional<internal::deny_cache::ticket> ticket;
+  if (p.deny_cache) {
+    if (auto hit = f->cached(p, r, f->time->now(), ticket)) return done(*hit);
+  }
   failover::domain* d = &f->domain_of(r.key);
   if (!d->breaker.allow()) return done(f->fall_back(*d, p, r, m, nullptr));
-  // The store may complete after this frame is gone. Only the local fallback needs the key
-  // then; allow and deny decide from the limit alone.
-  std::string owned = p.on_failure == failure_mode::local ? std::string(k.view()) : std::string();
+  // The store may complete after this frame is gone. Only the local fallback and the deny
+  // cache need the key then; allow and deny decide from the limit alone.
+  std::string owned =
+      p.on_failure == failure_mode::local || ticket ? std::string(k.view()) : std::string();
   // The result goes to the breaker that let the call through, even if the key has moved to
   // another domain by then.
-  completion settle = [f, d, pp = &p, cost, m, owned = std::move(owned),
+  completion settle = [f, d, pp = &p, cost, m, ticket, owned = std::move(owned),
                        done = std::move(done)](result<decision> got) {
     const request later{owned, pp->limit, pp->algorithm, cost, {}};
+    f->remember(ticket, *pp, later, got);
     done(f->settle(*d, *pp, later, m, std::move(got)));
   };
   if (m == mode::acquire) {
@@ -490,9 +561,13 @@ result<void> limiter::reset(const policy& p, std::string_view key) {
   failover& f = *failover_;
   // State the local store kept through an outage goes too (a key too long for it has none).
   (void)f.local.reset(k.view());
+  // The cached denial goes before the call, so that no later decision is answered from it,
+  // and again after, so that none the store made before the reset is kept.
+  f.forget(k.view());
   failover::domain& d = f.domain_of(k.view());
   if (!d.breaker.allow()) return f.breaker_open(d);
   result<void> r = store_->reset(k.view());
+  f.forget(k.view());
   f.settle_reset(d, r);
   return r;
 }
@@ -502,12 +577,16 @@ void limiter::async_reset(const policy& p, std::string_view key, reset_completio
   const scoped_key k(p.name, key);
   failover* f = failover_.get();
   (void)f->local.reset(k.view());
+  f->forget(k.view());
   failover::domain* d = &f->domain_of(k.view());
   if (!d->breaker.allow()) return done(f->breaker_open(*d));
-  store_->async_reset(k.view(), [f, d, done = std::move(done)](result<void> r) {
-    f->settle_reset(*d, r);
-    done(std::move(r));
-  });
+  std::string owned = f->cache ? std::string(k.view()) : std::string();
+  store_->async_reset(k.view(),
+                      [f, d, owned = std::move(owned), done = std::move(done)](result<void> r) {
+                        f->forget(owned);
+                        f->settle_reset(*d, r);
+                        done(std::move(r));
+                      });
 }
 
 // One acquire_all in progress: the items, their store keys, what has been decided, and the
@@ -787,9 +866,12 @@ result<decision> limiter::refund(const policy& p, std::string_view key, std::int
   const request r{k.view(), p.limit, p.algorithm, cost, now};
   failover& f = *failover_;
   (void)f.local.refund(r);  // what the local store spent through an outage goes back too
+  f.forget(r.key);          // before and after the call, as for reset
   failover::domain& d = f.domain_of(r.key);
   if (!d.breaker.allow()) return f.breaker_open(d);
-  return f.settle_refund(d, store_->refund(r));
+  result<decision> got = store_->refund(r);
+  f.forget(r.key);
+  return f.settle_refund(d, std::move(got));
 }
 
 void limiter::async_refund(const policy& p, std::string_view key, std::int64_t cost,
@@ -799,11 +881,15 @@ void limiter::async_refund(const policy& p, std::string_view key, std::int64_t c
   const request r{k.view(), p.limit, p.algorithm, cost, {}};
   failover* f = failover_.get();
   (void)f->local.refund(r);
+  f->forget(r.key);
   failover::domain* d = &f->domain_of(r.key);
   if (!d->breaker.allow()) return done(f->breaker_open(*d));
-  store_->async_refund(r, [f, d, done = std::move(done)](result<decision> got) {
-    done(f->settle_refund(*d, std::move(got)));
-  });
+  std::string owned = f->cache ? std::string(k.view()) : std::string();
+  store_->async_refund(
+      r, [f, d, owned = std::move(owned), done = std::move(done)](result<decision> got) {
+        f->forget(owned);
+        done(f->settle_refund(*d, std::move(got)));
+      });
 }
 
 void limiter::async_refund(std::string_view policy_name, std::string_view key, std::int64_t cost,

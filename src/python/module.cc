@@ -344,8 +344,8 @@ sluice::result<sluice::limit> to_limit(py::handle spec) {
   return sluice::make_limit(count, std::chrono::microseconds(static_cast<std::int64_t>(us)));
 }
 
-// Returns the policy `name` described by a limit, or a dict of limit, algorithm, on_failure
-// and shadow (only limit required).
+// Returns the policy `name` described by a limit, or a dict of limit, algorithm, on_failure,
+// shadow and deny_cache (only limit required).
 sluice::result<sluice::policy> to_policy(std::string name, py::handle spec) {
   sluice::policy p;
   p.name = std::move(name);
@@ -386,8 +386,14 @@ sluice::result<sluice::policy> to_policy(std::string name, py::handle spec) {
         throw py::type_error("policy field shadow must be a bool, not " + type_name(v));
       }
       p.shadow = v.cast<bool>();
+    } else if (field == "deny_cache") {
+      if (!PyBool_Check(v.ptr())) {
+        throw py::type_error("policy field deny_cache must be a bool, not " + type_name(v));
+      }
+      p.deny_cache = v.cast<bool>();
     } else {
-      return bad("unknown field \"" + field + "\" (limit, algorithm, on_failure, shadow)");
+      return bad("unknown field \"" + field +
+                 "\" (limit, algorithm, on_failure, shadow, deny_cache)");
     }
   }
   return p;
@@ -818,8 +824,10 @@ PYBIND11_MODULE(_sluice, m) {
            "Opens `store` (memory://, redis://, rediss://, unix://, redis+cluster://...) and\n"
            "registers `policies`: name -> a limit (\"30/hour\" or (30, 3600.0)) or a dict\n"
            "{\"limit\": ..., \"algorithm\": \"sliding_log\" | \"sliding_counter\" | \"gcra\",\n"
-           "\"on_failure\": \"allow\" | \"deny\" | \"local\", \"shadow\": bool} (only limit\n"
-           "required). Raises ValueError for a bad URI or policy, StoreError for a store this\n"
+           "\"on_failure\": \"allow\" | \"deny\" | \"local\", \"shadow\": bool, \"deny_cache\":\n"
+           "bool} (only limit required; deny_cache: once the store denies a key, deny it again\n"
+           "in this process until the wait it gave is over, without asking the store). Raises "
+           "ValueError for a bad URI or policy, StoreError for a store this\n"
            "build does not provide.")
       .def(
           "acquire",

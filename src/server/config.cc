@@ -9,8 +9,10 @@
 //   tls: {cert: server.crt, key: server.key, client_ca: ca.crt}  # PEM files; both listeners
 //                                 # speak TLS; with client_ca, clients need a certificate
 //   io_threads: 0                 # 0: one per core
-//   store: memory://              # or redis://, rediss://, unix://, redis+cluster:// (see
-//   open_store) breaker: {failures_to_open: 5, open_for: 1s, max_open_for: 30s} warn_interval: 10s
+//   store: memory://              # or redis://, rediss://, unix://, redis+cluster://
+//   breaker: {failures_to_open: 5, open_for: 1s, max_open_for: 30s}
+//   warn_interval: 10s
+//   deny_cache_max_keys: 100000   # keys the deny cache holds (deny_cache policies); 0: off
 //   limits: {max_connections: 10000, max_body_bytes: 16384, max_key_bytes: 1024,
 //            header_timeout: 5s, body_timeout: 5s, idle_timeout: 60s, drain_timeout: 10s}
 //   auth:                         # per kind, one of: a list, an environment variable
@@ -22,7 +24,7 @@
 //   policies:                     # at least one; names are [A-Za-z0-9_.-]{1,64}
 //     chat: {limit: 30/hour, algorithm: sliding_log, on_failure: allow, shadow: false,
 //            gate: {key_header: X-User-Id}}   # per field, overrides the top-level gate
-//     api:  {limit: 100/1m, algorithm: gcra, on_failure: local}
+//     api:  {limit: 100/1m, algorithm: gcra, on_failure: local, deny_cache: true}
 //
 // Strictness is the point: an unknown key, a key given twice, a list where a map belongs, a
 // quoted "4" where a number belongs are all errors, so that a typo cannot quietly leave a
@@ -197,8 +199,9 @@ class reader {
     server_config c;
     bool have_policies = false;
     static constexpr std::array kTop = {
-        "listen",        "grpc_listen", "envoy_config", "tls",  "io_threads", "store",   "breaker",
-        "warn_interval", "limits",      "auth",         "gate", "log",        "policies"};
+        "listen", "grpc_listen", "envoy_config",  "tls",     "io_threads",
+        "store",  "breaker",     "warn_interval", "limits",  "deny_cache_max_keys",
+        "auth",   "gate",        "log",           "policies"};
     const entry* grpc_entry = nullptr;
     const std::vector<entry> top = entries(root, "", kTop);
     for (const entry& e : top) {
@@ -226,6 +229,8 @@ class reader {
         read_breaker(e, c.breaker);
       } else if (p == "warn_interval") {
         c.warn_interval = millis(e, p, 0ms);
+      } else if (p == "deny_cache_max_keys") {
+        c.deny_cache_max_keys = number(e, p, 0, 100000000);
       } else if (p == "limits") {
         read_limits(e, c);
       } else if (p == "auth") {
@@ -673,7 +678,8 @@ class reader {
   }
 
   served_policy read_policy(const entry& section, const std::string& path) {
-    static constexpr std::array kKeys = {"limit", "algorithm", "on_failure", "shadow", "gate"};
+    static constexpr std::array kKeys = {"limit",  "algorithm",  "on_failure",
+                                         "shadow", "deny_cache", "gate"};
     if (!section.value.IsMap()) {
       fail(section, path,
            "expected a map such as {limit: 30/hour}, got " + std::string(type_name(section.value)));
@@ -700,6 +706,8 @@ class reader {
         sp.policy.on_failure = *m;
       } else if (e.key == "shadow") {
         sp.policy.shadow = boolean(e, p);
+      } else if (e.key == "deny_cache") {
+        sp.policy.deny_cache = boolean(e, p);
       } else if (e.key == "gate") {
         gate = read_gate_fields(e, p);
       }

@@ -23,7 +23,7 @@ struct key_source {
 
 // A policy as served: the limiter's policy plus what only the server needs.
 struct served_policy {
-  sluice::policy policy;  // name, limit, algorithm, on_failure, shadow
+  sluice::policy policy;  // name, limit, algorithm, on_failure, shadow, deny_cache
   key_source gate_key;    // for the gate; defaults to the server's `gate_key`
 };
 
@@ -49,6 +49,9 @@ struct server_config {
   std::string store = "memory://";  // a store URI (see open_store)
   breaker_options breaker;
   std::chrono::milliseconds warn_interval{10000};
+  // Keys the limiter's deny cache holds, for every `deny_cache: true` policy together; 0
+  // turns it off (limiter_options::deny_cache_max_keys).
+  std::size_t deny_cache_max_keys = 100000;
   // Limits on clients.
   std::size_t max_connections = 10000;
   std::size_t max_body_bytes = 16 * 1024;          // larger bodies get 413

@@ -254,6 +254,7 @@ void request_handler::handle(http_request req, respond done) const {
     http_response res{http::status::ok, 11};
     res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
     res.body() = metrics_.render(limiter_.stats());
+    render_deny_cache_metrics(res.body(), limiter_, metrics_.policies());
     render_store_metrics(res.body(), limiter_.store());
     render_rls_metrics(res.body(), metrics_.rls());
     return r(std::move(res));

@@ -257,6 +257,25 @@ std::string metrics::render(const limiter_stats& stats) const {
   return out;
 }
 
+void render_deny_cache_metrics(std::string& out, const limiter& lim,
+                               const std::vector<std::string>& policies) {
+  bool any = false;
+  for (const std::string& name : policies) {
+    const policy* p = lim.find_policy(name);
+    if (p == nullptr || !p->deny_cache) continue;
+    if (!any) {
+      header(out, "sluice_deny_cache_hits_total", "counter",
+             "Decisions the deny cache answered (denials the store gave earlier, replayed "
+             "without calling it), by policy.");
+      any = true;
+    }
+    sample(out, "sluice_deny_cache_hits_total", "policy=\"" + escape_label(name) + "\"",
+           lim.deny_cache_hits(name));
+  }
+  header(out, "sluice_deny_cache_keys", "gauge", "Keys the deny cache holds now.");
+  sample(out, "sluice_deny_cache_keys", "", lim.stats().deny_cache_keys);
+}
+
 void render_store_metrics(std::string& out, const store& s) {
   std::string last;  // the name of the previous sample: HELP and TYPE go once per name
   s.visit_metrics([&](const store_metric& m) {

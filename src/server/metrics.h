@@ -63,6 +63,8 @@ class metrics {
   metrics& operator=(const metrics&) = delete;
 
   std::size_t inline_slot() const noexcept { return policies_.size(); }
+  // Returns the policies' names, in slot order.
+  const std::vector<std::string>& policies() const noexcept { return policies_; }
   // Returns the slot of policy `name`, or the inline slot when there is none.
   std::size_t slot(std::string_view name) const noexcept;
 
@@ -126,6 +128,13 @@ class metrics {
   std::atomic<std::uint64_t> refused_{0};
   std::unique_ptr<rls_metrics> rls_;
 };
+
+// Appends the limiter's deny cache metrics (`policy::deny_cache`) in the text format:
+//   sluice_deny_cache_hits_total{policy}: decisions it answered, for each of `policies`
+//     registered in `lim` with deny_cache on;
+//   sluice_deny_cache_keys: the keys it holds now (every policy together).
+void render_deny_cache_metrics(std::string& out, const limiter& lim,
+                               const std::vector<std::string>& policies);
 
 // Appends the store's own metrics (`store::visit_metrics`) in the text format: for a
 // Redis store sluice_redis_*, for a cluster also sluice_redis_cluster_*, for the memory

@@ -56,6 +56,7 @@ std::unique_ptr<limiter> make_limiter(const server_config& config, std::shared_p
   o.breaker = config.breaker;
   o.warn = std::move(warn);
   o.warn_interval = config.warn_interval;
+  o.deny_cache_max_keys = config.deny_cache_max_keys;
   // The local fallback store holds scoped keys: `<policy>:<key>`, the name 64 bytes at most.
   o.local.max_key_length = std::min<std::size_t>(65535, config.max_key_bytes + 65);
   auto lim = std::make_unique<limiter>(std::move(o));

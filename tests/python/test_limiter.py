@@ -71,6 +71,20 @@ def test_shadow_policy_answers_allowed_and_says_so():
     assert d.allowed and d.shadow and d.retry_after == 0.0
 
 
+def test_deny_cache_policy_denies_as_the_store_did():
+    """Verifies that a deny_cache policy's repeated denials look like the store's: denied,
+    nothing remaining, the wait counting down; a smaller cost is still decided by the store."""
+    lim = sluice.Limiter(policies={"d": {"limit": "4/1h", "deny_cache": True}})
+    assert lim.acquire("d", "k", 3)
+    first = lim.acquire("d", "k", 2)
+    assert not first and first.retry_after > 3500
+    again = lim.acquire("d", "k", 2)
+    assert not again and again.remaining == 0 and again.retry_after <= first.retry_after
+    assert lim.acquire("d", "k", 1)  # the last unit: below the cost seen denied
+    lim.reset("d", "k")
+    assert lim.acquire("d", "k", 4)
+
+
 def test_cost_spends_units():
     """Verifies that a cost spends that many units."""
     lim = sluice.Limiter(policies={"p": "10/1m"})
@@ -171,6 +185,8 @@ def test_wrong_types_are_type_errors():
         lim.acquire(("10", 60), "k")
     with pytest.raises(TypeError):
         sluice.Limiter(policies={"p": {"limit": "1/1s", "shadow": "yes"}})
+    with pytest.raises(TypeError, match="deny_cache must be a bool, not str"):
+        sluice.Limiter(policies={"p": {"limit": "1/1s", "deny_cache": "true"}})
     with pytest.raises(TypeError):
         sluice.Limiter(policies=["p"])
 

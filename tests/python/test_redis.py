@@ -31,6 +31,38 @@ def test_acquire_peek_reset_on_redis(redis_port):
     assert lim.acquire("5/1m", "inline").remaining == 4
 
 
+def test_deny_cache_policy_on_redis(redis_port):
+    """Verifies that a deny_cache policy keeps denying a key from this process until the
+    store's wait is over: a reset made through another Limiter (another process) is not seen,
+    one made through this Limiter clears it; and that racing threads admit exactly the
+    limit."""
+    cached = sluice.Limiter(redis_uri(redis_port), {"p": {"limit": "1/1h", "deny_cache": True}})
+    other = sluice.Limiter(redis_uri(redis_port), {"p": "1/1h"})
+    assert cached.acquire("p", "u")
+    first = cached.acquire("p", "u")
+    assert not first and first.fallback is None and 3500 < first.retry_after <= 3600
+    other.reset("p", "u")
+    again = cached.acquire("p", "u")
+    assert not again and again.retry_after <= first.retry_after and again.remaining == 0
+    assert other.peek("p", "u")  # Redis would admit it: the cache has not seen the reset
+    cached.reset("p", "u")
+    assert cached.acquire("p", "u")
+
+    racing = sluice.Limiter(redis_uri(redis_port),
+                            {"r": {"limit": "50/1h", "deny_cache": True, "algorithm": "gcra"}})
+    admitted = []
+
+    def run() -> None:
+        admitted.append(sum(1 for _ in range(250) if racing.acquire("r", "one")))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(admitted) == 50
+
+
 def test_acquire_async_on_redis(redis_port):
     """Verifies 1,000 concurrent acquire_async on Redis admit exactly the limit."""
     lim = sluice.Limiter(redis_uri(redis_port), {"p": "100/1h"})

@@ -97,7 +97,9 @@ policies:
     limit: 100/1m
     algorithm: gcra
     on_failure: local
+    deny_cache: yes
   login: {limit: 5/15m, algorithm: sliding_counter, gate: {key_header: "", key_query: who}}
+deny_cache_max_keys: 5000
 )");
   EXPECT_EQ(c.listen, "[::1]:9090");
   EXPECT_EQ(c.grpc_listen, "0.0.0.0:8081");
@@ -107,6 +109,7 @@ policies:
   EXPECT_EQ(c.breaker.open_for, 250ms);
   EXPECT_EQ(c.breaker.max_open_for, 1min);
   EXPECT_EQ(c.warn_interval, 2s);
+  EXPECT_EQ(c.deny_cache_max_keys, 5000u);
   EXPECT_EQ(c.max_connections, 500u);
   EXPECT_EQ(c.max_body_bytes, 4096u);
   EXPECT_EQ(c.max_key_bytes, 200u);
@@ -138,6 +141,8 @@ policies:
   EXPECT_EQ(api.policy.algorithm, algorithm::gcra);
   EXPECT_EQ(api.policy.on_failure, failure_mode::local);
   EXPECT_FALSE(api.policy.shadow);
+  EXPECT_TRUE(api.policy.deny_cache);
+  EXPECT_FALSE(chat.policy.deny_cache);  // off unless asked for
   EXPECT_EQ(api.gate_key.header, "X-Real-IP");
 
   const served_policy& login = c.policies[2];
@@ -211,6 +216,8 @@ TEST(Config, ShippedExampleLoads) {
   EXPECT_EQ(c->policies[1].policy.name, "api");
   EXPECT_EQ(c->policies[1].policy.algorithm, algorithm::gcra);
   EXPECT_EQ(c->policies[1].policy.on_failure, failure_mode::local);
+  EXPECT_TRUE(c->policies[1].policy.deny_cache);
+  EXPECT_EQ(c->deny_cache_max_keys, 100000u);
   EXPECT_EQ(c->policies[2].policy.name, "login");
   EXPECT_EQ(c->policies[2].policy.limit, *parse_limit("5/15m"));
   EXPECT_EQ(c->policies[2].policy.algorithm, algorithm::sliding_counter);
@@ -426,6 +433,16 @@ TEST(Config, WrongTypes) {
             "t.yaml:1: policies.chat.shadow: expected true or false, got \"maybe\"");
   EXPECT_EQ(message("policies: {chat: {limit: 1/s, shadow: \"true\"}}"),
             "t.yaml:1: policies.chat.shadow: expected true or false, got \"true\"");
+  EXPECT_EQ(message("policies: {chat: {limit: 1/s, deny_cache: 1}}"),
+            "t.yaml:1: policies.chat.deny_cache: expected true or false, got \"1\"");
+  EXPECT_EQ(message("policies: {chat: {limit: 1/s, deny_cache: [true]}}"),
+            "t.yaml:1: policies.chat.deny_cache: expected a value, got a list");
+  EXPECT_EQ(message("policies: {chat: {limit: 1/s, deny_cahce: true}}"),
+            "t.yaml:1: policies.chat.deny_cahce: unknown key; did you mean \"deny_cache\"?");
+  EXPECT_EQ(message(p + "deny_cache_max_keys: -5\n"),
+            "t.yaml:2: deny_cache_max_keys: expected a whole number, got \"-5\"");
+  EXPECT_EQ(message(p + "deny_cache_max_keys: 1000000000\n"),
+            "t.yaml:2: deny_cache_max_keys: \"1000000000\" is out of range: use 0 to 100000000");
   EXPECT_EQ(message(p + "auth: {api_tokens: abc}\n"),
             "t.yaml:2: auth.api_tokens: expected a list of tokens, got a value");
   EXPECT_EQ(message(p + "auth: {api_tokens: [[a]]}\n"),

@@ -556,6 +556,37 @@ TEST_F(Handlers, StoreDownFallsBackByPolicy) {
   EXPECT_NE(text.find("\nsluice_store_errors_total 4\n"), std::string::npos) << text;
 }
 
+// Verifies that a deny_cache policy's repeated denials are answered like the store's (a
+// denial with Retry-After, no "fallback"), that a reset through the server clears them, and
+// that /metrics counts the hits per policy and the keys held.
+TEST_F(Handlers, DenyCacheAnswersLikeTheStoreAndShowsInMetrics) {
+  server_config c = base_config();
+  c.policies.push_back(make_policy("hot", "1/1h"));
+  c.policies.back().policy.deny_cache = true;
+  build(c);
+  EXPECT_EQ(body_of(acquire(R"({"key": "u", "policy": "hot"})"))["allowed"], true);
+  for (int i = 0; i < 4; ++i) {
+    const http_response r = acquire(R"({"key": "u", "policy": "hot"})");
+    const json j = body_of(r);
+    EXPECT_EQ(j["allowed"], false);
+    EXPECT_EQ(j["remaining"], 0);
+    EXPECT_GT(j["retry_after_ms"].get<std::int64_t>(), 3'500'000);
+    EXPECT_FALSE(j.contains("fallback")) << r.body();
+    EXPECT_TRUE(r.count(http::field::retry_after));
+  }
+  EXPECT_EQ(limiter_->deny_cache_hits("hot"), 3u);
+  std::string text = call(http::verb::get, "/metrics").body();
+  EXPECT_NE(text.find("\nsluice_deny_cache_hits_total{policy=\"hot\"} 3\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("\nsluice_deny_cache_keys 1\n"), std::string::npos);
+  EXPECT_NE(text.find("\nsluice_decisions_total{policy=\"hot\",outcome=\"denied\"} 4\n"),
+            std::string::npos);
+  EXPECT_EQ(call(http::verb::delete_, "/v1/keys/hot/u").result(), http::status::no_content);
+  EXPECT_EQ(body_of(acquire(R"({"key": "u", "policy": "hot"})"))["allowed"], true);
+  text = call(http::verb::get, "/metrics").body();
+  EXPECT_NE(text.find("\nsluice_deny_cache_keys 0\n"), std::string::npos);
+}
+
 // Verifies that a handler refuses a configuration whose policies the limiter lacks, and
 // make_limiter refuses a bad policy name.
 // Verifies POST /v1/acquire with "limits": admitted while every limit admits, then denied

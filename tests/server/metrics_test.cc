@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "sluice/clock.h"
+#include "sluice/limiter.h"
 #include "sluice/memory_store.h"
 #include "sluice/redis_cluster_store.h"
 #include "sluice/redis_store.h"
@@ -78,6 +79,32 @@ TEST(Metrics, LimiterCountersAndBreaker) {
   EXPECT_TRUE(has_line(text, "# TYPE sluice_breakers_open gauge"));
   s.breaker = sluice::breaker_state::open;
   EXPECT_TRUE(has_line(m.render(s), "sluice_breaker_state 1"));
+}
+
+// Verifies that the deny cache's hits are rendered per policy that uses it (not for the
+// others) and its size as a gauge, from the limiter.
+TEST(Metrics, DenyCacheHitsByPolicyAndKeys) {
+  sluice::limiter lim(std::make_shared<sluice::memory_store>());
+  const sluice::limit l = *sluice::parse_limit("1/1h");
+  sluice::policy hot{"hot", l};
+  hot.deny_cache = true;
+  ASSERT_TRUE(lim.add_policy(hot));
+  ASSERT_TRUE(lim.add_policy({"plain", l}));
+  for (const char* key : {"a", "b"}) {
+    for (int i = 0; i < 5; ++i) {
+      ASSERT_TRUE(lim.acquire("hot", key));
+      ASSERT_TRUE(lim.acquire("plain", key));
+    }
+  }
+  EXPECT_EQ(lim.stats().deny_cache_hits, 6u);  // per key: 1 admitted, 1 denied, 3 cached
+  metrics m({"hot", "plain"});
+  std::string text;
+  sluice::server::render_deny_cache_metrics(text, lim, m.policies());
+  EXPECT_TRUE(has_line(text, "# TYPE sluice_deny_cache_hits_total counter"));
+  EXPECT_TRUE(has_line(text, R"(sluice_deny_cache_hits_total{policy="hot"} 6)"));
+  EXPECT_EQ(text.find(R"(policy="plain")"), std::string::npos);
+  EXPECT_TRUE(has_line(text, "# TYPE sluice_deny_cache_keys gauge"));
+  EXPECT_TRUE(has_line(text, "sluice_deny_cache_keys 2"));
 }
 
 // Verifies HTTP requests by route and code, and a histogram whose buckets are cumulative,
