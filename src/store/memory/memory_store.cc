@@ -419,12 +419,12 @@ struct alignas(64) shard {
   std::size_t home(std::size_t i) const { return hash_of(slot(i)->key()) & mask(); }
 
   // Erases the node at slot `i`: marks it dead under its lock (a decision holding it
-  // finishes first), then shifts later entries of its run back (Knuth's algorithm R), so
+  // finishes first; `locked`: the caller holds it), then shifts later entries of its run back (Knuth's algorithm R), so
   // lookups never need tombstones. A reader racing the shift may miss an entry, never see a
   // wrong one, since each slot it reads holds a live or a retired node.
-  void erase_at(std::size_t i) {
+  void erase_at(std::size_t i, bool locked = false) {
     node* const n = slot(i);
-    n->lock();  // in the table, so not dead
+    if (!locked) n->lock();  // in the table, so not dead
     n->kill();
     for (std::size_t j = i;;) {
       j = (j + 1) & mask();
@@ -450,8 +450,7 @@ struct alignas(64) shard {
       n->unlock();
       return false;
     }
-    n->unlock();
-    erase_at(i);
+    erase_at(i, /*locked=*/true);  // under the same lock: no decision renews it in between
     return true;
   }
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <barrier>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -207,42 +208,45 @@ TEST(MemoryStoreConcurrency, ResetRacingAcquiresRestartsTheCount) {
   }
 }
 
-// Verifies that keys the sweep erases while threads decide on them lose no admission: the
-// keys have expired (a fresh state), inserts of other keys sweep them and purge_expired drops
-// them while 8 threads acquire on them, and each key admits exactly its limit. A decision
-// made on a node that the sweep had already erased would be lost, letting the key admit more.
-TEST(MemoryStoreConcurrency, SweepRacingDecisionsLosesNoAdmission) {
-  const sluice::limit l = make(5, seconds(1));
-  constexpr int kKeys = 64;
+// Verifies that keys erased as expired while threads decide on them lose no admission. Each
+// of many short cycles starts with every key expired (a fresh state) and present: one thread
+// purges expired keys over and over while 8 threads acquire them, and each key admits
+// exactly its limit per cycle. A decision made on a node that the purge erased after the
+// decider found it would be lost, letting the key admit more.
+TEST(MemoryStoreConcurrency, PurgeRacingDecisionsLosesNoAdmission) {
+  const sluice::limit l = make(3, seconds(1));
+  constexpr int kKeys = 4;
   constexpr int kDeciders = 8;
+  constexpr int kCycles = 300;
   for (const algorithm a : all_algorithms) {
     SCOPED_TRACE(name(a));
-    for (int round = 0; round < 4; ++round) {
-      sluice::memory_store store(sluice::memory_store_options{.shards = 1});
-      for (int k = 0; k < kKeys; ++k) {
-        ASSERT_TRUE(must(store.acquire(req("k" + std::to_string(k), l, a, 1, seconds(1)))).allowed);
-      }
-      const microseconds t1 = seconds(10);  // every key has expired
-      std::vector<std::atomic<int>> admitted(kKeys);
-      race(kDeciders + 1, [&](int t) {
-        if (t == kDeciders) {  // inserts sweep two slots each; the table grows and purges
-          for (int i = 0; i < 400; ++i) {
-            must(store.acquire(
-                req("new" + std::to_string(round) + ":" + std::to_string(i), l, a, 1, t1)));
-            if (i % 100 == 0) store.purge_expired(t1);
+    sluice::memory_store store(sluice::memory_store_options{.shards = 1});
+    std::vector<std::atomic<int>> admitted(kKeys * kCycles);
+    std::vector<std::atomic<int>> finished(kCycles);
+    std::barrier cycle_start(kDeciders + 1);
+    race(kDeciders + 1, [&](int t) {
+      for (int c = 0; c < kCycles; ++c) {
+        const microseconds now = seconds(10) * (c + 1);  // every key expired at the last cycle
+        cycle_start.arrive_and_wait();
+        if (t == kDeciders) {  // the purger, until every decider is done with this cycle
+          while (finished[static_cast<std::size_t>(c)].load() < kDeciders) {
+            store.purge_expired(now);
           }
-          return;
+          continue;
         }
         for (int i = 0; i < 2 * kKeys; ++i) {
-          const int k = (i + t * 5) % kKeys;
-          if (must(store.acquire(req("k" + std::to_string(k), l, a, 1, t1))).allowed) {
-            ++admitted[static_cast<std::size_t>(k)];
+          const int k = (i + t) % kKeys;
+          if (must(store.acquire(req("k" + std::to_string(k), l, a, 1, now))).allowed) {
+            ++admitted[static_cast<std::size_t>(c * kKeys + k)];
           }
         }
-      });
-      // 8 deciders × 2 requests per key: 16 asked, 5 admitted.
+        finished[static_cast<std::size_t>(c)].fetch_add(1);
+      }
+    });
+    for (int c = 0; c < kCycles; ++c) {
       for (int k = 0; k < kKeys; ++k) {
-        ASSERT_EQ(admitted[static_cast<std::size_t>(k)].load(), 5) << "key k" << k;
+        ASSERT_EQ(admitted[static_cast<std::size_t>(c * kKeys + k)].load(), 3)
+            << "cycle " << c << ", key k" << k;
       }
     }
   }
