@@ -4,6 +4,7 @@
 // eviction, growth) takes the shard's mutex; what it unlinks is freed after a grace period.
 #include "sluice/memory_store.h"
 
+#include <pthread.h>
 #include <algorithm>
 #include <atomic>
 #include <bit>
@@ -71,6 +72,12 @@ struct rcu_registration {
 };
 
 [[gnu::noinline]] void register_thread() {
+  // call_rcu's worker thread does not survive fork(): these handlers stop it around the
+  // fork and start a new one in the child (pre-forking servers create stores, then fork).
+  static const int fork_handlers =
+      pthread_atfork(urcu_memb_call_rcu_before_fork, urcu_memb_call_rcu_after_fork_parent,
+                     urcu_memb_call_rcu_after_fork_child);
+  (void)fork_handlers;
   static thread_local rcu_registration registration;  // constructed here, destroyed at exit
   urcu_memb_register_thread();
   t_registered = true;
