@@ -48,6 +48,9 @@ namespace {
 // with a release of `grace_token` and each free after a grace period begins with an acquire
 // of it; elsewhere these are no-ops.
 char grace_token;
+// The same for rcu_barrier(): each call_rcu callback ends with a release of it, and a store's
+// destructor acquires it once rcu_barrier() has waited for them.
+char barrier_token;
 inline void tsan_release([[maybe_unused]] void* p) {
 #if defined(SLUICE_TSAN)
   __tsan_release(p);
@@ -582,6 +585,7 @@ void free_batch(rcu_head* head) {
   }
   shard::free_tables(b->tables);
   delete b;
+  tsan_release(&barrier_token);
 }
 
 // A shard's mutex, taken on demand; on release it hands what the writer retired to
@@ -637,6 +641,7 @@ struct memory_store::impl {
     if (used) {
       ensure_registered();
       urcu_memb_barrier();
+      tsan_acquire(&barrier_token);
     }
   }
 

@@ -217,7 +217,7 @@ TEST(MemoryStoreConcurrency, PurgeRacingDecisionsLosesNoAdmission) {
   const sluice::limit l = make(3, seconds(1));
   constexpr int kKeys = 4;
   constexpr int kDeciders = 8;
-  constexpr int kCycles = 300;
+  constexpr int kCycles = 200;
   for (const algorithm a : all_algorithms) {
     SCOPED_TRACE(name(a));
     sluice::memory_store store(sluice::memory_store_options{.shards = 1});
