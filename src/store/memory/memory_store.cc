@@ -429,9 +429,10 @@ struct alignas(64) shard {
   std::size_t home(std::size_t i) const { return hash_of(slot(i)->key()) & mask(); }
 
   // Erases the node at slot `i`: marks it dead under its lock (a decision holding it
-  // finishes first; `locked`: the caller holds it), then shifts later entries of its run back
-  // (Knuth's algorithm R), so lookups never need tombstones. A reader racing the shift may miss an
-  // entry, never see a wrong one, since each slot it reads holds a live or a retired node.
+  // finishes first; `locked`: the caller holds it already), then shifts later entries of its
+  // run back (Knuth's algorithm R), so lookups never need tombstones. A reader racing the
+  // shift may miss an entry, never see a wrong one: each slot it reads holds a live or a
+  // retired node.
   void erase_at(std::size_t i, bool locked = false) {
     node* const n = slot(i);
     if (!locked) n->lock();  // in the table, so not dead
