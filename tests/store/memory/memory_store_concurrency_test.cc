@@ -177,14 +177,14 @@ TEST(MemoryStoreConcurrency, ResetRacingAcquiresRestartsTheCount) {
   for (const algorithm a : all_algorithms) {
     SCOPED_TRACE(name(a));
     sluice::memory_store store;
-    for (int round = 0; round < 10; ++round) {
+    for (int round = 0; round < 5; ++round) {
       const std::string key = "r" + std::to_string(round);
       ASSERT_EQ(must(store.acquire(req(key, l, a, 990, seconds(7)))).remaining, 10);
       std::atomic<bool> reset_done{false};
       std::atomic<int> stale{0}, after{0}, admitted_after{0};
       race(kThreads + 1, [&](int t) {
         if (t == kThreads) {
-          for (int spin = 0; spin < round * 50; ++spin) std::this_thread::yield();
+          for (int spin = 0; spin < round * 100; ++spin) std::this_thread::yield();
           must(store.reset(key));
           reset_done.store(true);
           return;
@@ -217,7 +217,7 @@ TEST(MemoryStoreConcurrency, PurgeRacingDecisionsLosesNoAdmission) {
   const sluice::limit l = make(3, seconds(1));
   constexpr int kKeys = 4;
   constexpr int kDeciders = 8;
-  constexpr int kCycles = 200;
+  constexpr int kCycles = 120;
   for (const algorithm a : all_algorithms) {
     SCOPED_TRACE(name(a));
     sluice::memory_store store(sluice::memory_store_options{.shards = 1});
