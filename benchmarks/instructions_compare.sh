@@ -17,9 +17,12 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+# The memory store uses userspace RCU (liburcu-memb) since its lookups became lock-free; an
+# older libsluice.a simply does not use the library.
+urcu_libs=$(pkg-config --libs liburcu-memb 2>/dev/null || true)
 build() {  # build NAME SOURCE_DIR BUILD_DIR
   g++ -std=c++20 -O2 -DNDEBUG -I"$2/include" "$here/instructions_driver.cc" "$3/libsluice.a" \
-    -lpthread -o "$work/$1"
+    $urcu_libs -lpthread -o "$work/$1"
 }
 count() {  # count NAME ALGORITHM N -> instructions inside drive()
   valgrind --tool=callgrind --callgrind-out-file="$work/out" --toggle-collect='drive*' \

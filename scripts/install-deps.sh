@@ -13,6 +13,7 @@ packages=(
   libgtest-dev
   libgmock-dev
   libbenchmark-dev
+  liburcu-dev
   libcli11-dev
   nlohmann-json3-dev
   libspdlog-dev

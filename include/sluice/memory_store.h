@@ -13,7 +13,8 @@
 namespace sluice {
 
 struct memory_store_options {
-  // Independent partitions, each with its own lock; rounded up to a power of two.
+  // Independent partitions, each with its own lock for inserts and erasures; rounded up to
+  // a power of two.
   std::size_t shards = 64;
   // Most keys held at once (0: no cap). At the cap, expired keys go first, then the
   // sampled key closest to expiring.
@@ -35,10 +36,13 @@ struct memory_store_stats {
   std::uint64_t evicted = 0;  // live keys dropped to stay under max_keys
 };
 
-// Sharded hash tables of per-key state. Thread-safe: two keys in different shards never
-// contend; one key's decisions are serialised by its shard's lock. Idle keys are dropped
-// as new keys arrive (each insert sweeps a few slots) and before a table grows, so expired
-// keys never make a table grow; `purge_expired` drops them all at once.
+// Sharded hash tables of per-key state. Thread-safe: decisions find their key without a
+// shared lock and are serialised by the key's own lock, so decisions on different keys
+// never contend; inserts and erasures take their shard's lock (docs/DESIGN.md, "The memory
+// store"). Uses userspace RCU: each thread registers on its first call and unregisters when
+// it exits. Idle keys are dropped as new keys arrive (each insert sweeps a few slots) and
+// before a table grows, so expired keys never make a table grow; `purge_expired` drops them
+// all at once.
 class memory_store final : public sync_store {
  public:
   explicit memory_store(memory_store_options options = {});
@@ -49,7 +53,8 @@ class memory_store final : public sync_store {
   result<decision> acquire(const request& r) override;
   result<decision> peek(const request& r) override;
   result<void> reset(std::string_view key) override;
-  // All or nothing under the locks of every shard involved (taken in one global order).
+  // All or nothing under the locks of every shard and key involved (taken in one global
+  // order).
   result<std::vector<decision>> acquire_all(std::span<const request> rs) override;
   result<decision> refund(const request& r) override;
   std::string describe() const override;
