@@ -69,29 +69,31 @@ TEST(Bench, ThreadsShareTheKeysOutAndSumTheirCalls) {
     threads.insert(ids.begin(), ids.end());
   }
   EXPECT_EQ(threads.size(), 3u);
-  // Verifies that the limiter's load (`sluice bench --limiter`, `--deny-cache`) admits exactly
-  // the limit on the same store keys as the store's load, and that with the deny cache on the
-  // repeated denials are answered by it.
-  TEST(Bench, LimiterLoadWithAndWithoutTheDenyCache) {
-    for (const bool deny_cache : {false, true}) {
-      SCOPED_TRACE(deny_cache);
-      auto store = std::make_shared<memory_store>();
-      limiter lim(store);
-      bench_options o;
-      o.limit = limit{5, std::chrono::hours(1)};
-      o.keys = 3;
-      o.seconds = std::chrono::duration<double>(0.1);
-      o.inflight = 8;
-      const bench_report r = run_limiter_bench(lim, o, deny_cache);
-      EXPECT_EQ(r.allowed, 15u);
-      EXPECT_GT(r.denied, 15u);
-      EXPECT_EQ(r.errors + r.timeouts, 0u);
-      EXPECT_EQ(store->peek({"bench:2", o.limit, o.algorithm, 1, {}})->remaining, 0);
-      ASSERT_NE(lim.find_policy("bench"), nullptr);
-      EXPECT_EQ(lim.find_policy("bench")->deny_cache, deny_cache);
-      EXPECT_EQ(lim.stats().deny_cache_hits > 0, deny_cache);
-    }
+}
+
+// Verifies that the limiter's load (`sluice bench --limiter`, `--deny-cache`) admits exactly
+// the limit on the same store keys as the store's load, and that with the deny cache on the
+// repeated denials are answered by it.
+TEST(Bench, LimiterLoadWithAndWithoutTheDenyCache) {
+  for (const bool deny_cache : {false, true}) {
+    SCOPED_TRACE(deny_cache);
+    auto store = std::make_shared<memory_store>();
+    limiter lim(store);
+    bench_options o;
+    o.limit = limit{5, std::chrono::hours(1)};
+    o.keys = 3;
+    o.seconds = std::chrono::duration<double>(0.1);
+    o.inflight = 8;
+    const bench_report r = run_limiter_bench(lim, o, deny_cache);
+    EXPECT_EQ(r.allowed, 15u);
+    EXPECT_GT(r.denied, 15u);
+    EXPECT_EQ(r.errors + r.timeouts, 0u);
+    EXPECT_EQ(store->peek({"bench:2", o.limit, o.algorithm, 1, {}})->remaining, 0);
+    ASSERT_NE(lim.find_policy("bench"), nullptr);
+    EXPECT_EQ(lim.find_policy("bench")->deny_cache, deny_cache);
+    EXPECT_EQ(lim.stats().deny_cache_hits > 0, deny_cache);
   }
+}
 
 }  // namespace
 }  // namespace sluice::cli
