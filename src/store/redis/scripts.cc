@@ -321,8 +321,8 @@ return reply
 // on the copy in Lua (the same maths as the single-key functions above), and the result
 // written once. A change of algorithm on the key (and for sliding_log a change of `now` or
 // window, which prune differently) writes what is held and reads the key again, so the
-// answers are those of the calls run one by one. Each key's calls run under pcall: an
-// error answers that key's calls with it, the others are answered as usual.
+// answers are those of the calls run one by one. An error stops the run (what was written
+// stays written) and answers every call of the batch with it.
 constexpr std::string_view kBatch = R"lua(
 local fields = 7
 local n = #ARGV / fields
@@ -429,7 +429,7 @@ end
 -- sliding_log: the set as pruned at one (now, window), then the members admitted since
 -- (`adds`, oldest first, each {at, cost, token}) kept here until the store.
 local function log_load(key, now, w)
-  local s = {now = now, w = w, old = 0, used = 0, adds = {}, ranks = {}}
+  local s = {now = now, w = w, old = 0, used = 0}
   s.other = type(redis.pcall('ZREMRANGEBYSCORE', key, '-inf', secs(now - w))) == 'table'
   if not s.other then
     s.old = redis.call('ZCARD', key)
@@ -444,6 +444,7 @@ end
 -- The time (µs) of the entry of rank r (from 0, oldest first) among the set's and the adds.
 local function log_rank(key, s, r)
   if r < s.old then
+    if not s.ranks then s.ranks = {} end
     local v = s.ranks[r]
     if not v then
       v = us_of(redis.call('ZRANGE', key, r, r, 'WITHSCORES')[2])
@@ -463,6 +464,7 @@ local function log_step(key, s, op, count, cost, token, slack)
     local removed = 0
     if s.used > 0 and cost > 0 then  -- the newest: the adds, then the set's
       local left = cost
+      if not s.adds then s.adds = {} end
       while left > 0 and #s.adds > 0 do
         local a = s.adds[#s.adds]
         local k = math.min(left, a.cost)
@@ -471,7 +473,7 @@ local function log_step(key, s, op, count, cost, token, slack)
       end
       if left > 0 and s.old > 0 then
         local r = redis.call('ZREMRANGEBYRANK', key, string.format('%d', -left), -1)
-        s.old, removed, s.ranks = s.old - r, removed + r, {}
+        s.old, removed, s.ranks = s.old - r, removed + r, nil
       end
     end
     if removed > 0 then
@@ -493,6 +495,7 @@ local function log_step(key, s, op, count, cost, token, slack)
     if s.other then s.del, s.other = true, false end
     local first = now
     if s.newest and s.newest > first then first = s.newest end
+    if not s.adds then s.adds = {} end
     s.adds[#s.adds + 1] = {at = first, cost = cost, token = token}
     s.used, s.newest = used + cost, first
     s.ttl, s.slack = first - now + w + 60000000, slack
@@ -506,77 +509,71 @@ local function log_step(key, s, op, count, cost, token, slack)
 end
 local function log_store(key, s)
   if s.del then redis.call('DEL', key) end
-  local args = {}
-  for _, a in ipairs(s.adds) do
-    local score = secs(a.at)
-    for i = 1, a.cost do
-      args[#args + 1] = score
-      args[#args + 1] = score .. ':' .. a.token .. ':' .. i
-      if #args >= 2000 then
-        redis.call('ZADD', key, unpack(args))
-        args = {}
+  local adds = s.adds
+  if adds and #adds == 1 and adds[1].cost == 1 then  -- the usual case, without unpack
+    local score = secs(adds[1].at)
+    redis.call('ZADD', key, score, score .. ':' .. adds[1].token .. ':1')
+  elseif adds then
+    local args = {}
+    for _, a in ipairs(adds) do
+      local score = secs(a.at)
+      for i = 1, a.cost do
+        args[#args + 1] = score
+        args[#args + 1] = score .. ':' .. a.token .. ':' .. i
+        if #args >= 2000 then
+          redis.call('ZADD', key, unpack(args))
+          args = {}
+        end
       end
     end
+    if #args > 0 then redis.call('ZADD', key, unpack(args)) end
   end
-  if #args > 0 then redis.call('ZADD', key, unpack(args)) end
   if s.ttl then redis.call('PEXPIRE', key, ttl_ms(s.ttl, s.slack)) end
 end
 
 local stores = {l = log_store, c = counter_store, g = gcra_store}
--- Decides the calls `list` (indices, in order) on `key` into `reply`.
-local function run(key, list, reply)
-  local algo, s, s_now, s_w
-  for _, i in ipairs(list) do
-    local b = (i - 1) * fields
-    local mode = ARGV[b + 2]
-    local op, a = string.sub(mode, 1, 1), string.sub(mode, 2, 2)
-    local count, w, cost = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
-    local now, slack = tonumber(ARGV[b + 6]), 60000000
-    if not now then now, slack = server_now(), 0 end
-    if a ~= algo or (a == 'l' and (now ~= s_now or w ~= s_w)) then
-      if s then stores[algo](key, s) end
-      algo, s_now, s_w = a, now, w
-      if a == 'l' then
-        s = log_load(key, now, w)
-      elseif a == 'c' then
-        s = counter_load(key)
-      elseif a == 'g' then
-        s = gcra_load(key)
-      else
-        error('sluice: unknown mode ' .. mode)
-      end
-    end
-    if a == 'l' then
-      reply[i] = log_step(key, s, op, count, cost, ARGV[b + 7], slack)
-    elseif a == 'c' then
-      reply[i] = counter_step(s, op, count, w, cost, now, slack)
-    else
-      reply[i] = gcra_step(s, op, count, w, cost, now, slack)
-    end
-  end
-  if s then stores[algo](key, s) end
+local modes = {}
+for _, o in ipairs({'a', 'p', 'r'}) do
+  for _, a in ipairs({'l', 'c', 'g'}) do modes[o .. a] = {o, a} end
 end
-
-local calls_of, keys = {}, {}
+-- Each key's state, read at its first call and written after its last (or when a call on
+-- the key needs it read afresh); keys are independent, so the order of the writes does
+-- not matter.
+local held, reply = {}, {}
 for i = 1, n do
-  local k = tonumber(ARGV[(i - 1) * fields + 1])
-  local list = calls_of[k]
-  if not list then
-    list = {}
-    calls_of[k] = list
-    keys[#keys + 1] = k
+  local b = (i - 1) * fields
+  local k = tonumber(ARGV[b + 1])
+  local key = KEYS[k]
+  local mode = modes[ARGV[b + 2]]
+  if not key or not mode then
+    return redis.error_reply('ERR sluice: bad call ' .. i .. ' in a batch')
   end
-  list[#list + 1] = i
-end
-local reply = {}
-for _, k in ipairs(keys) do
-  local list = calls_of[k]
-  local ok, e = pcall(run, KEYS[k], list, reply)
-  if not ok then
-    local message = type(e) == 'table' and e.err or tostring(e)
-    for _, i in ipairs(list) do reply[i] = {err = message} end
+  local op, a = mode[1], mode[2]
+  local count, w, cost = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+  local now, slack = tonumber(ARGV[b + 6]), 60000000
+  if not now then now, slack = server_now(), 0 end
+  local h = held[k]
+  if not h or h.a ~= a or (a == 'l' and (now ~= h.now or w ~= h.w)) then
+    if h then stores[h.a](key, h.s) end
+    h = {a = a, now = now, w = w}
+    if a == 'l' then
+      h.s = log_load(key, now, w)
+    elseif a == 'c' then
+      h.s = counter_load(key)
+    else
+      h.s = gcra_load(key)
+    end
+    held[k] = h
+  end
+  if a == 'l' then
+    reply[i] = log_step(key, h.s, op, count, cost, ARGV[b + 7], slack)
+  elseif a == 'c' then
+    reply[i] = counter_step(h.s, op, count, w, cost, now, slack)
+  else
+    reply[i] = gcra_step(h.s, op, count, w, cost, now, slack)
   end
 end
+for k, h in pairs(held) do stores[h.a](KEYS[k], h.s) end
 return reply
 )lua";
 

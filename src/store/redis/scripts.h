@@ -31,9 +31,9 @@
 //          then algorithm letter l|c|g for sliding_log, sliding_counter, gcra), count,
 //          window (µs), cost, now (µs, or "" for the server's TIME, read once per run),
 //          token (sliding_log acquires; "" otherwise)
-// It returns one element per call: the four numbers the single-key script returns, or an
-// error when that call's key could not be decided. Each key's calls are decided together
-// (one read and one write of its state), in order, each as the single-key script would.
+// It returns one element per call: the four numbers the single-key script returns. Each
+// key's calls are decided together (one read and one write of its state), in order, each
+// as the single-key script would. An error answers the whole batch.
 //
 // The maths is the core's (src/core/*.cc), written again in Lua; the conformance tests hold
 // them equal. Lua numbers are doubles: every integer stays below 2^53, and numbers go to
