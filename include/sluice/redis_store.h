@@ -1,6 +1,7 @@
 // The Redis store (`redis://`, `rediss://`, `unix://`): state shared by every process that
 // talks to the same Redis. One decision is one EVALSHA of a Lua script: one round trip,
-// atomic, timed by the Redis server's clock.
+// atomic, timed by the Redis server's clock; under load, decisions waiting on one
+// connection share one run of a batch script (`batch`), with the same answers.
 #pragma once
 
 #include <chrono>
