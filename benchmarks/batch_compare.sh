@@ -16,7 +16,7 @@
 # calling the single-key sliding_log script by EVALSHA, -P 16 -c 50) is measured once.
 #
 # Environment: OLD_SLUICE (required), SLUICE (./build/release/sluice), ROUNDS (5),
-# BENCH_SECONDS (3), BENCH_KEYS (10000), BENCH_INFLIGHT (256), HOT_LIMIT (5000),
+# BENCH_SECONDS (3), BENCH_KEYS (10000), BENCH_INFLIGHT (256), HOT_LIMIT (100),
 # REDIS_SERVER (redis-server), CASES (all: "sliding_log sliding_counter gcra hot p99").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ rounds=${ROUNDS:-5}
 run_seconds=${BENCH_SECONDS:-3}
 keys=${BENCH_KEYS:-10000}
 inflight=${BENCH_INFLIGHT:-256}
-hot_limit=${HOT_LIMIT:-5000}
+hot_limit=${HOT_LIMIT:-100}
 redis_server=${REDIS_SERVER:-redis-server}
 cases=${CASES:-sliding_log sliding_counter gcra hot p99}
 
