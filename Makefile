@@ -6,6 +6,7 @@
 #   make build         build the release preset
 #   make bench         build release and run the benchmarks (BENCH_ARGS=... passes flags)
 #   make bench-redis   build release; Redis store vs redis-benchmark vs the reference
+#                      (OLD_SLUICE=...: and batched scripts vs an older build, side by side)
 #   make bench-deny-cache build release; a hot key on Redis, the deny cache off and on
 #   make bench-server  build release; sluice serve vs nginx under wrk
 #   make bench-cluster build release; the Redis Cluster store vs a single Redis
@@ -81,8 +82,13 @@ bench: build-release
 	./build/release/benchmarks/sluice_benchmark $(BENCH_ARGS)
 
 # One run of benchmarks/redis_compare.sh on a private redis-server; see docs/BENCHMARKS.md.
+# With OLD_SLUICE=<a sluice built before batching>, then benchmarks/batch_compare.sh: old vs
+# new side by side over ROUNDS rounds (docs/BENCHMARKS.md, "Batched scripts").
 bench-redis: build-release
 	SLUICE=./build/release/sluice bash benchmarks/redis_compare.sh
+	@if [[ -n "$${OLD_SLUICE:-}" ]]; then \
+	  SLUICE=./build/release/sluice bash benchmarks/batch_compare.sh; \
+	else echo "(set OLD_SLUICE=... to compare with a build from before batching)"; fi
 
 # One run of benchmarks/deny_cache_compare.sh on a private redis-server; see docs/BENCHMARKS.md.
 bench-deny-cache: build-cli

@@ -1,6 +1,7 @@
 // The Redis store (`redis://`, `rediss://`, `unix://`): state shared by every process that
 // talks to the same Redis. One decision is one EVALSHA of a Lua script: one round trip,
-// atomic, timed by the Redis server's clock.
+// atomic, timed by the Redis server's clock; under load, decisions waiting on one
+// connection share one run of a batch script (`batch`), with the same answers.
 #pragma once
 
 #include <chrono>
@@ -44,6 +45,12 @@ struct redis_store_options {
   // Reconnect backoff: starts at the minimum, doubles up to the maximum.
   std::chrono::milliseconds reconnect_min{10};
   std::chrono::milliseconds reconnect_max{1000};
+  // Batching: single-key decisions (acquire, peek, refund) waiting to be written on one
+  // connection go as one script run that decides them all in order (one TIME, one reply),
+  // with the decisions on one key read and written once. At most `batch` calls and about
+  // `batch_bytes` of arguments in one run; 0 or 1 sends one script per decision.
+  std::size_t batch = 128;
+  std::size_t batch_bytes = 256 * 1024;
 };
 
 // Returns the options written in `uri`:
@@ -51,7 +58,8 @@ struct redis_store_options {
 //   rediss://...                       (TLS)
 //   unix:///path/to/redis.sock[?db=N&...]
 // Options: timeout, connect_timeout (durations: 50ms, 1s), pool, prefix, reconnect_min,
-// reconnect_max, tls_ca, tls_cert, tls_key, tls_server_name, tls_verify (0|1), db.
+// reconnect_max, tls_ca, tls_cert, tls_key, tls_server_name, tls_verify (0|1), db,
+// batch (0: off; at most 4096), batch_bytes.
 // User and password may be %-encoded.
 result<redis_store_options> parse_redis_uri(std::string_view uri);
 
@@ -61,6 +69,8 @@ struct redis_store_stats {
   std::uint64_t timeouts = 0;      // calls that ended past their deadline
   std::uint64_t reconnects = 0;    // connections made after the first
   std::uint64_t script_loads = 0;  // NOSCRIPT replies answered by sending the script again
+  std::uint64_t batches = 0;       // batch script runs sent (each deciding 2 or more calls)
+  std::uint64_t batched = 0;       // calls decided in those runs
   std::size_t connected = 0;       // connections up now
 };
 

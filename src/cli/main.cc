@@ -219,8 +219,13 @@ int run_grpc_bench([[maybe_unused]] const bench_args& a) {
 
 // Prints one JSON line of figures; returns 0 when every call got a decision, 1 when some
 // failed, 2 when the store (or the --grpc service) does not answer at all. With --print-script,
-// prints the Lua source the Redis store runs for that algorithm, byte for byte, and nothing else.
+// prints the Lua source the Redis store runs for that algorithm (or "batch": the batch script),
+// byte for byte, and nothing else.
 int run_bench(const bench_args& a) {
+  if (a.print_script == "batch") {
+    std::cout << sluice::redis::batch_script_source() << std::flush;
+    return 0;
+  }
   if (!a.print_script.empty()) {
     auto algo = sluice::parse_algorithm(a.print_script);
     if (!algo) throw CLI::ValidationError("--print-script", algo.error().message());
@@ -448,7 +453,7 @@ int main(int argc, char** argv) {
   bench_grpc->excludes(bench_limiter, bench_deny_cache);
   bench_cmd
       ->add_option("--print-script", bench.print_script,
-                   "Print the Redis store's Lua script for ALGORITHM and exit")
+                   "Print the Redis store's Lua script for ALGORITHM (or batch) and exit")
       ->group("");
 
   serve_args serve;

@@ -393,6 +393,19 @@ struct redis_cluster_store::impl {
     }
     // A node heard of a moment ago is still connecting: wait for it rather than fail.
     if (n.connecting()) return later(std::move(c), &n, asking);
+    pending p;
+    p.deadline = c->deadline;
+    node* from = &n;
+    p.done = [this, from, c](result<reply> r) { on_reply(*from, c, std::move(r)); };
+    if (!asking && batchable(*c)) {
+      // The connection writes it, alone or in a batch of calls on the same slot (a
+      // script's keys must share one). It resends a batch with its source after NOSCRIPT;
+      // a redirection or another error of the whole batch comes back to each call here.
+      p.batchable = true;
+      p.group = c->slot;
+      p.script = *c->script;
+      return n.pick().submit(std::string(), std::move(p));
+    }
     std::string command;
     if (asking) redis::append_command(command, {"ASKING"});
     if (c->script) {
@@ -405,10 +418,6 @@ struct redis_cluster_store::impl {
       redis::append_command(command, {"DEL", c->key});
     }
     // The pending holds no script: NOSCRIPT comes back here (on_reply), which has the call.
-    pending p;
-    p.deadline = c->deadline;
-    node* from = &n;
-    p.done = [this, from, c](result<reply> r) { on_reply(*from, c, std::move(r)); };
     if (!asking) return n.pick().submit(std::move(command), std::move(p));
     // ASKING's own reply is dropped (a pending with no completion); it and the call go out
     // back to back on one connection, as ASK requires.
@@ -416,6 +425,11 @@ struct redis_cluster_store::impl {
     both[0].deadline = c->deadline;
     both[1] = std::move(p);
     n.pick().submit(std::move(command), std::move(both));
+  }
+
+  // True for the calls the connection may batch: single-key scripts, sent by EVALSHA.
+  bool batchable(const call& c) const {
+    return shared->batching() && c.script && !c.script->multi() && !c.with_source;
   }
 
   void on_reply(node& from, const std::shared_ptr<call>& c, result<reply> r) {
@@ -696,7 +710,7 @@ std::string redis_cluster_store::describe() const {
     if (i > 0) out += ',';
     out += redis::endpoint{o.seeds[i].host, o.seeds[i].port, {}}.text();
   }
-  return out;
+  return out + redis::describe_batching(o.connection);
 }
 
 redis_cluster_stats redis_cluster_store::stats() const {

@@ -100,7 +100,11 @@ class asio_connection final : public connection,
     std::lock_guard lock(mu_);
     if (!ready_ || closed_) return false;
     incoming_bytes_ += command;
-    for (std::size_t i = 0; i < n; ++i) incoming_.push_back(std::move(calls[i]));
+    for (std::size_t i = 0; i < n; ++i) {
+      calls[i].wire = i == 0 ? command.size() : 0;
+      incoming_batchable_ = incoming_batchable_ || calls[i].batchable;
+      incoming_.push_back(std::move(calls[i]));
+    }
     // A write in progress flushes again when it completes: no need to wake the thread.
     if (!flush_posted_ && !writing_) {
       flush_posted_ = true;
@@ -257,17 +261,46 @@ class asio_connection final : public connection,
   // --- the pipeline -------------------------------------------------------------------
 
   void flush() {
-    std::vector<pending> batch;
+    bool assemble = false;
     {
       std::lock_guard lock(mu_);
       flush_posted_ = false;
       if (writing_ || incoming_.empty()) return;
-      write_buffer_.swap(incoming_bytes_);
-      batch.swap(incoming_);
+      flushing_.swap(incoming_);
+      assemble = incoming_batchable_;
+      incoming_batchable_ = false;
+      if (assemble) {
+        flushing_bytes_.swap(incoming_bytes_);
+      } else {
+        write_buffer_.swap(incoming_bytes_);
+      }
       writing_ = true;
     }
-    for (pending& p : batch) pipeline_->push(std::move(p));
+    if (assemble) {
+      // Calls answered here (a deadline already past) run their completions: no lock held.
+      const auto& o = options();
+      const script_shas shas{
+          {shared_->scripts[0].sha, shared_->scripts[1].sha, shared_->scripts[2].sha},
+          shared_->batch_script().sha};
+      write_buffer_.clear();
+      const assembled did = pipeline_->assemble(flushing_bytes_, flushing_, shas, o.batch,
+                                                o.batch_bytes, steady::now(), write_buffer_);
+      flushing_bytes_.clear();
+      shared_->batches += did.batches;
+      shared_->batched += did.batched;
+      shared_->timeouts += did.timed_out;
+    } else {
+      for (pending& p : flushing_) pipeline_->push(std::move(p));
+      flushing_.clear();
+    }
     arm_deadline_timer();
+    if (write_buffer_.empty()) {  // every call timed out before it was written
+      {
+        std::lock_guard lock(mu_);
+        writing_ = false;
+      }
+      return flush();
+    }
     write();
   }
 
@@ -311,8 +344,28 @@ class asio_connection final : public connection,
   void resend_with_source(pending p) {
     ++shared_->script_loads;
     std::string command;
-    const script& s = shared_->script_of(*p.script);
-    redis::append_script_call(command, *p.script, s.sha, s.source);
+    if (!p.batch.empty()) {
+      // The calls of a batch still waiting, again as one run, of the batch script's source.
+      std::vector<pending> live;
+      for (pending& member : p.batch) {
+        if (member.done) live.push_back(std::move(member));
+      }
+      if (live.size() == 1) {
+        p = std::move(live.front());
+      } else {
+        std::vector<const script_call*> calls;
+        for (const pending& member : live) calls.push_back(&*member.script);
+        const script& s = shared_->batch_script();
+        redis::append_batch_call(command, calls, s.sha, s.source);
+        p.batch = std::move(live);
+      }
+    }
+    if (p.batch.empty()) {
+      const script& s = shared_->script_of(*p.script);
+      redis::append_script_call(command, *p.script, s.sha, s.source);
+    }
+    p.batchable = false;  // written as it is now
+    p.wire = command.size();
     std::lock_guard lock(mu_);
     incoming_bytes_ += command;
     incoming_.push_back(std::move(p));
@@ -380,6 +433,7 @@ class asio_connection final : public connection,
       writing_ = false;
       flush_posted_ = false;
       incoming_bytes_.clear();
+      incoming_batchable_ = false;
       queued.swap(incoming_);
     }
     boost::system::error_code ignored;
@@ -421,6 +475,8 @@ class asio_connection final : public connection,
   std::unique_ptr<redis::pipeline> pipeline_;
   std::array<char, 64 * 1024> read_buffer_;
   std::string write_buffer_;
+  std::vector<pending> flushing_;  // what flush() takes from `incoming_`, on the I/O thread
+  std::string flushing_bytes_;
   std::uint64_t generation_ = 0;                // bumped on every drop
   std::optional<steady::time_point> armed_at_;  // what timer_ waits for, when armed
   bool handshaken_ = false;
@@ -437,6 +493,7 @@ class asio_connection final : public connection,
   bool first_attempt_done_ = false;
   std::string incoming_bytes_;
   std::vector<pending> incoming_;
+  bool incoming_batchable_ = false;  // some call in `incoming_` is batchable
   std::string last_error_;
 };
 }  // namespace
@@ -448,6 +505,7 @@ shared_state::shared_state(redis_store_options o) : options(std::move(o)) {
   }
   scripts[3] = script{acquire_all_script_source(), sha1_hex(acquire_all_script_source())};
   scripts[4] = script{release_script_source(), sha1_hex(release_script_source())};
+  scripts[5] = script{batch_script_source(), sha1_hex(batch_script_source())};
   std::random_device rd;
   char id[17];
   std::snprintf(id, sizeof id, "%08x%08x", rd(), rd());

@@ -48,8 +48,9 @@ struct shared_state {
   explicit shared_state(redis_store_options o);
 
   redis_store_options options;
-  // The three algorithms' (indexed by algorithm), then acquire_all's and release's.
-  std::array<script, 5> scripts;
+  // The three algorithms' (indexed by algorithm), then acquire_all's, release's and the
+  // batch script's.
+  std::array<script, 6> scripts;
   std::string instance;  // makes sliding_log members unique across processes
   std::atomic<std::uint64_t> seq{0};
   std::atomic<std::uint64_t> requests{0};
@@ -57,6 +58,8 @@ struct shared_state {
   std::atomic<std::uint64_t> timeouts{0};
   std::atomic<std::uint64_t> reconnects{0};
   std::atomic<std::uint64_t> script_loads{0};
+  std::atomic<std::uint64_t> batches{0};
+  std::atomic<std::uint64_t> batched{0};
   std::atomic<std::size_t> connected{0};
 
   // Returns the script `c` runs.
@@ -65,6 +68,9 @@ struct shared_state {
     if (c.op == script_op::release) return scripts[4];
     return scripts[static_cast<std::size_t>(c.algo)];
   }
+  const script& batch_script() const { return scripts[5]; }
+  // True when single-key calls go to connections unencoded, to be batched.
+  bool batching() const { return options.batch > 1; }
   // A token no other call of any process uses: `<instance>:<sequence>`.
   std::string next_token();
 };
@@ -92,6 +98,8 @@ class connection {
   // Queues one command (or several that must stay together, like ASKING and the call after
   // it: `calls` holds one pending per command in `command`). When the connection is not
   // up, answers every call at once, on the calling thread, with `errc::store_unavailable`.
+  // A `batchable` call comes with no command: the connection encodes it when it writes,
+  // alone or in a batch (pipeline::assemble).
   virtual void submit(std::string command, pending call) = 0;
   virtual void submit(std::string command, std::vector<pending> calls) = 0;
   // True while the connection is up.
@@ -145,6 +153,11 @@ script_call make_multi_call(script_op op, std::vector<script_key> keys, std::str
 // Returns the key of `r` (a prepared request) for a multi-key call, on the Redis key `key`.
 script_key to_script_key(const request& r, std::string key);
 
+// Returns what describe() adds for batching: "?batch=128" ("?batch=0" when off).
+inline std::string describe_batching(const redis_store_options& o) {
+  return "?batch=" + std::to_string(o.batch > 1 ? o.batch : 0);
+}
+
 // Copies the counters both Redis stores keep into `out`.
 inline void read_common_stats(const shared_state& s, redis_store_stats& out) {
   out.requests = s.requests.load();
@@ -152,6 +165,8 @@ inline void read_common_stats(const shared_state& s, redis_store_stats& out) {
   out.timeouts = s.timeouts.load();
   out.reconnects = s.reconnects.load();
   out.script_loads = s.script_loads.load();
+  out.batches = s.batches.load();
+  out.batched = s.batched.load();
   out.connected = s.connected.load();
 }
 
@@ -190,6 +205,18 @@ void visit_common_metrics(const store::metric_visitor& visit, const Stats& s) {
          {},
          {},
          s.script_loads});
+  visit({"sluice_redis_batches_total",
+         "Batch script runs sent, each deciding several calls.",
+         kind::counter,
+         {},
+         {},
+         s.batches});
+  visit({"sluice_redis_batched_calls_total",
+         "Calls decided in batch script runs.",
+         kind::counter,
+         {},
+         {},
+         s.batched});
   visit({"sluice_redis_connections",
          "Connections to Redis up now.",
          kind::gauge,

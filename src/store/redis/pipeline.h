@@ -3,11 +3,13 @@
 // with the replies of calls that already timed out. Tested by feeding it bytes.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -58,11 +60,42 @@ struct script_call {
 void append_script_call(std::string& out, const script_call& c, std::string_view sha,
                         std::string_view source = {});
 
-// One command waiting for its reply.
+// Appends one run of the batch script deciding `calls` (single-key calls, at least one) in
+// order: `EVALSHA sha <distinct keys> ...` (or, with `source`, `EVAL source ...`).
+void append_batch_call(std::string& out, std::span<const script_call* const> calls,
+                       std::string_view sha, std::string_view source = {});
+
+// One command waiting for its reply, or one batch of script calls sent as one command.
 struct pending {
   std::function<void(result<reply>)> done;  // empty once the caller has been answered
   steady::time_point deadline;
   std::optional<script_call> script;  // set for script calls: NOSCRIPT sends it again
+  // A single-key script call not yet encoded: the connection encodes it when it writes,
+  // alone or in a batch with others of the same `group` (a cluster's slot).
+  bool batchable = false;
+  int group = 0;
+  // The bytes of the queued command this call's reply answers (`assemble`); 0 for calls
+  // that share the command of the call before them (ASKING and its call).
+  std::size_t wire = 0;
+  // A batch: its calls in order, each answered from its slot of the one reply. `done` is
+  // empty and `deadline` the earliest of theirs.
+  std::vector<pending> batch;
+
+  // True while some caller waits for this command's reply.
+  bool live() const noexcept;
+};
+
+// The scripts `assemble` writes calls with.
+struct script_shas {
+  std::array<std::string_view, 3> single;  // indexed by algorithm
+  std::string_view batch;
+};
+
+// What one `assemble` did.
+struct assembled {
+  std::size_t batches = 0;    // batch script runs written (2 calls or more each)
+  std::size_t batched = 0;    // calls in them
+  std::size_t timed_out = 0;  // calls answered `timeout` before they were written
 };
 
 // Not thread-safe: a connection drives it from its I/O thread.
@@ -71,12 +104,14 @@ class pipeline {
   // Adds a command that has been (or is being) written, after all earlier ones. Deadlines
   // need not come in order (a call sent again after a redirection keeps its own).
   void push(pending p) {
-    if (p.done && (!earliest_ || p.deadline < *earliest_)) earliest_ = p.deadline;
+    if (p.live() && (!earliest_ || p.deadline < *earliest_)) earliest_ = p.deadline;
     waiting_.push_back(std::move(p));
   }
 
   // Feeds bytes read from the connection and answers every call whose reply is complete.
-  // Script calls answered NOSCRIPT are not answered: they are appended to `resend`.
+  // Script calls answered NOSCRIPT are not answered: they are appended to `resend` (a
+  // batch whole, with the calls still waiting). A batch's calls are answered each from its
+  // slot of the batch's reply; an error reply to the whole batch answers each of them.
   // Returns an error when the bytes are not RESP, or a reply arrives with no call waiting
   // for it; the connection must then be dropped (and `fail_all` called).
   result<void> on_bytes(std::string_view bytes, std::vector<pending>& resend);
@@ -98,6 +133,17 @@ class pipeline {
   std::optional<steady::time_point> next_deadline() const;
 
   std::size_t size() const noexcept { return waiting_.size(); }
+
+  // Writes the queued `calls` to `out`, in order, and pushes them here. `bytes` holds the
+  // encoded commands of the calls that are not batchable, one after the other (`wire`
+  // bytes each). Batchable calls are encoded here: those of one group between two other
+  // commands go as batch script runs of at most `max_calls` calls and about `max_bytes` of
+  // arguments (a run of one call as its own single-key script); calls of other groups may
+  // be written before or after them, never across a command that is not batchable. A
+  // batchable call whose deadline is at or before `now` is answered `timeout` and not sent.
+  assembled assemble(std::string_view bytes, std::vector<pending>& calls, const script_shas& shas,
+                     std::size_t max_calls, std::size_t max_bytes, steady::time_point now,
+                     std::string& out);
 
  private:
   reader reader_;

@@ -43,8 +43,12 @@ struct redis_store::impl {
     ++shared->requests;
     script_call call = redis::make_script_call(*shared, r, full_key(r.key), op);
     std::string command;
-    redis::append_script_call(command, call, shared->script_of(call).sha);
     pending p;
+    if (shared->batching()) {
+      p.batchable = true;  // the connection encodes it, alone or in a batch
+    } else {
+      redis::append_script_call(command, call, shared->script_of(call).sha);
+    }
     p.deadline = steady::now() + shared->options.timeout;
     p.script = std::move(call);
     p.done = [count = r.limit.count, done = std::move(done), s = shared](result<reply> rep) {
@@ -161,9 +165,10 @@ void redis_store::async_reset(std::string_view key, reset_completion done) {
 
 std::string redis_store::describe() const {
   const auto& o = impl_->shared->options;
-  if (!o.unix_socket.empty()) return "unix://" + o.unix_socket;
+  if (!o.unix_socket.empty()) return "unix://" + o.unix_socket + redis::describe_batching(o);
   return std::string(o.tls ? "rediss://" : "redis://") +
-         redis::endpoint{o.host, o.port, {}}.text() + "/" + std::to_string(o.db);
+         redis::endpoint{o.host, o.port, {}}.text() + "/" + std::to_string(o.db) +
+         redis::describe_batching(o);
 }
 
 redis_store_stats redis_store::stats() const {

@@ -39,16 +39,6 @@ reply convert(const redisReply& r) {
   return out;
 }
 
-void append_bulk(std::string& out, std::string_view arg) {
-  char digits[24];
-  out += '$';
-  const auto end = std::to_chars(digits, digits + sizeof digits, arg.size()).ptr;
-  out.append(digits, end);
-  out += "\r\n";
-  out.append(arg);
-  out += "\r\n";
-}
-
 template <class Args>
 void append_all(std::string& out, const Args& args) {
   char digits[24];
@@ -60,6 +50,24 @@ void append_all(std::string& out, const Args& args) {
 }
 
 }  // namespace
+
+void append_bulk(std::string& out, std::string_view arg) {
+  char digits[24];
+  out += '$';
+  const auto end = std::to_chars(digits, digits + sizeof digits, arg.size()).ptr;
+  out.append(digits, end);
+  out += "\r\n";
+  out.append(arg);
+  out += "\r\n";
+}
+
+void append_array_header(std::string& out, std::size_t n) {
+  char digits[24];
+  out += '*';
+  const auto end = std::to_chars(digits, digits + sizeof digits, n).ptr;
+  out.append(digits, end);
+  out += "\r\n";
+}
 
 reader::reader() : r_(redisReaderCreate()) {}
 

@@ -50,5 +50,8 @@ class reader {
 // in place into one buffer, with no allocation per command.
 void append_command(std::string& out, std::initializer_list<std::string_view> args);
 void append_command(std::string& out, const std::vector<std::string_view>& args);
+// The pieces of a command written one by one: `*n`, then n bulk strings.
+void append_array_header(std::string& out, std::size_t n);
+void append_bulk(std::string& out, std::string_view arg);
 
 }  // namespace sluice::redis

@@ -316,10 +316,272 @@ end
 return reply
 )lua";
 
+// The batch script: several single-key calls decided in one run, in order, with one TIME.
+// The calls on one key are decided together: its state is read once, each call decided
+// on the copy in Lua (the same maths as the single-key functions above), and the result
+// written once. A change of algorithm on the key (and for sliding_log a change of `now` or
+// window, which prune differently) writes what is held and reads the key again, so the
+// answers are those of the calls run one by one. An error stops the run (what was written
+// stays written) and answers every call of the batch with it.
+constexpr std::string_view kBatch = R"lua(
+local fields = 7
+local n = #ARGV / fields
+if n < 1 or n ~= math.floor(n) then
+  return redis.error_reply('ERR sluice: a batch of ' .. #ARGV .. ' arguments')
+end
+local clock
+local function server_now()
+  if not clock then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  return clock
+end
+
+local function gcra_load(key)
+  local v = redis.pcall('GET', key)
+  return {tat = type(v) == 'string' and tonumber(v) or 0}
+end
+local function gcra_step(s, op, count, w, cost, now, slack)
+  local t = math.floor((w + count - 1) / count)
+  local burst = t * count
+  local tat = s.tat
+  if op == 'r' then
+    if tat > now then
+      tat = tat - math.min(tat - now, cost * t)
+      s.tat, s.ttl, s.slack = tat, tat - now, slack
+    end
+    op, cost = 'p', 1
+  end
+  local tat0 = math.max(tat, now)
+  local new_tat = tat0 + cost * t
+  if new_tat - now <= burst then
+    if op == 'a' then
+      s.tat, s.ttl, s.slack = new_tat, new_tat - now, slack
+      return {1, math.floor((burst - (new_tat - now)) / t), 0, new_tat - now}
+    end
+    return {1, math.max(0, math.floor((burst - (tat0 - now)) / t)), 0, tat0 - now}
+  end
+  return {0, math.max(0, math.floor((burst - (tat0 - now)) / t)), new_tat - now - burst,
+          tat0 - now}
+end
+local function gcra_store(key, s)
+  if s.ttl then redis.call('SET', key, int(s.tat), 'PX', ttl_ms(s.ttl, s.slack)) end
+end
+
+local function counter_load(key)
+  local s = {ws = 0, prev = 0, cur = 0, held = false}
+  local v = redis.pcall('GET', key)
+  if type(v) == 'string' then
+    local a, b, c = string.match(v, '^(%-?%d+) (%d+) (%d+)$')
+    if a then s.ws, s.prev, s.cur, s.held = tonumber(a), tonumber(b), tonumber(c), true end
+  end
+  return s
+end
+local function counter_step(s, op, count, w, cost, now, slack)
+  local ws, prev, cur = s.ws, s.prev, s.cur
+  local aligned = now - now % w
+  if ws <= aligned then
+    if ws < aligned - w then
+      prev, cur = 0, 0
+    elseif ws < aligned then
+      prev, cur = cur, 0
+    end
+    ws = aligned
+  end
+  if op == 'r' then
+    if s.held then
+      local from_cur = math.min(cost, cur)
+      cur, prev = cur - from_cur, prev - math.min(cost - from_cur, prev)
+      s.ws, s.prev, s.cur, s.ttl, s.slack = ws, prev, cur, ws + 2 * w - now, slack
+    end
+    op, cost = 'p', 1
+  end
+  local elapsed = math.max(0, now - ws)
+  local estimate = cur + weighted(prev, w - elapsed, w)
+  local allowed = estimate + cost <= count
+  local remaining, retry = 0, 0
+  if allowed and op == 'a' then
+    cur = cur + cost
+    remaining = count - estimate - cost
+    s.ws, s.prev, s.cur, s.ttl, s.slack, s.held = ws, prev, cur, ws + 2 * w - now, slack, true
+  else
+    remaining = math.max(0, count - estimate)
+    if not allowed then
+      if cur + cost <= count then
+        retry = decay_point(prev, count - cost - cur, w) - elapsed
+      else
+        retry = (w - elapsed) + decay_point(cur, count - cost, w)
+      end
+    end
+  end
+  local reset_after = 0
+  if cur > 0 then reset_after = (w - elapsed) + w elseif prev > 0 then reset_after = w - elapsed end
+  return {allowed and 1 or 0, remaining, retry, reset_after}
+end
+local function counter_store(key, s)
+  if s.ttl then
+    redis.call('SET', key, int(s.ws) .. ' ' .. int(s.prev) .. ' ' .. int(s.cur), 'PX',
+               ttl_ms(s.ttl, s.slack))
+  end
+end
+
+-- sliding_log: the set as pruned at one (now, window), then the members admitted since
+-- (`adds`, oldest first, each {at, cost, token}) kept here until the store.
+local function log_load(key, now, w)
+  local s = {now = now, w = w, old = 0, used = 0}
+  s.other = type(redis.pcall('ZREMRANGEBYSCORE', key, '-inf', secs(now - w))) == 'table'
+  if not s.other then
+    s.old = redis.call('ZCARD', key)
+    s.used = s.old
+    if s.old > 0 then
+      local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+      s.newest = top[2] and us_of(top[2])
+    end
+  end
+  return s
+end
+-- The time (µs) of the entry of rank r (from 0, oldest first) among the set's and the adds.
+local function log_rank(key, s, r)
+  if r < s.old then
+    if not s.ranks then s.ranks = {} end
+    local v = s.ranks[r]
+    if not v then
+      v = us_of(redis.call('ZRANGE', key, r, r, 'WITHSCORES')[2])
+      s.ranks[r] = v
+    end
+    return v
+  end
+  r = r - s.old
+  for _, a in ipairs(s.adds) do
+    if r < a.cost then return a.at end
+    r = r - a.cost
+  end
+end
+local function log_step(key, s, op, count, cost, token, slack)
+  local now, w = s.now, s.w
+  if op == 'r' then
+    local removed = 0
+    if s.used > 0 and cost > 0 then  -- the newest: the adds, then the set's
+      local left = cost
+      if not s.adds then s.adds = {} end
+      while left > 0 and #s.adds > 0 do
+        local a = s.adds[#s.adds]
+        local k = math.min(left, a.cost)
+        a.cost, left, removed = a.cost - k, left - k, removed + k
+        if a.cost == 0 then s.adds[#s.adds] = nil end
+      end
+      if left > 0 and s.old > 0 then
+        local r = redis.call('ZREMRANGEBYRANK', key, string.format('%d', -left), -1)
+        s.old, removed, s.ranks = s.old - r, removed + r, nil
+      end
+    end
+    if removed > 0 then
+      s.used = s.used - removed
+      if #s.adds > 0 then
+        s.newest = s.adds[#s.adds].at
+      elseif s.old > 0 then
+        s.newest = us_of(redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2])
+      else
+        s.newest = nil
+      end
+      if s.newest then s.ttl, s.slack = s.newest - now + w + 60000000, slack end
+    end
+    op, cost = 'p', 1
+  end
+  local used = s.used
+  local allowed = used + cost <= count
+  if allowed and op == 'a' then
+    if s.other then s.del, s.other = true, false end
+    local first = now
+    if s.newest and s.newest > first then first = s.newest end
+    if not s.adds then s.adds = {} end
+    s.adds[#s.adds + 1] = {at = first, cost = cost, token = token}
+    s.used, s.newest = used + cost, first
+    s.ttl, s.slack = first - now + w + 60000000, slack
+    return {1, count - used - cost, 0, first + w - now}
+  end
+  local retry = 0
+  if not allowed then retry = math.max(1, log_rank(key, s, used + cost - count - 1) + w - now) end
+  local reset_after = 0
+  if s.newest then reset_after = s.newest + w - now end
+  return {allowed and 1 or 0, math.max(0, count - used), retry, reset_after}
+end
+local function log_store(key, s)
+  if s.del then redis.call('DEL', key) end
+  local adds = s.adds
+  if adds and #adds == 1 and adds[1].cost == 1 then  -- the usual case, without unpack
+    local score = secs(adds[1].at)
+    redis.call('ZADD', key, score, score .. ':' .. adds[1].token .. ':1')
+  elseif adds then
+    local args = {}
+    for _, a in ipairs(adds) do
+      local score = secs(a.at)
+      for i = 1, a.cost do
+        args[#args + 1] = score
+        args[#args + 1] = score .. ':' .. a.token .. ':' .. i
+        if #args >= 2000 then
+          redis.call('ZADD', key, unpack(args))
+          args = {}
+        end
+      end
+    end
+    if #args > 0 then redis.call('ZADD', key, unpack(args)) end
+  end
+  if s.ttl then redis.call('PEXPIRE', key, ttl_ms(s.ttl, s.slack)) end
+end
+
+local stores = {l = log_store, c = counter_store, g = gcra_store}
+local modes = {}
+for _, o in ipairs({'a', 'p', 'r'}) do
+  for _, a in ipairs({'l', 'c', 'g'}) do modes[o .. a] = {o, a} end
+end
+-- Each key's state, read at its first call and written after its last (or when a call on
+-- the key needs it read afresh); keys are independent, so the order of the writes does
+-- not matter.
+local held, reply = {}, {}
+for i = 1, n do
+  local b = (i - 1) * fields
+  local k = tonumber(ARGV[b + 1])
+  local key = KEYS[k]
+  local mode = modes[ARGV[b + 2]]
+  if not key or not mode then
+    return redis.error_reply('ERR sluice: bad call ' .. i .. ' in a batch')
+  end
+  local op, a = mode[1], mode[2]
+  local count, w, cost = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+  local now, slack = tonumber(ARGV[b + 6]), 60000000
+  if not now then now, slack = server_now(), 0 end
+  local h = held[k]
+  if not h or h.a ~= a or (a == 'l' and (now ~= h.now or w ~= h.w)) then
+    if h then stores[h.a](key, h.s) end
+    h = {a = a, now = now, w = w}
+    if a == 'l' then
+      h.s = log_load(key, now, w)
+    elseif a == 'c' then
+      h.s = counter_load(key)
+    else
+      h.s = gcra_load(key)
+    end
+    held[k] = h
+  end
+  if a == 'l' then
+    reply[i] = log_step(key, h.s, op, count, cost, ARGV[b + 7], slack)
+  elseif a == 'c' then
+    reply[i] = counter_step(h.s, op, count, w, cost, now, slack)
+  else
+    reply[i] = gcra_step(h.s, op, count, w, cost, now, slack)
+  end
+end
+for k, h in pairs(held) do stores[h.a](KEYS[k], h.s) end
+return reply
+)lua";
+
 struct built_sources {
   std::array<std::string, 3> single;  // indexed by algorithm
   std::string all;
   std::string release;
+  std::string batch;
 };
 
 // Returns the single-key script of the algorithm `name`, defined by `pieces`.
@@ -345,6 +607,7 @@ const built_sources& sources() {
     all_algorithms.append(kSlidingLog).append(kKeys);
     b.all = all_algorithms + std::string(kAll);
     b.release = all_algorithms + std::string(kRelease);
+    b.batch.append(kTtl).append(kInt).append(kSlidingCounter).append(kSlidingLog).append(kBatch);
     return b;
   }();
   return built;
@@ -359,5 +622,7 @@ std::string_view script_source(algorithm a) noexcept {
 std::string_view acquire_all_script_source() noexcept { return sources().all; }
 
 std::string_view release_script_source() noexcept { return sources().release; }
+
+std::string_view batch_script_source() noexcept { return sources().batch; }
 
 }  // namespace sluice::redis

@@ -25,6 +25,16 @@
 // have absorbed), then returns what the multi-key script returns for a denial: {now, then
 // per key the peek of max(cost, 1)}.
 //
+// The batch script: several single-key calls decided in one run, in order. KEYS = the
+// distinct keys, and per call 7 arguments:
+//   ARGV = key index (into KEYS, from 1), mode (op letter a|p|r for acquire, peek, refund,
+//          then algorithm letter l|c|g for sliding_log, sliding_counter, gcra), count,
+//          window (µs), cost, now (µs, or "" for the server's TIME, read once per run),
+//          token (sliding_log acquires; "" otherwise)
+// It returns one element per call: the four numbers the single-key script returns. Each
+// key's calls are decided together (one read and one write of its state), in order, each
+// as the single-key script would. An error answers the whole batch.
+//
 // The maths is the core's (src/core/*.cc), written again in Lua; the conformance tests hold
 // them equal. Lua numbers are doubles: every integer stays below 2^53, and numbers go to
 // Redis as strings formatted with %d, never through Lua's 14-digit tostring. Keys expire
@@ -46,5 +56,7 @@ std::string_view script_source(algorithm a) noexcept;
 std::string_view acquire_all_script_source() noexcept;
 // Returns the release script (a cluster's give-back).
 std::string_view release_script_source() noexcept;
+// Returns the batch script (several single-key calls in one run).
+std::string_view batch_script_source() noexcept;
 
 }  // namespace sluice::redis

@@ -11,6 +11,8 @@ namespace sluice {
 namespace {
 
 using internal::parse_number;
+// The most calls one batch script run decides.
+constexpr std::size_t kMaxBatch = 4096;
 constexpr std::size_t npos = std::string_view::npos;
 using internal::percent_decode;
 
@@ -130,6 +132,14 @@ result<redis_store_options> parse_redis_uri(std::string_view uri) {
     } else if (name == "pool") {
       if (!parse_number(std::string_view(value), o.pool) || o.pool < 1 || o.pool > 64) {
         return bad(uri, "pool must be a number from 1 to 64");
+      }
+    } else if (name == "batch") {
+      if (!parse_number(std::string_view(value), o.batch) || o.batch > kMaxBatch) {
+        return bad(uri, "batch must be a number from 0 (off) to " + std::to_string(kMaxBatch));
+      }
+    } else if (name == "batch_bytes") {
+      if (!parse_number(std::string_view(value), o.batch_bytes) || o.batch_bytes < 1024) {
+        return bad(uri, "batch_bytes must be a number of bytes, at least 1024");
       }
     } else if (name == "db") {
       if (!parse_number(std::string_view(value), o.db) || o.db < 0) {

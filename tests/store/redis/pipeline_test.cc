@@ -352,5 +352,278 @@ TEST(ScriptReply, MultiKeyRepliesAreCheckedNotTrusted) {
   EXPECT_EQ(gone.error().code, make_error_code(errc::timeout));
 }
 
+// --- batches ----------------------------------------------------------------------------
+
+// A batchable single-key call on `key`, answered into `a`.
+pending batchable(answers& a, std::string key, steady::time_point deadline,
+                  script_op op = script_op::acquire, int group = 0) {
+  pending p = call(a, deadline);
+  p.batchable = true;
+  p.group = group;
+  p.script =
+      script_call{algorithm::sliding_log, std::move(key), op, 10, 1000, 1, std::nullopt, "tok", {}};
+  return p;
+}
+
+const script_shas kShas{{"LOG", "COUNTER", "GCRA"}, "BATCH"};
+
+// Returns how many commands `bytes` holds (RESP arrays at the top level) and their first
+// two arguments (EVALSHA and the sha, or the command's name).
+std::vector<std::string> commands_in(const std::string& bytes) {
+  reader r;
+  r.feed(bytes);
+  std::vector<std::string> out;
+  for (;;) {
+    auto next = r.next();
+    EXPECT_TRUE(next);
+    if (!next || !next->has_value()) break;
+    const reply& c = **next;
+    out.push_back(c.elements.size() > 1 ? c.elements[0].text + " " + c.elements[1].text
+                                        : c.elements[0].text);
+  }
+  return out;
+}
+
+// A reply of four integers, as a single-key script answers.
+std::string four(int allowed, int remaining) {
+  return "*4\r\n:" + std::to_string(allowed) + "\r\n:" + std::to_string(remaining) +
+         "\r\n:0\r\n:0\r\n";
+}
+
+// Verifies that batchable calls queued together are written as one batch script run of
+// at most the maximum of calls, a lone one as its own script, and that the batch's keys
+// are named once with each call's arguments after them.
+TEST(Batch, QueuedCallsGoAsBatchesOfAtMostTheMaximum) {
+  pipeline pl;
+  answers a;
+  std::vector<pending> q;
+  const auto later = steady::now() + 1h;
+  for (int i = 0; i < 5; ++i) q.push_back(batchable(a, i % 2 ? "k1" : "k0", later));
+  std::string out;
+  const assembled did = pl.assemble("", q, kShas, 2, 1 << 20, steady::now(), out);
+  EXPECT_EQ(did.batches, 2u);
+  EXPECT_EQ(did.batched, 4u);
+  EXPECT_EQ(commands_in(out),
+            (std::vector<std::string>{"EVALSHA BATCH", "EVALSHA BATCH", "EVALSHA LOG"}));
+  EXPECT_EQ(pl.size(), 3u);
+  EXPECT_TRUE(q.empty());
+  // The first batch: 2 keys, then 7 arguments per call, the key by its index.
+  reader r;
+  r.feed(out);
+  auto first = r.next();
+  ASSERT_TRUE(first && first->has_value());
+  const auto& e = (**first).elements;
+  ASSERT_EQ(e.size(), 3u + 2 + 14);
+  EXPECT_EQ(e[2].text, "2");
+  EXPECT_EQ(e[3].text, "k0");
+  EXPECT_EQ(e[4].text, "k1");
+  EXPECT_EQ(e[5].text, "1");   // key index
+  EXPECT_EQ(e[6].text, "al");  // acquire, sliding_log
+  EXPECT_EQ(e[7].text, "10");
+  EXPECT_EQ(e[8].text, "1000");
+  EXPECT_EQ(e[9].text, "1");
+  EXPECT_EQ(e[10].text, "");     // the server's time
+  EXPECT_EQ(e[11].text, "tok");  // a sliding_log acquire's token
+  EXPECT_EQ(e[12].text, "2");
+}
+
+// Verifies that a batch's reply answers each call from its own slot, in order.
+TEST(Batch, EachCallGetsItsSlotOfTheReply) {
+  pipeline pl;
+  std::vector<answers> a(3);
+  std::vector<pending> q;
+  const auto later = steady::now() + 1h;
+  for (int i = 0; i < 3; ++i) q.push_back(batchable(a[i], "k", later));
+  std::string out;
+  pl.assemble("", q, kShas, 512, 1 << 20, steady::now(), out);
+  std::vector<pending> resend;
+  ASSERT_TRUE(pl.on_bytes("*3\r\n" + four(1, 9) + four(1, 8) + four(0, 0), resend));
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(a[i].got.size(), 1u);
+    auto d = to_decision(a[i].got[0], 10);
+    ASSERT_TRUE(d);
+    EXPECT_EQ(d->remaining, std::vector<int>({9, 8, 0})[i]);
+  }
+  EXPECT_EQ(pl.size(), 0u);
+}
+
+// Verifies that commands that are not batchable keep their place: batches close before
+// them, so a reset between two acquires comes between them on the wire too.
+TEST(Batch, OtherCommandsKeepTheirPlace) {
+  pipeline pl;
+  answers a;
+  std::vector<pending> q;
+  const auto later = steady::now() + 1h;
+  q.push_back(batchable(a, "k", later));
+  q.push_back(batchable(a, "k", later));
+  std::string del;
+  append_command(del, {"DEL", "k"});
+  pending reset = call(a, later);
+  reset.wire = del.size();
+  q.push_back(std::move(reset));
+  q.push_back(batchable(a, "k", later));
+  std::string out;
+  pl.assemble(del, q, kShas, 512, 1 << 20, steady::now(), out);
+  EXPECT_EQ(commands_in(out), (std::vector<std::string>{"EVALSHA BATCH", "DEL k", "EVALSHA LOG"}));
+  std::vector<pending> resend;
+  ASSERT_TRUE(pl.on_bytes("*2\r\n" + four(1, 9) + four(1, 8) + ":1\r\n" + four(1, 9), resend));
+  ASSERT_EQ(a.got.size(), 4u);
+  EXPECT_EQ(a.got[2]->integer, 1);
+}
+
+// Verifies that calls of different groups (a cluster's slots) never share a batch, and
+// that each group's calls stay in order.
+TEST(Batch, GroupsNeverShareABatch) {
+  pipeline pl;
+  answers a;
+  std::vector<pending> q;
+  const auto later = steady::now() + 1h;
+  for (int i = 0; i < 6; ++i) {
+    q.push_back(batchable(a, "k" + std::to_string(i), later, script_op::acquire, i % 2));
+  }
+  q.push_back(batchable(a, "lone", later, script_op::peek, 7));
+  std::string out;
+  const assembled did = pl.assemble("", q, kShas, 512, 1 << 20, steady::now(), out);
+  EXPECT_EQ(did.batches, 2u);
+  EXPECT_EQ(did.batched, 6u);
+  reader r;
+  r.feed(out);
+  for (int g = 0; g < 2; ++g) {
+    auto c = r.next();
+    ASSERT_TRUE(c && c->has_value());
+    const auto& e = (**c).elements;
+    ASSERT_EQ(e[2].text, "3");
+    for (int k = 0; k < 3; ++k) EXPECT_EQ(e[3 + k].text, "k" + std::to_string(g + 2 * k));
+  }
+}
+
+// Verifies the byte bound: a batch closes once its calls' arguments pass it.
+TEST(Batch, BatchesAreBoundedInBytes) {
+  pipeline pl;
+  answers a;
+  std::vector<pending> q;
+  const auto later = steady::now() + 1h;
+  for (int i = 0; i < 10; ++i)
+    q.push_back(batchable(a, std::string(1000, static_cast<char>('a' + i)), later));
+  std::string out;
+  const assembled did = pl.assemble("", q, kShas, 512, 2500, steady::now(), out);
+  EXPECT_EQ(did.batches, 3u);  // 3 calls pass 2,500 bytes; the tenth goes alone
+  EXPECT_EQ(did.batched, 9u);
+}
+
+// Verifies deadlines stay per call: a call already past its deadline is answered
+// `timeout` and not written; one that times out while its batch runs is answered
+// `timeout` once and its slot of the reply is dropped, the others answered from theirs.
+TEST(Batch, DeadlinesStayPerCall) {
+  pipeline pl;
+  answers late, quick, slow;
+  const auto t0 = steady::now();
+  std::vector<pending> q;
+  q.push_back(batchable(late, "k", t0 - 1ms));
+  q.push_back(batchable(quick, "k", t0 + 10ms));
+  q.push_back(batchable(slow, "k", t0 + 1h));
+  std::string out;
+  const assembled did = pl.assemble("", q, kShas, 512, 1 << 20, t0, out);
+  EXPECT_EQ(did.timed_out, 1u);
+  ASSERT_EQ(late.got.size(), 1u);
+  EXPECT_EQ(late.got[0].error().code, make_error_code(errc::timeout));
+  EXPECT_EQ(did.batched, 2u);
+  EXPECT_EQ(pl.next_deadline(), t0 + 10ms);
+  EXPECT_EQ(pl.expire(t0 + 10ms), 1u);
+  EXPECT_EQ(pl.expire(t0 + 20ms), 0u);
+  ASSERT_EQ(quick.got.size(), 1u);
+  EXPECT_EQ(quick.got[0].error().code, make_error_code(errc::timeout));
+  EXPECT_EQ(pl.next_deadline(), t0 + 1h);
+  std::vector<pending> resend;
+  ASSERT_TRUE(pl.on_bytes("*2\r\n" + four(1, 9) + four(1, 8), resend));
+  EXPECT_EQ(quick.got.size(), 1u);
+  ASSERT_EQ(slow.got.size(), 1u);
+  EXPECT_EQ(to_decision(slow.got[0], 10)->remaining, 8);
+  EXPECT_EQ(pl.size(), 0u);
+}
+
+// Verifies what a batch that fails as a whole does: NOSCRIPT hands it back whole (with
+// the calls still waiting) to be sent again with its source; another error reply, or a
+// reply of the wrong shape, answers each of its calls once; a lost connection fails each.
+TEST(Batch, ABatchThatFailsWholeAnswersEachCallOnce) {
+  const auto t0 = steady::now();
+  auto two = [&](pipeline& pl, answers& a, answers& b) {
+    std::vector<pending> q;
+    q.push_back(batchable(a, "k", t0 + 1h));
+    q.push_back(batchable(b, "j", t0 + 1h));
+    std::string out;
+    pl.assemble("", q, kShas, 512, 1 << 20, t0, out);
+  };
+  {
+    pipeline pl;
+    answers a, b;
+    two(pl, a, b);
+    std::vector<pending> resend;
+    ASSERT_TRUE(pl.on_bytes("-NOSCRIPT No matching script.\r\n", resend));
+    ASSERT_EQ(resend.size(), 1u);
+    ASSERT_EQ(resend[0].batch.size(), 2u);
+    EXPECT_TRUE(a.got.empty() && b.got.empty());
+    EXPECT_EQ(resend[0].batch[1].script->key, "j");
+  }
+  {
+    pipeline pl;
+    answers a, b;
+    two(pl, a, b);
+    std::vector<pending> resend;
+    ASSERT_TRUE(pl.on_bytes("-MOVED 3999 127.0.0.1:6381\r\n", resend));
+    EXPECT_TRUE(resend.empty());
+    ASSERT_EQ(a.got.size(), 1u);
+    ASSERT_EQ(b.got.size(), 1u);
+    EXPECT_EQ(b.got[0]->text, "MOVED 3999 127.0.0.1:6381");
+  }
+  {
+    pipeline pl;
+    answers a, b;
+    two(pl, a, b);
+    std::vector<pending> resend;
+    ASSERT_TRUE(pl.on_bytes("*1\r\n" + four(1, 1), resend));  // one slot for two calls
+    ASSERT_EQ(a.got.size(), 1u);
+    ASSERT_EQ(b.got.size(), 1u);
+    EXPECT_EQ(a.got[0].error().code, make_error_code(errc::store_error));
+  }
+  {
+    pipeline pl;
+    answers a, b;
+    two(pl, a, b);
+    EXPECT_EQ(pl.expire(t0 + 2h), 2u);
+    pl.fail_all(make_error(errc::store_unavailable, "gone").error());  // none twice
+    ASSERT_EQ(a.got.size(), 1u);
+    ASSERT_EQ(b.got.size(), 1u);
+    EXPECT_EQ(a.got[0].error().code, make_error_code(errc::timeout));
+  }
+  {
+    pipeline pl;
+    answers a, b;
+    two(pl, a, b);
+    pl.fail_all(make_error(errc::store_unavailable, "gone").error());
+    ASSERT_EQ(a.got.size(), 1u);
+    ASSERT_EQ(b.got.size(), 1u);
+    EXPECT_EQ(b.got[0].error().code, make_error_code(errc::store_unavailable));
+  }
+}
+
+// Verifies that an error in one slot of a batch's reply (a key the script could not
+// decide) answers only that call with it.
+TEST(Batch, AnErrorInOneSlotAnswersThatCall) {
+  pipeline pl;
+  answers a, b;
+  std::vector<pending> q;
+  q.push_back(batchable(a, "k", steady::now() + 1h));
+  q.push_back(batchable(b, "j", steady::now() + 1h));
+  std::string out;
+  pl.assemble("", q, kShas, 512, 1 << 20, steady::now(), out);
+  std::vector<pending> resend;
+  ASSERT_TRUE(pl.on_bytes("*2\r\n-WRONGTYPE no\r\n" + four(1, 3), resend));
+  auto da = to_decision(a.got.at(0), 10);
+  ASSERT_FALSE(da);
+  EXPECT_EQ(da.error().code, make_error_code(errc::store_error));
+  EXPECT_TRUE(to_decision(b.got.at(0), 10));
+}
+
 }  // namespace
 }  // namespace sluice::redis

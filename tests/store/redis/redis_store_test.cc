@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -621,6 +622,163 @@ TEST(RedisStore, BenchDrivesTheAsyncApi) {
   EXPECT_EQ(r.allowed, 20u);
   EXPECT_EQ(r.allowed + r.denied, r.decisions);
   EXPECT_GT(r.decisions, 100u);
+}
+
+// --- batches ----------------------------------------------------------------------------
+
+// Verifies that decisions made in batch script runs are exactly the memory store's, made
+// one by one, with the largest batch at 1 (off), 2, 17, 512 and the default: acquires,
+// peeks, refunds and resets on mixed keys and algorithms, in bursts the connection writes
+// at once.
+TEST(RedisStore, BatchesConformToTheMemoryStore) {
+  redis_server server;
+  struct run {
+    std::size_t batch, burst;
+    int bursts;
+  };
+  for (const run r : {run{1, 40, 4}, run{2, 40, 6}, run{17, 60, 6}, run{512, 600, 2},
+                      run{redis_store_options{}.batch, 300, 3}}) {
+    SCOPED_TRACE("batch=" + std::to_string(r.batch));
+    auto o = options_for(server);
+    o.batch = r.batch;
+    redis_store redis(o);
+    const int compared =
+        test::expect_same_decisions_as_memory_in_bursts(redis, r.burst, r.bursts, 7 + r.batch);
+    EXPECT_GT(compared, static_cast<int>(r.burst) * r.bursts * 3 / 4);
+    const auto st = redis.stats();
+    EXPECT_EQ(st.errors, 0u);
+    if (r.batch <= 1) {
+      EXPECT_EQ(st.batches, 0u);
+    } else {
+      EXPECT_GT(st.batches, 0u);
+      // Resets split bursts; the batches are still as full as they can be on average.
+      EXPECT_GE(st.batched, st.batches * std::min<std::size_t>(r.batch, 4));
+    }
+  }
+}
+
+// Verifies that 6,000 acquires racing on one key, all in flight at once and batched (the
+// key's calls coalesced in each run), admit exactly the limit, for every algorithm.
+TEST(RedisStore, BatchesAreExactUnderConcurrency) {
+  redis_server server;
+  auto o = options_for(server);
+  o.timeout = 30s;  // all in flight at once: a sanitizer build on a busy machine is slow
+  redis_store redis(o);
+  for (const algorithm a : kAlgorithms) {
+    const auto got =
+        test::race_async_on_one_key(redis, a, "batch-race:" + std::string(to_string(a)), 6000);
+    EXPECT_EQ(got.failed, 0) << to_string(a);
+    EXPECT_EQ(got.admitted, 100) << to_string(a);
+  }
+  EXPECT_GT(redis.stats().batches, 0u);
+}
+
+// Verifies that SCRIPT FLUSH between batches costs only a resend: each batch answered
+// NOSCRIPT goes again with the batch script's source, no call fails, and the decisions are
+// still the memory store's.
+TEST(RedisStore, BatchesSurviveScriptFlush) {
+  redis_server server;
+  redis_store redis(options_for(server));
+  for (int round = 0; round < 3; ++round) {
+    EXPECT_EQ(server.command({"SCRIPT", "FLUSH"}), "OK");
+    // No resets: a batch sent again after NOSCRIPT runs after the commands written behind it.
+    test::expect_same_decisions_as_memory_in_bursts(redis, 100, 1, 100 + round, false);
+  }
+  const auto st = redis.stats();
+  EXPECT_EQ(st.errors, 0u);
+  EXPECT_GE(st.script_loads, 3u);
+  EXPECT_GT(st.batches, 0u);
+}
+
+// Verifies that batches written to a server that stops answering time out call by call:
+// each call is answered `timeout` once, at its deadline; the late replies are dropped when
+// the server resumes, and calls after it are decided again.
+TEST(RedisStore, BatchesTimeOutCallByCall) {
+  redis_server server;
+  auto o = options_for(server);
+  o.timeout = 100ms;
+  redis_store redis(o);
+  ASSERT_TRUE(redis.acquire(req("hang", 100, 1h, algorithm::gcra)));
+  server.pause();
+  constexpr int kCalls = 300;
+  std::vector<std::atomic<int>> times(kCalls);
+  std::atomic<int> timeouts{0}, answered{0};
+  {
+    test::io_hold hold(redis);
+    for (int i = 0; i < kCalls; ++i) {
+      redis.async_acquire(req("hang", 100, 1h, kAlgorithms[i % 3]), [&, i](result<decision> d) {
+        if (!d && d.error().code == make_error_code(errc::timeout)) ++timeouts;
+        ++times[static_cast<std::size_t>(i)];
+        ++answered;
+      });
+    }
+  }
+  ASSERT_TRUE(eventually([&] { return answered.load() == kCalls; }));
+  EXPECT_EQ(timeouts.load(), kCalls);
+  server.resume();
+  ASSERT_TRUE(
+      eventually([&] { return bool(redis.acquire(req("hang2", 100, 1h, algorithm::gcra))); }));
+  for (const auto& t : times) EXPECT_EQ(t.load(), 1);
+  EXPECT_GT(redis.stats().batches, 0u);
+}
+
+// Verifies that a Redis killed while batches are in flight answers each call once: a
+// decision (its batch ran) or `store_unavailable` (it was lost), none twice, none lost;
+// and that the store decides again once Redis is back.
+TEST(RedisStore, KilledRedisMidBatchAnswersEachCallOnce) {
+  redis_server server;
+  redis_store redis(options_for(server));
+  constexpr int kCalls = 5000;
+  std::vector<std::atomic<int>> times(kCalls);
+  std::atomic<int> decided{0}, unavailable{0}, other{0}, answered{0};
+  {
+    test::io_hold hold(redis);
+    for (int i = 0; i < kCalls; ++i) {
+      redis.async_acquire(req("kill:" + std::to_string(i % 50), 1000, 1h, kAlgorithms[i % 3]),
+                          [&, i](result<decision> d) {
+                            if (d) {
+                              ++decided;
+                            } else if (d.error().code == make_error_code(errc::store_unavailable)) {
+                              ++unavailable;
+                            } else {
+                              ++other;
+                            }
+                            ++times[static_cast<std::size_t>(i)];
+                            ++answered;
+                          });
+    }
+  }
+  // Some batches have been answered: kill it while the rest are on their way.
+  while (answered.load() == 0) std::this_thread::yield();
+  server.kill();
+  ASSERT_TRUE(eventually([&] { return answered.load() == kCalls; }));
+  EXPECT_EQ(decided + unavailable, kCalls);
+  EXPECT_EQ(other.load(), 0);
+  for (const auto& t : times) EXPECT_EQ(t.load(), 1);
+  std::printf("%d decided, %d unavailable after the kill\n", decided.load(), unavailable.load());
+  server.start();
+  ASSERT_TRUE(eventually([&] { return redis.health().ready; }));
+  auto d = redis.acquire(req("after-kill", 10, 1h, algorithm::sliding_log));
+  ASSERT_TRUE(d) << d.error().message();
+  EXPECT_TRUE(d->allowed);
+}
+
+// Verifies that the batch size is an option of the URI, shown by describe().
+TEST(RedisStore, BatchingIsAnOptionOfTheUri) {
+  redis_server server;
+  auto off = parse_redis_uri(server.uri() + "?batch=0");
+  ASSERT_TRUE(off) << off.error().message();
+  EXPECT_EQ(off->batch, 0u);
+  redis_store plain(*off);
+  EXPECT_NE(plain.describe().find("?batch=0"), std::string::npos) << plain.describe();
+  redis_store batched(options_for(server));
+  EXPECT_NE(batched.describe().find("?batch=128"), std::string::npos) << batched.describe();
+  EXPECT_FALSE(parse_redis_uri(server.uri() + "?batch=5000"));
+  EXPECT_FALSE(parse_redis_uri(server.uri() + "?batch=x"));
+  auto bytes = parse_redis_uri(server.uri() + "?batch=64&batch_bytes=65536");
+  ASSERT_TRUE(bytes);
+  EXPECT_EQ(bytes->batch, 64u);
+  EXPECT_EQ(bytes->batch_bytes, 65536u);
 }
 
 }  // namespace

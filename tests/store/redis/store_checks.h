@@ -8,8 +8,11 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -250,6 +253,195 @@ inline race_outcome race_on_one_key(store& s, algorithm a, const std::string& ke
     });
   }
   for (auto& t : threads) t.join();
+  return {admitted.load(), failed.load()};
+}
+
+// Holds a store's I/O thread inside a completion, so that calls made meanwhile queue up
+// and the connection writes them all at once (as batches) when it is let go:
+//   io_hold hold(s);   // returns once the I/O thread is held
+//   ... async calls ...
+//   hold.release();
+class io_hold {
+ public:
+  explicit io_hold(store& s) : state_(std::make_shared<state>()) {
+    s.async_peek(request{"io-hold", limit{1, std::chrono::seconds(1)}, algorithm::gcra, 1, {}},
+                 [st = state_](result<decision>) {
+                   std::unique_lock lock(st->mu);
+                   st->held = true;
+                   st->cv.notify_all();
+                   st->cv.wait(lock, [&] { return st->released; });
+                 });
+    std::unique_lock lock(state_->mu);
+    state_->cv.wait(lock, [&] { return state_->held; });
+  }
+  ~io_hold() { release(); }
+  void release() {
+    std::lock_guard lock(state_->mu);
+    state_->released = true;
+    state_->cv.notify_all();
+  }
+
+ private:
+  // Shared with the completion, which may still be waking up when the hold is gone.
+  struct state {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool held = false;
+    bool released = false;
+  };
+  std::shared_ptr<state> state_;
+};
+
+// Verifies that calls sent in bursts of `burst` (each burst queued while the store's I/O
+// thread is held, so that it is written at once and goes out as batches) get exactly the
+// memory store's answers, decided one by one in the same order: `bursts` bursts over 12
+// keys (four per algorithm, limits from 1 to 100, windows from 1 ms to 1 h, explicit
+// times that move on by steps of up to 400 µs and now and then up to 20 minutes, one key
+// in three switching algorithm now and then), acquires, peeks, refunds and (unless
+// `resets` is false) resets mixed. Returns how many calls were compared.
+inline int expect_same_decisions_as_memory_in_bursts(store& s, std::size_t burst, int bursts,
+                                                     std::uint64_t seed, bool resets = true) {
+  memory_store memory;
+  std::mt19937_64 rng(seed);
+  struct key_spec {
+    std::string key;
+    limit l;
+    algorithm a;
+  };
+  // One clock for every key, as a store has: the memory store drops state that has
+  // expired at the time of any request, which would be a live key's own time were each
+  // key's clock its own.
+  std::int64_t now = seed % 2 == 0 ? 1'800'000'000'000'000 : 0;
+  std::vector<key_spec> keys;
+  for (int i = 0; i < 12; ++i) {
+    const std::int64_t count = std::vector<std::int64_t>{1, 3, 10, 100}[rng() % 4];
+    const std::chrono::microseconds window{
+        std::vector<std::int64_t>{1000, 1000000, 3600000000}[rng() % 3]};
+    keys.push_back({"burst:" + std::to_string(seed) + ":" + std::to_string(i), limit{count, window},
+                    test::all_algorithms[i % 3]});
+  }
+  enum class op { acquire, peek, refund, reset };
+  struct step {
+    op what;
+    request r;
+  };
+  int compared = 0;
+  for (int b = 0; b < bursts; ++b) {
+    std::vector<step> steps;
+    for (std::size_t i = 0; i < burst; ++i) {
+      key_spec& k = keys[rng() % keys.size()];
+      if (rng() % 3 == 0) now += static_cast<std::int64_t>(rng() % 400);
+      if (rng() % 64 == 0) now += static_cast<std::int64_t>(rng() % 1'200'000'000);
+      algorithm a = k.a;
+      if ((&k - keys.data()) % 3 == 0 && rng() % 8 == 0) a = test::all_algorithms[rng() % 3];
+      const std::int64_t cost = 1 + static_cast<std::int64_t>(rng() % k.l.count);
+      const auto roll = rng() % 20;
+      const op what = roll < 12              ? op::acquire
+                      : roll < 16            ? op::peek
+                      : roll < 19 || !resets ? op::refund
+                                             : op::reset;
+      steps.push_back({what, request{k.key, k.l, a, cost, std::chrono::microseconds{now}}});
+    }
+    std::vector<result<decision>> got(steps.size());
+    std::vector<result<void>> got_reset(steps.size());
+    std::atomic<std::size_t> answered{0};
+    std::vector<std::atomic<int>> times(steps.size());
+    {
+      io_hold hold(s);
+      for (std::size_t i = 0; i < steps.size(); ++i) {
+        auto done = [&, i](result<decision> d) {
+          got[i] = std::move(d);
+          ++times[i];
+          ++answered;
+        };
+        const request& r = steps[i].r;
+        switch (steps[i].what) {
+          case op::acquire:
+            s.async_acquire(r, done);
+            break;
+          case op::peek:
+            s.async_peek(r, done);
+            break;
+          case op::refund:
+            s.async_refund(r, done);
+            break;
+          case op::reset:
+            s.async_reset(r.key, [&, i](result<void> d) {
+              got_reset[i] = std::move(d);
+              ++times[i];
+              ++answered;
+            });
+            break;
+        }
+      }
+    }
+    EXPECT_TRUE(test::eventually([&] { return answered.load() == steps.size(); },
+                                 std::chrono::seconds(30)));
+    if (answered.load() != steps.size()) return compared;
+    for (std::size_t i = 0; i < steps.size(); ++i) {
+      EXPECT_EQ(times[i].load(), 1) << "call " << i;
+      const request& r = steps[i].r;
+      if (steps[i].what == op::reset) {
+        EXPECT_TRUE(got_reset[i]) << got_reset[i].error().message();
+        EXPECT_TRUE(memory.reset(r.key));
+        continue;
+      }
+      const result<decision> want = steps[i].what == op::acquire ? memory.acquire(r)
+                                    : steps[i].what == op::peek  ? memory.peek(r)
+                                                                 : memory.refund(r);
+      if (!got[i]) {
+        ADD_FAILURE() << "burst " << b << " call " << i << ": " << got[i].error().message();
+        return compared;
+      }
+      if (!want) {
+        ADD_FAILURE() << "memory: " << want.error().message();
+        return compared;
+      }
+      EXPECT_EQ(*got[i], *want) << "burst " << b << " call " << i << " " << to_string(r.algorithm)
+                                << " key " << r.key << " op " << static_cast<int>(steps[i].what)
+                                << " cost " << r.cost << " now " << r.now->count() << " allowed "
+                                << got[i]->allowed << "/" << want->allowed << " remaining "
+                                << got[i]->remaining << "/" << want->remaining;
+      if (*got[i] != *want) {
+        for (std::size_t j = 0; j < i; ++j) {
+          if (steps[j].r.key != r.key) continue;
+          std::printf("  before: call %zu op %d %s cost %lld now %lld\n", j,
+                      static_cast<int>(steps[j].what), to_string(steps[j].r.algorithm).data(),
+                      static_cast<long long>(steps[j].r.cost),
+                      static_cast<long long>(steps[j].r.now->count()));
+        }
+        return compared;
+      }
+      ++compared;
+    }
+  }
+  return compared;
+}
+
+// Races `calls` asynchronous acquires on `key` (limit 100 an hour) from 4 threads, all in
+// flight at once, and counts what got in.
+inline race_outcome race_async_on_one_key(store& s, algorithm a, const std::string& key,
+                                          int calls) {
+  std::atomic<int> admitted{0}, failed{0}, answered{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < calls / 4; ++i) {
+        s.async_acquire(request{key, limit{100, std::chrono::hours(1)}, a, 1, {}},
+                        [&](result<decision> d) {
+                          if (!d) {
+                            ++failed;
+                          } else if (d->allowed) {
+                            ++admitted;
+                          }
+                          ++answered;
+                        });
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_TRUE(
+      test::eventually([&] { return answered.load() == calls / 4 * 4; }, std::chrono::seconds(60)));
   return {admitted.load(), failed.load()};
 }
 
