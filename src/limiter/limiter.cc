@@ -649,10 +649,9 @@ struct limiter::multi : std::enable_shared_from_this<multi> {
       return std::vector<decision>{*d};
     };
     if (sync) return finish(one(lim->decide(*it.p, raw_keys.front(), cost, now, m)));
-    lim->async_decide(*it.p, raw_keys.front(), cost, m,
-                      [self = shared_from_this(), one](result<decision> d) {
-                        self->finish(one(std::move(d)));
-                      });
+    lim->async_decide(
+        *it.p, raw_keys.front(), cost, m,
+        [self = shared_from_this(), one](result<decision> d) { self->finish(one(std::move(d))); });
   }
 
   void settle(result<std::vector<decision>> got) {
