@@ -211,6 +211,19 @@ std::uint8_t control(std::uint64_t hash) { return static_cast<std::uint8_t>(0x80
 
 // The slot arrays of one table, in one allocation. Readers may still use a table after a
 // resize has replaced it, so it is freed after a grace period like a node.
+
+// Returns `bytes` from the global operator new, or nullptr when memory runs out. Not the
+// nothrow form: a program may replace operator new and delete without it (one of the tests
+// does), and a sanitizer's nothrow new does not go through the replacement, so the delete
+// that follows would not match it.
+void* allocate(std::size_t bytes) noexcept {
+  try {
+    return ::operator new(bytes);
+  } catch (const std::bad_alloc&) {
+    return nullptr;
+  }
+}
+
 struct table {
   std::size_t capacity;  // a power of two
   table* next_retired = nullptr;
@@ -223,7 +236,7 @@ struct table {
   // Returns an empty table, or nullptr when memory runs out.
   static table* make(std::size_t capacity) noexcept {
     const std::size_t bytes = sizeof(table) + capacity * (sizeof(std::atomic<node*>) + 1);
-    void* p = ::operator new(bytes, std::nothrow);
+    void* p = allocate(bytes);
     if (p == nullptr) return nullptr;
     auto* t = new (p) table{capacity};
     for (std::size_t i = 0; i < capacity; ++i) {
@@ -416,8 +429,9 @@ struct alignas(64) shard {
   // is large). Under `mu`; call_rcu never waits for a grace period.
   void maybe_flush() noexcept {
     if (retired_tables == nullptr && retired_count < kRetireBatch) return;
-    auto* b = new (std::nothrow) retired_batch{{}, this, retired_nodes, retired_tables};
-    if (b == nullptr) return;  // tried again at the next flush; the destructor frees the rest
+    void* p = allocate(sizeof(retired_batch));
+    if (p == nullptr) return;  // tried again at the next flush; the destructor frees the rest
+    auto* b = new (p) retired_batch{{}, this, retired_nodes, retired_tables};
     retired_nodes = nullptr;
     retired_count = 0;
     retired_tables = nullptr;
