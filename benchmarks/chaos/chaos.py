@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 
+sys.dont_write_bytecode = True  # nothing written into the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import checker  # noqa: E402
@@ -87,6 +88,21 @@ def read_metrics(port):
         elif line.startswith("process_open_fds "):
             fds = int(float(line.split()[1]))
     return None if rss is None or fds is None else (rss, fds)
+
+
+def read_gauge(port, name):
+    """Returns the value of the unlabelled metric `name` on /metrics, or None."""
+    conn = load.Connection(port)
+    try:
+        status, _h, body = conn.request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    except (OSError, load.ProtocolError):
+        return None
+    finally:
+        conn.close()
+    for line in body.decode(errors="replace").splitlines():
+        if status == 200 and line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
 
 
 def read_proc(pid):
@@ -181,6 +197,7 @@ def main():
     faults = []
     restarts = []
     tool_errors = []
+    breakers_open = None
     server_exits = []
     try:
         topo = topo_class(out, log)
@@ -224,6 +241,7 @@ def main():
         gen.stop()
         sampler.stop_event.set()
         sampler.join()
+        breakers_open = read_gauge(port, "sluice_breakers_open")
         code = server.stop()
         server_exits.append(code)
         log("load stopped; sluice serve exited %d" % code)
@@ -260,6 +278,7 @@ def main():
         if code != 0:
             found["violations"].append("sluice serve exited %d after SIGTERM (stop %d)" %
                                        (code, i + 1))
+    found["breakers_open_at_end"] = breakers_open
     text = report.render(args, found, faults, POLICIES, out, time.time() - t_start)
     with open(os.path.join(out, "report.txt"), "w") as f:
         f.write(text)

@@ -74,6 +74,8 @@ def render(args, found, faults, policies, out, elapsed):
         add("  pid %d (%s, %d samples): RSS %.1f MiB after warm-up, max %.1f MiB; fds %d, "
             "max %d" % (r["pid"], r["source"], r["samples"], r["warm_rss"] / 2**20,
                         r["max_rss"] / 2**20, r["warm_fds"], r["max_fds"]))
+    add("breakers not closed at the end, all faults over (sluice_breakers_open): %s" %
+        found.get("breakers_open_at_end"))
     add("")
     v = found["violations"]
     add("VIOLATIONS: %d" % len(v))
