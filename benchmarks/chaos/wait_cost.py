@@ -8,8 +8,10 @@ loopback master with one replica.
 Starts redis-server twice (a master and its replica, no persistence) on free loopback ports
 in a temporary directory, stops them by pid at the end. Each connection sends one request,
 waits for its answer and sends the next (as a sluice connection does with one call in
-flight); the script is a GCRA decision like sluice's (GET, TIME, SET with PX). Prints, per
-mode and number of connections, decisions/s and p50/p99 latency. Standard library only.
+flight); the script is a GCRA decision like sluice's (GET, TIME, SET with PX). With --batch
+K, a connection pipelines K scripts and (with WAIT) one WAIT after them, as sluice's batched
+calls would. Prints, per mode, decisions/s and p50/p99 latency (timeouts: WAITs that
+returned after 100 ms with no replica's acknowledgement). Standard library only.
 """
 
 import argparse
@@ -59,29 +61,31 @@ def start_redis(workdir, port, extra):
     raise RuntimeError("redis-server on %d did not start" % port)
 
 
-def worker(port, sha, wait, seconds, lat, index):
+def worker(port, sha, wait, seconds, lat, index, batch):
     with socket.create_connection(("127.0.0.1", port)) as s:
         f = s.makefile("rb")
         key = "wait-cost:%d" % index
-        one = _encode(["EVALSHA", sha, 1, key])
-        both = one + _encode(["WAIT", 1, 100])
-        req = both if wait else one
+        # `batch` decisions pipelined (sluice batches calls), then one WAIT for all of them.
+        req = _encode(["EVALSHA", sha, 1, key]) * batch
+        if wait:
+            req += _encode(["WAIT", 1, 100])
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             t = time.perf_counter_ns()
             s.sendall(req)
-            _read_reply(f)
+            for _ in range(batch):
+                _read_reply(f)
             if wait:
                 acked = _read_reply(f)
                 if acked < 1:
                     lat.append(None)  # WAIT timed out: no replica acknowledged in 100 ms
                     continue
-            lat.append(time.perf_counter_ns() - t)
+            lat.extend([time.perf_counter_ns() - t] * batch)
 
 
-def measure(port, sha, wait, connections, seconds):
+def measure(port, sha, wait, connections, seconds, batch):
     lats = [[] for _ in range(connections)]
-    threads = [threading.Thread(target=worker, args=(port, sha, wait, seconds, lats[i], i))
+    threads = [threading.Thread(target=worker, args=(port, sha, wait, seconds, lats[i], i, batch))
                for i in range(connections)]
     for t in threads:
         t.start()
@@ -98,6 +102,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--connections", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 16],
+                   help="decisions pipelined before each WAIT")
     args = p.parse_args()
     workdir = tempfile.mkdtemp(prefix="sluice-wait-")
     procs = []
@@ -111,14 +117,15 @@ def main():
                 raise RuntimeError("the replica did not connect")
             time.sleep(0.05)
         sha = redis_call(mport, "SCRIPT", "LOAD", SCRIPT)
-        print("%-24s %12s %10s %10s %8s" % ("mode", "decisions/s", "p50 us", "p99 us",
+        print("%-34s %12s %10s %10s %8s" % ("mode", "decisions/s", "p50 us", "p99 us",
                                              "timeouts"))
         for c in args.connections:
-            for wait in (False, True):
-                rate, p50, p99, timeouts = measure(mport, sha, wait, c, args.seconds)
-                print("%-24s %12.0f %10.0f %10.0f %8d" % (
-                    ("EVALSHA + WAIT 1 100" if wait else "EVALSHA") + ", %d conn" % c, rate,
-                    p50, p99, timeouts))
+            for b in args.batch:
+                for wait in (False, True):
+                    rate, p50, p99, timeouts = measure(mport, sha, wait, c, args.seconds, b)
+                    print("%-34s %12.0f %10.0f %10.0f %8d" % (
+                        ("EVALSHA x%d + WAIT 1 100" % b if wait else "EVALSHA x%d" % b) +
+                        ", %d conn" % c, rate, p50, p99, timeouts))
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
