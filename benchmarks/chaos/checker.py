@@ -88,12 +88,15 @@ def _excess_log(items, policy, certain):
     items = sorted(items)
     w = policy.window_us
     n = len(items)
+    starts = [a for a, _, _ in items]
+    longest = max((b - a for a, b, _ in items), default=0)
     for j in range(n):
         anchor = items[j][0] if certain else items[j][1]
         units = 0
-        lo = None
         hi = None
-        for i in range(j if certain else 0, n):
+        # (possible: an admission with b >= anchor has a >= anchor - longest)
+        first = j if certain else bisect.bisect_left(starts, anchor - longest)
+        for i in range(first, n):
             a, b, c = items[i]
             if certain:
                 if a >= anchor + w:
