@@ -16,6 +16,11 @@ the same port. Then checker.py proves from the record what it can (see its docst
 the report goes to stdout and DIR/report.txt; DIR/record.jsonl holds every request and
 DIR/faults.json every fault. Exit status: 0 clean, 1 a violation, 2 the soak itself failed.
 
+--round sentinel runs the same load on one Redis behind Sentinel instead (a master, its
+replica, 3 sentinels; `redis+sentinel://`), with the faults: SIGKILL the master (the
+sentinels promote the replica), SIGSTOP it, `SENTINEL FAILOVER`, restart the replica, and
+restart `sluice serve`.
+
 Standard library only; run by Debian's /usr/bin/python3.
 """
 
@@ -168,7 +173,9 @@ def main():
     p.add_argument("--slack-ms", type=int, default=1000,
                    help="an answer may take the store deadline (%d ms) plus this (1000)" %
                    STORE_TIMEOUT_MS)
-    p.add_argument("--round", choices=("cluster", "sentinel"), default="cluster")
+    p.add_argument("--round", choices=("cluster", "sentinel"), default="cluster",
+                   help="cluster: 3+3 Redis Cluster (default); sentinel: a master, a replica "
+                   "and 3 sentinels, redis+sentinel:// (needs a sluice with it)")
     args = p.parse_args()
     if args.short and args.duration == 60.0:
         args.duration = 18.0

@@ -37,7 +37,7 @@ def render(args, found, faults, policies, out, elapsed):
     for f in faults:
         what = f["kind"]
         extra = ""
-        if what in ("kill_master", "stop_master", "restart_replica"):
+        if what in ("kill_master", "stop_master", "restart_replica", "sentinel_failover"):
             extra = "node :%d" % f["node"]
         if what == "stop_master":
             extra += ", paused %.1f s" % f["pause_s"]

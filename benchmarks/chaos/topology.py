@@ -3,7 +3,7 @@
 A topology starts its Redis processes, names the store URI `sluice serve` uses, injects the
 faults it supports and stops everything it started, by pid only. `ClusterTopology` is the
 3 masters + 3 replicas round; `SentinelTopology` (one Redis behind Sentinel) is the second
-round, not built yet (see its docstring). Standard library only: a small RESP client talks
+round (it needs a sluice with `redis+sentinel://`). Standard library only: a small RESP client talks
 to the nodes, `scripts/redis-cluster.sh` starts and stops the cluster, and `redis-cli
 --cluster reshard` moves slots.
 
@@ -381,19 +381,200 @@ class ClusterTopology:
 
 
 class SentinelTopology:
-    """NOT DONE: one Redis (master + replica) behind 3 sentinels, `redis+sentinel://`.
+    """One Redis behind Sentinel: a master, its replica and 3 sentinels (quorum 2,
+    down-after 1 s), on free loopback ports; the store is `redis+sentinel://.../chaos`.
 
-    The sentinel store is being built on the `sentinel` branch; this round waits for it to
-    land on main. It would start a master, a replica and 3 `redis-server --sentinel`
-    processes on free loopback ports, name the URI
-    `redis+sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/chaos`, and offer the faults
-    kill_master (SIGKILL, then the sentinels promote the replica), stop_master and
-    sentinel_failover (`SENTINEL FAILOVER chaos`)."""
+    Needs a sluice with the Sentinel store (`redis+sentinel://`, the `sentinel` branch); a
+    sluice without it refuses the URI at start-up and the round stops there."""
 
     name = "sentinel"
+    fault_kinds = ("kill_master", "stop_master", "sentinel_failover", "restart_replica")
+    MASTER_NAME = "chaos"
 
     def __init__(self, workdir, log):
-        raise ChaosError("the Sentinel round is not built yet (needs redis+sentinel://)")
+        self.dir = os.path.join(workdir, "redis-sentinel")
+        os.makedirs(self.dir, exist_ok=True)
+        self.log = log
+        self.nodes = {}  # port -> Node: the two data nodes
+        self.sentinels = {}  # port -> Node
+
+    def _spawn(self, port, lines, sentinel):
+        d = os.path.join(self.dir, str(port))
+        os.makedirs(d, exist_ok=True)
+        conf = os.path.join(d, "sentinel.conf" if sentinel else "redis.conf")
+        if not os.path.exists(conf):  # a restart keeps what sentinel rewrote
+            with open(conf, "w") as f:
+                f.write("\n".join(["bind 127.0.0.1", "port %d" % port, "daemonize no",
+                                   "protected-mode no", 'dir "%s"' % d,
+                                   'logfile "%s/redis.log"' % d] + lines) + "\n")
+        out = open(os.path.join(d, "stdout.log"), "ab")
+        args = ["redis-server", conf] + (["--sentinel"] if sentinel else [])
+        child = subprocess.Popen(args, cwd=d, stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT)
+        out.close()
+        node = (self.sentinels if sentinel else self.nodes).get(port) or Node(port, 0, "")
+        node.child, node.pid, node.down = child, child.pid, False
+        (self.sentinels if sentinel else self.nodes)[port] = node
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if child.poll() is not None:
+                raise ChaosError("redis-server on %d exited at start; see %s" % (port, d))
+            try:
+                if "process_id:%d" % child.pid in redis_call(port, "INFO", "server",
+                                                               timeout=0.5):
+                    return node
+            except (OSError, RespError):
+                pass
+            time.sleep(0.05)
+        raise ChaosError("redis-server on %d is not answering" % port)
+
+    def _data_lines(self, replica_of=None):
+        lines = ['save ""', "appendonly no", "repl-diskless-sync yes",
+                 "repl-diskless-sync-delay 0", "shutdown-timeout 0"]
+        if replica_of:
+            lines.append("replicaof 127.0.0.1 %d" % replica_of)
+        return lines
+
+    def start(self):
+        master, replica = free_port(), free_port()
+        self._spawn(master, self._data_lines(), False)
+        self._spawn(replica, self._data_lines(master), False)
+        for _ in range(3):
+            self._spawn(free_port(), [
+                "sentinel monitor %s 127.0.0.1 %d 2" % (self.MASTER_NAME, master),
+                "sentinel down-after-milliseconds %s 1000" % self.MASTER_NAME,
+                "sentinel failover-timeout %s 5000" % self.MASTER_NAME,
+                "sentinel parallel-syncs %s 1" % self.MASTER_NAME], True)
+        self.wait_healthy(60)
+        self.log("sentinel up: master :%d, replica :%d, sentinels %s" %
+                 (master, replica, ",".join(":%d" % p for p in sorted(self.sentinels))))
+
+    def store_uri(self):
+        return "redis+sentinel://%s/%s?timeout=100ms&connect_timeout=500ms" % (
+            ",".join("127.0.0.1:%d" % p for p in sorted(self.sentinels)), self.MASTER_NAME)
+
+    def stop(self):
+        for n in list(self.nodes.values()) + list(self.sentinels.values()):
+            if n.child is not None and n.child.poll() is None:
+                n.child.send_signal(signal.SIGCONT)
+                n.child.send_signal(signal.SIGTERM)
+        for n in list(self.nodes.values()) + list(self.sentinels.values()):
+            if n.child is not None:
+                try:
+                    n.child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    n.child.kill()
+                    n.child.wait()
+
+    def master_port(self):
+        """Returns the master's port as a majority of the sentinels name it (0: no majority)."""
+        votes = {}
+        for s in self.sentinels.values():
+            try:
+                host_port = redis_call(s.port, "SENTINEL", "get-master-addr-by-name",
+                                       self.MASTER_NAME, timeout=0.5)
+                if host_port:
+                    votes[int(host_port[1])] = votes.get(int(host_port[1]), 0) + 1
+            except (OSError, RespError, ValueError):
+                pass
+        best = max(votes.items(), key=lambda kv: kv[1], default=(0, 0))
+        return best[0] if best[1] >= 2 else 0
+
+    def healthy(self):
+        """True when the sentinels agree on a live master, which sees its replica in sync,
+        and every sentinel sees the other two and the master up."""
+        try:
+            m = self.master_port()
+            if m == 0 or self.nodes[m].down:
+                return False
+            info = redis_call(m, "INFO", "replication", timeout=0.5)
+            if "role:master" not in info or "connected_slaves:1" not in info:
+                return False
+            for port, n in self.nodes.items():
+                if port != m and "master_link_status:up" not in redis_call(
+                        port, "INFO", "replication", timeout=0.5):
+                    return False
+            for s in self.sentinels.values():
+                fields = redis_call(s.port, "SENTINEL", "master", self.MASTER_NAME,
+                                    timeout=0.5)
+                d = dict(zip(fields[::2], fields[1::2]))
+                if "down" in d.get("flags", "") or d.get("num-other-sentinels") != "2" or \
+                        d.get("num-slaves") != "1":
+                    return False
+            return True
+        except (OSError, RespError, KeyError):
+            return False
+
+    def wait_healthy(self, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return
+            time.sleep(0.1)
+        raise ChaosError("the sentinel setup did not become healthy within %.0f s" % timeout)
+
+    def _wait_new_master(self, old, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = self.master_port()
+            if m not in (0, old):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def fault(self, kind, rng):
+        master = self.master_port()
+        if master == 0:
+            raise ChaosError("no master agreed on before a fault")
+        replica = next(p for p in self.nodes if p != master)
+        rec = {"kind": kind, "node": master, "owners_before": [master] * 16384,
+               "start_ns": time.time_ns()}
+        node = self.nodes[master]
+        if kind == "kill_master":
+            node.child.send_signal(signal.SIGKILL)
+            node.child.wait()
+            node.down = True
+            if not self._wait_new_master(master, 30):
+                raise ChaosError("the sentinels did not fail over from :%d in 30 s" % master)
+            rec.update(failover=True, failover_ns=time.time_ns())
+            # Back as a replica of the new master (sentinel would reconfigure it anyway; an
+            # empty master that the old config names must not come back as one).
+            os.remove(os.path.join(self.dir, str(master), "redis.conf"))
+            self._spawn(master, self._data_lines(replica), False)
+            self.wait_healthy()
+        elif kind == "stop_master":
+            pause = rng.choice((0.4, 0.7, 1.5, 2.5))
+            rec["pause_s"] = pause
+            node.child.send_signal(signal.SIGSTOP)
+            node.down = True
+            time.sleep(pause)
+            node.child.send_signal(signal.SIGCONT)
+            node.down = False
+            rec["resumed_ns"] = time.time_ns()
+            self.wait_healthy()
+            rec["failover"] = self.master_port() != master
+            if rec["failover"]:
+                rec["failover_ns"] = rec["resumed_ns"]
+        elif kind == "sentinel_failover":
+            s = rng.choice(list(self.sentinels))
+            redis_call(s, "SENTINEL", "FAILOVER", self.MASTER_NAME)
+            if not self._wait_new_master(master, 30):
+                raise ChaosError("SENTINEL FAILOVER did not move the master in 30 s")
+            rec.update(failover=True, failover_ns=time.time_ns())
+            self.wait_healthy()
+        elif kind == "restart_replica":
+            rec["node"] = replica
+            r = self.nodes[replica]
+            r.child.send_signal(signal.SIGTERM)
+            r.down = True
+            r.child.wait(timeout=10)
+            self._spawn(replica, [], False)
+            self.wait_healthy()
+        else:
+            raise ChaosError("unknown fault " + kind)
+        rec["end_ns"] = time.time_ns()
+        rec.setdefault("failover", False)
+        return rec
 
 
 # ---- sluice serve ----------------------------------------------------------------------------
