@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 import threading
@@ -195,6 +196,8 @@ def main():
     def log(msg):
         print("[%6.1f s] %s" % (time.time() - t_start, msg), flush=True)
 
+    # SIGTERM (a test runner's timeout) unwinds like Ctrl-C: everything started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rng = random.Random(args.seed)
     topo_class = ClusterTopology if args.round == "cluster" else SentinelTopology
     topo = None
