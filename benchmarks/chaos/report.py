@@ -32,8 +32,8 @@ def render(args, found, faults, policies, out, elapsed):
                                             sorted(found["fallbacks"].items())) or "none"))
     add("")
     kinds = Counter(f["kind"] for f in faults)
-    add("faults injected: %d (%s)" % (len(faults), ", ".join("%s %d" % kv for kv in
-                                                               sorted(kinds.items()))))
+    add("faults injected: %d (%s); times from each fault's start" % (
+        len(faults), ", ".join("%s %d" % kv for kv in sorted(kinds.items()))))
     for f in faults:
         what = f["kind"]
         extra = ""
@@ -46,7 +46,10 @@ def render(args, found, faults, policies, out, elapsed):
         if what == "restart_sluice":
             extra = "drained, exit %d, new pid %d" % (f["exit_code"], f["node"])
         if f.get("failover"):
-            extra += ", failed over"
+            extra += ", failed over at +%.2f s" % ((f["failover_ns"] - f["start_ns"]) / 1e9)
+        if f.get("fallbacks"):
+            extra += "; %d fallbacks, the last at +%.2f s" % (f["fallbacks"],
+                                                             f["last_fallback_s"])
         add("  +%6.2f s  %-15s %5.2f s  %s" % ((f["start_ns"] - t0) / 1e9, what,
                                               (f["end_ns"] - f["start_ns"]) / 1e9, extra))
     add("")
