@@ -14,7 +14,8 @@ rejoins as a replica), SIGSTOP a master for 0.4-2.5 s, restart a replica, reshar
 between masters, and SIGTERM `sluice serve` (in-flight requests drain) and start it again on
 the same port. Then checker.py proves from the record what it can (see its docstring), and
 the report goes to stdout and DIR/report.txt; DIR/record.jsonl holds every request and
-DIR/faults.json every fault. Exit status: 0 clean, 1 a violation, 2 the soak itself failed.
+DIR/faults.json the faults, restarts and resource samples (`--recheck DIR` checks them
+again). Exit status: 0 clean, 1 a violation, 2 the soak itself failed.
 
 --round sentinel runs the same load on one Redis behind Sentinel instead (a master, its
 replica, 3 sentinels; `redis+sentinel://`), with the faults: SIGKILL the master (the
@@ -177,7 +178,11 @@ def main():
     p.add_argument("--round", choices=("cluster", "sentinel"), default="cluster",
                    help="cluster: 3+3 Redis Cluster (default); sentinel: a master, a replica "
                    "and 3 sentinels, redis+sentinel:// (needs a sluice with it)")
+    p.add_argument("--recheck", metavar="DIR",
+                   help="run nothing: check the record a soak left in DIR again")
     args = p.parse_args()
+    if args.recheck:
+        return recheck(args.recheck, args.slack_ms if args.slack_ms != 1000 else None)
     if args.short and args.duration == 60.0:
         args.duration = 18.0
     for name, value in (("--duration", args.duration), ("--rate", args.rate),
@@ -273,27 +278,48 @@ def main():
     with open(os.path.join(out, "record.jsonl"), "w") as f:
         for r in records:
             f.write(json.dumps(dict(zip(load.FIELDS, r))) + "\n")
+    run = {"args": vars(args), "faults": faults, "restarts": restarts,
+           "samples": sampler.samples if sampler is not None else [],
+           "server_exits": server_exits, "breakers_open_at_end": breakers_open}
     with open(os.path.join(out, "faults.json"), "w") as f:
-        json.dump([{k: v for k, v in rec.items() if k != "owners_before"} for rec in faults],
-                  f, indent=1)
+        json.dump(run, f)
     if tool_errors:
         print("chaos: the soak could not run to the end: %s" % "; ".join(tool_errors),
               file=sys.stderr)
         return 2
+    return check_and_report(args, records, run, out, time.time() - t_start)
+
+
+def check_and_report(args, records, run, out, elapsed):
+    """Checks the record, writes DIR/report.txt and prints it; returns the exit status."""
     policies = {n: checker.Policy(n, v[0], v[1], v[2] * 1_000_000, v[3])
                 for n, v in POLICIES.items()}
-    found = checker.check(records, policies, faults, restarts, STORE_TIMEOUT_MS,
-                          args.slack_ms, sampler.samples)
-    for i, code in enumerate(server_exits):
+    found = checker.check(records, policies, run["faults"], run["restarts"],
+                          STORE_TIMEOUT_MS, args.slack_ms, run["samples"])
+    for i, code in enumerate(run["server_exits"]):
         if code != 0:
             found["violations"].append("sluice serve exited %d after SIGTERM (stop %d)" %
                                        (code, i + 1))
-    found["breakers_open_at_end"] = breakers_open
-    text = report.render(args, found, faults, POLICIES, out, time.time() - t_start)
+    found["breakers_open_at_end"] = run["breakers_open_at_end"]
+    text = report.render(args, found, run["faults"], POLICIES, out, elapsed)
     with open(os.path.join(out, "report.txt"), "w") as f:
         f.write(text)
     print(text)
     return 1 if found["violations"] else 0
+
+
+def recheck(directory, slack_ms):
+    """Checks a soak's saved record again (DIR/record.jsonl and DIR/faults.json)."""
+    with open(os.path.join(directory, "faults.json")) as f:
+        run = json.load(f)
+    args = argparse.Namespace(**run["args"])
+    args.slack_ms = slack_ms if slack_ms is not None else args.slack_ms
+    records = []
+    with open(os.path.join(directory, "record.jsonl")) as f:
+        for line in f:
+            d = json.loads(line)
+            records.append(tuple(d[k] for k in load.FIELDS))
+    return check_and_report(args, records, run, directory, 0.0)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from collections import Counter
 
+MAX_LISTED = 24  # faults listed one a line; a longer run gets a summary per kind
+
 
 def _lat(p):
     if p is None:
@@ -34,7 +36,17 @@ def render(args, found, faults, policies, out, elapsed):
     kinds = Counter(f["kind"] for f in faults)
     add("faults injected: %d (%s); times from each fault's start" % (
         len(faults), ", ".join("%s %d" % kv for kv in sorted(kinds.items()))))
-    for f in faults:
+    listed = faults if len(faults) <= MAX_LISTED else \
+        [f for f in faults if f.get("failover") and f.get("lost_units")][:MAX_LISTED]
+    if len(faults) > MAX_LISTED:
+        for kind in sorted(kinds):
+            of = [f for f in faults if f["kind"] == kind]
+            took = sorted((f["end_ns"] - f["start_ns"]) / 1e9 for f in of)
+            add("  %-17s %3d, %3d failed over, median %.2f s, max %.2f s, %d fallbacks" % (
+                kind, len(of), sum(1 for f in of if f.get("failover")), took[len(took) // 2],
+                took[-1], sum(f.get("fallbacks", 0) for f in of)))
+        add("  (all %d in faults.json; below, only those that lost writes)" % len(faults))
+    for f in listed:
         what = f["kind"]
         extra = ""
         if what in ("kill_master", "stop_master", "restart_replica", "sentinel_failover"):
@@ -63,17 +75,35 @@ def render(args, found, faults, policies, out, elapsed):
         "failover):")
     if not found["lost"]:
         add("  no failover")
-    for entry in found["lost"]:
+    lost = found["lost"] if len(found["lost"]) <= MAX_LISTED else \
+        [e for e in found["lost"] if e["keys"]]
+    for entry in lost:
         f = entry["fault"]
-        add("  %s of :%d at +%.2f s: %d keys, %d units over their limits" %
-            (f["kind"], f["node"], (f["start_ns"] - t0) / 1e9, entry["keys"], entry["units"]))
+        add("  %s of :%d at +%.2f s: %d keys, %d units over their limits%s" %
+            (f["kind"], f["node"], (f["start_ns"] - t0) / 1e9, entry["keys"], entry["units"],
+             " (" + ", ".join(entry["examples"][:4]) + ")" if entry["examples"] else ""))
+    if len(found["lost"]) > len(lost):
+        add("  the other %d failovers: none" % (len(found["lost"]) - len(lost)))
+    add("  in all: %d units over %d failovers" % (sum(e["units"] for e in found["lost"]),
+                                                 len(found["lost"])))
     add("undecided: %d keys could exceed a limit for some placement of their admissions in "
         "their [send, recv] intervals but not for all (not violations)" % found["undecided_keys"])
     add("")
     add("server resources (bound: RSS at most %d MiB and open fds at most %d above the "
         "first %.0f s of each process):" % (found["rss_growth_bytes"] >> 20, found["fd_growth"],
                                             found["warmup_s"]))
-    for r in found["resources"]:
+    res = found["resources"]
+    if len(res) > 6:
+        add("  %d server processes: RSS after warm-up %.1f-%.1f MiB, max %.1f MiB; fds after "
+            "warm-up %d-%d, max %d" % (
+                len(res), min(r["warm_rss"] for r in res) / 2**20,
+                max(r["warm_rss"] for r in res) / 2**20, max(r["max_rss"] for r in res) / 2**20,
+                min(r["warm_fds"] for r in res), max(r["warm_fds"] for r in res),
+                max(r["max_fds"] for r in res)))
+        res = []
+    if not found["resources"]:
+        add("  no samples")
+    for r in res:
         add("  pid %d (%s, %d samples): RSS %.1f MiB after warm-up, max %.1f MiB; fds %d, "
             "max %d" % (r["pid"], r["source"], r["samples"], r["warm_rss"] / 2**20,
                         r["max_rss"] / 2**20, r["warm_fds"], r["max_fds"]))

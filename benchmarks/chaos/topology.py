@@ -312,12 +312,11 @@ class ClusterTopology:
         """Injects one fault of `kind`; returns its record, with wall times in ns."""
         masters = self.masters()
         view = self.cluster_nodes()
-        owners = self.slot_owners()
         rec = {"kind": kind, "start_ns": time.time_ns()}
         if kind == "kill_master":
             port, node_id, ranges = rng.choice(masters)
             node = self.nodes[port]
-            rec.update(node=port, slots=ranges, owners_before=owners)
+            rec.update(node=port, slots=ranges)
             rec["start_ns"] = time.time_ns()
             self._signal(node, signal.SIGKILL)
             node.down = True
@@ -334,7 +333,7 @@ class ClusterTopology:
             port, node_id, ranges = rng.choice(masters)
             node = self.nodes[port]
             pause = rng.choice((0.4, 0.7, 1.5, 2.5))
-            rec.update(node=port, slots=ranges, owners_before=owners, pause_s=pause)
+            rec.update(node=port, slots=ranges, pause_s=pause)
             rec["start_ns"] = time.time_ns()
             self._signal(node, signal.SIGSTOP)
             node.down = True
@@ -527,7 +526,7 @@ class SentinelTopology:
         if master == 0:
             raise ChaosError("no master agreed on before a fault")
         replica = next(p for p in self.nodes if p != master)
-        rec = {"kind": kind, "node": master, "owners_before": [master] * 16384,
+        rec = {"kind": kind, "node": master, "slots": [(0, 16383)],
                "start_ns": time.time_ns()}
         node = self.nodes[master]
         if kind == "kill_master":
