@@ -226,9 +226,9 @@ def check(records, policies, faults, restarts, deadline_ms, slack_ms, samples,
     for ms, op, policy, key, send in late:
         violations.append("late answer: %s %s/%s took %.0f ms (bound %d ms), sent at %.3f" %
                           (op, policy, key, ms, bound_ms, send / 1e9))
-    # Per fault: the fallbacks from its start to the next fault's, and when the last was sent
-    # (how long decisions kept falling back; compare with the failover's time).
-    fallback_sends = sorted(r[5] for r in records if r[10] is not None and r[11] is None)
+    # Per fault: the fallbacks answered from its start to the next fault's, and when the last
+    # was (how long decisions kept falling back; compare with the failover's time).
+    fallback_sends = sorted(r[6] for r in records if r[10] is not None and r[11] is None)
     for i, f in enumerate(faults):
         nxt = faults[i + 1]["start_ns"] if i + 1 < len(faults) else float("inf")
         seg = fallback_sends[bisect.bisect_left(fallback_sends, f["start_ns"]):

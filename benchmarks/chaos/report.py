@@ -60,7 +60,7 @@ def render(args, found, faults, policies, out, elapsed):
         if f.get("failover"):
             extra += ", failed over at +%.2f s" % ((f["failover_ns"] - f["start_ns"]) / 1e9)
         if f.get("fallbacks"):
-            extra += "; %d fallbacks, the last at +%.2f s" % (f["fallbacks"],
+            extra += "; %d fallbacks, the last answered at +%.2f s" % (f["fallbacks"],
                                                              f["last_fallback_s"])
         add("  +%6.2f s  %-15s %5.2f s  %s" % ((f["start_ns"] - t0) / 1e9, what,
                                               (f["end_ns"] - f["start_ns"]) / 1e9, extra))
