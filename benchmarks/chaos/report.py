@@ -71,8 +71,8 @@ def render(args, found, faults, policies, out, elapsed):
         _lat(found["latency_calm"]))
     add("answer bound: the store deadline plus slack = %d ms" % found["answer_bound_ms"])
     add("")
-    add("lost by Redis (excess admissions on a failed-over master's keys, spanning the "
-        "failover):")
+    add("lost by Redis (excess admissions on a failed-over master's keys, overlapping the "
+        "fault):")
     if not found["lost"]:
         add("  no failover")
     lost = found["lost"] if len(found["lost"]) <= MAX_LISTED else \
