@@ -35,7 +35,7 @@ if(TARGET sluice_server)
   # `sluice serve` with a gRPC listener.
   if(TARGET sluice_grpc)
     sluice_gtest(grpc_server_test ${CMAKE_CURRENT_LIST_DIR}/server/grpc_server_test.cc)
-    target_link_libraries(grpc_server_test PRIVATE sluice_server)
+    target_link_libraries(grpc_server_test PRIVATE sluice_server absl::synchronization)
     target_compile_definitions(grpc_server_test PRIVATE
       SLUICE_CLI_PATH="$<TARGET_FILE:sluice_cli>")
     add_dependencies(grpc_server_test sluice_cli)

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "envoy/service/ratelimit/v3/rls.grpc.pb.h"
+#include "server/grpc_server.h"
 
 namespace sluice::cli {
 namespace {
@@ -59,6 +60,7 @@ struct grpc_call {
 }  // namespace
 
 result<bench_report> run_grpc_bench(const grpc_bench_options& options) {
+  server::quiet_abseil_mutexes();  // the client's gRPC takes the same mutexes
   // Each channel its own subchannel pool, hence its own connection: channels with the same
   // target and arguments would otherwise share one.
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();

@@ -120,4 +120,10 @@ class grpc_server {
   std::unique_ptr<impl> impl_;
 };
 
+// Turns off abseil's lock-order (deadlock) detection for the whole process. Debian builds
+// abseil without NDEBUG, so every absl::Mutex that gRPC takes also updates a graph of lock
+// orders (5–8% of a gRPC server's CPU; docs/BENCHMARKS.md, "gRPC"), and a cycle in it aborts
+// the process. Call it before gRPC starts (a server, a channel); calling it again is harmless.
+void quiet_abseil_mutexes() noexcept;
+
 }  // namespace sluice::server

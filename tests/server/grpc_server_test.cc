@@ -4,6 +4,7 @@
 // gets a status named after its entries.
 #include "server/grpc_server.h"
 
+#include <absl/synchronization/mutex.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -363,6 +364,30 @@ TEST_F(GrpcServer, ShouldRateLimitRoundTripsEveryField) {
   EXPECT_EQ(response.dynamic_metadata().fields().at("descriptors").number_value(), 2);
   EXPECT_EQ(response.quota().requests(), 7u);
   EXPECT_EQ(response.quota().id(), "all");
+}
+
+// Verifies that a started server has turned off abseil's lock-order detection, which
+// Debian's abseil (built without NDEBUG) runs on every absl::Mutex gRPC takes and which aborts
+// the process on a cycle: two mutexes taken in both orders must not abort. A death test in a
+// fresh process (the threadsafe style runs the test again from the start), so no other test
+// has turned it off before.
+TEST_F(GrpcServer, StartTurnsOffAbseilLockOrderDetection) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        absl::Mutex a;
+        absl::Mutex b;
+        a.Lock();
+        b.Lock();
+        b.Unlock();
+        a.Unlock();
+        b.Lock();
+        a.Lock();
+        a.Unlock();
+        b.Unlock();
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 TEST_F(GrpcServer, EmptyRequestReachesTheHandler) {
