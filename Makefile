@@ -13,6 +13,7 @@
 #   make bench-python  build release; the Python module vs the reference and sluice bench
 #   make bench-grpc    build release; sluice serve's gRPC (Envoy RLS) vs HTTP and the library
 #   make bench-io-threads build release; sluice serve with 2 I/O threads vs 1 (CPU per request)
+#   make chaos         build sluice; the chaos soak on a Redis Cluster (CHAOS_SECONDS, CHAOS_SEED)
 #   make fuzz          build the libFuzzer targets with clang, run each FUZZ_SECONDS (60)
 #   make format        clang-format every C++ file in place
 #   make format-check  fail if any C++ file is not clang-formatted
@@ -27,13 +28,15 @@ PRESETS := release debug asan tsan
 TEST_PRESETS := release asan tsan
 FORMAT_DIRS := include src tests benchmarks fuzz
 FUZZ_SECONDS ?= 60
+CHAOS_SECONDS ?= 60
+CHAOS_SEED ?= 1
 
 export ASAN_OPTIONS := detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS := print_stacktrace=1:halt_on_error=1
 # The gRPC tests link Debian's gRPC, built without TSan: tests/tsan_suppressions.txt says why.
 export TSAN_OPTIONS := halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan_suppressions.txt
 
-.PHONY: run test build build-cli bench bench-redis bench-deny-cache bench-server bench-cluster bench-python bench-grpc bench-io-threads fuzz deps format format-check clean \
+.PHONY: run test build build-cli bench bench-redis bench-deny-cache bench-server bench-cluster bench-python bench-grpc bench-io-threads chaos fuzz deps format format-check clean \
 	$(addprefix build-,$(PRESETS)) $(addprefix test-,$(PRESETS))
 
 # SLUICE_DEPS_DONE is set for the sub-makes of `test`, which checked the packages already.
@@ -118,6 +121,14 @@ bench-grpc: build-release
 # store, server CPU per request (docs/BENCHMARKS.md, "Memory store across cores").
 bench-io-threads: build-release
 	SLUICE=./build/release/sluice bash benchmarks/io_threads_compare.sh
+
+# The chaos soak (benchmarks/chaos/chaos.py; docs/BENCHMARKS.md, "Chaos soak"): sluice serve
+# on a 3+3 Redis Cluster under load while masters are killed and paused, nodes restarted,
+# slots resharded and the server restarted; every decision checked. Non-zero on a violation.
+# The record and report go to build/chaos-<seed>; CHAOS_ARGS=... passes more flags.
+chaos: build-cli
+	/usr/bin/python3 benchmarks/chaos/chaos.py --duration $(CHAOS_SECONDS) --seed $(CHAOS_SEED) \
+	  --sluice build/release/sluice --out build/chaos-$(CHAOS_SEED) $(CHAOS_ARGS)
 
 # TSan needs the low-entropy address layout it was built for; `setarch -R` turns ASLR
 # off for the tests (harmless when the kernel's layout is already fine).

@@ -1,0 +1,25 @@
+# benchmarks/chaos/: the chaos soak's short round (`chaos.py --short`: about 18 s of load on a
+# 3+3 Redis Cluster, a master killed, one paused, `sluice serve` restarted; it fails when the
+# tool exits non-zero) and the checker's own tests on hand-made records (chaos.checker). The
+# full soak is `make chaos`. Release preset only: the round measures answer times against a
+# bound that a sanitized build would not keep, and it checks sluice, not the sanitizers.
+# Included from tests/CMakeLists.txt.
+if(TARGET sluice_cli AND CMAKE_BUILD_TYPE STREQUAL "Release"
+   AND NOT CMAKE_CXX_FLAGS MATCHES "sanitize")
+  if(EXISTS /usr/bin/python3)
+    set(sluice_chaos_python3 /usr/bin/python3)
+  else()
+    find_program(sluice_chaos_python3 python3 REQUIRED)
+  endif()
+  set(sluice_chaos_dir ${PROJECT_SOURCE_DIR}/benchmarks/chaos)
+  add_test(NAME chaos.checker
+    COMMAND ${sluice_chaos_python3} -m unittest -q test_checker
+    WORKING_DIRECTORY ${sluice_chaos_dir})
+  set_tests_properties(chaos.checker PROPERTIES TIMEOUT 60
+    ENVIRONMENT "PYTHONDONTWRITEBYTECODE=1")
+  add_test(NAME chaos.short_round
+    COMMAND ${sluice_chaos_python3} ${sluice_chaos_dir}/chaos.py --short --seed 1
+            --sluice $<TARGET_FILE:sluice_cli> --out ${CMAKE_CURRENT_BINARY_DIR}/chaos-short)
+  set_tests_properties(chaos.short_round PROPERTIES RESOURCE_LOCK redis_cluster TIMEOUT 120
+    LABELS redis)
+endif()
