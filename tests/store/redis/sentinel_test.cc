@@ -315,6 +315,9 @@ TEST(RedisSentinelStore, FollowsSwitchMasterMessages) {
       << watching.stats().master;
   EXPECT_EQ(deaf.stats().master, port_text(old_master));
   group.server(old_master).resume();
+  // The new connection may still be in its handshake.
+  EXPECT_TRUE(test::eventually([&] { return watching.health().ready; }, 5s))
+      << watching.health().detail;
   auto d = watching.acquire(req("switched", 1));
   ASSERT_TRUE(d) << d.error().message();
   EXPECT_EQ(group.command(promoted, {"EXISTS", "sluice:switched"}), "1");
