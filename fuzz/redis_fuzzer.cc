@@ -1,7 +1,7 @@
-// Fuzzes what the Redis stores parse: store URIs (redis://, redis+cluster://), MOVED / ASK
-// redirections, key slots, and RESP bytes from a server, read as script replies (one key's
-// and multi-key) and as CLUSTER SLOTS replies. Any input gives a value or an error, never a crash,
-// and every value keeps its invariants.
+// Fuzzes what the Redis stores parse: store URIs (redis://, redis+cluster://,
+// redis+sentinel://), MOVED / ASK redirections, key slots, and RESP bytes from a server, read
+// as script replies (one key's and multi-key) and as CLUSTER SLOTS replies. Any input gives a value
+// or an error, never a crash, and every value keeps its invariants.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "sluice/redis_cluster_store.h"
+#include "sluice/redis_sentinel_store.h"
 #include "sluice/redis_store.h"
 #include "store/redis/cluster.h"
 #include "store/redis/connection.h"
@@ -45,6 +46,17 @@ void check_uris(std::string_view text) {
       if (seed.host.empty() || seed.port == 0) std::abort();
     }
     if (o->max_redirects < 0 || o->max_redirects > 16) std::abort();
+  } else if (o.error().message().empty()) {
+    std::abort();
+  }
+  if (auto o = sluice::parse_redis_sentinel_uri(text)) {
+    if (o->sentinels.empty() || o->sentinels.size() > 64 || o->master_name.empty()) std::abort();
+    for (const auto& sentinel : o->sentinels) {
+      if (sentinel.host.empty() || sentinel.port == 0) std::abort();
+    }
+    if (o->master_name.find('/') != std::string::npos) std::abort();
+    if (!o->sentinel_username.empty() && o->sentinel_password.empty()) std::abort();
+    if (o->connection.pool < 1 || o->connection.timeout.count() <= 0) std::abort();
   } else if (o.error().message().empty()) {
     std::abort();
   }

@@ -20,7 +20,7 @@ packages=(
   libyaml-cpp-dev
   clang-format
   ccache
-  redis-server
+  redis-server  # also runs the Sentinel tests' sentinels: redis-server CONF --sentinel
   redis-tools
   libhiredis-dev
   libboost-dev

@@ -34,3 +34,8 @@ target_link_libraries(cluster_test PRIVATE sluice::redis sluice_test_support GTe
   GTest::gtest_main sluice_warnings)
 gtest_discover_tests(cluster_test DISCOVERY_MODE PRE_TEST DISCOVERY_TIMEOUT 60
   PROPERTIES RESOURCE_LOCK redis_cluster TIMEOUT 240 LABELS redis)
+
+# The Redis Sentinel store against a real master, replica and three sentinels
+# (tests/support/redis_sentinel.h), failed over for real.
+sluice_gtest(sentinel_test ${CMAKE_CURRENT_LIST_DIR}/store/redis/sentinel_test.cc)
+target_link_libraries(sentinel_test PRIVATE sluice_test_support)

@@ -14,6 +14,7 @@ set(SLUICE_REFERENCE_DIR "${PROJECT_SOURCE_DIR}/../shared/reference" CACHE PATH
 cmake_path(NORMAL_PATH SLUICE_REFERENCE_DIR OUTPUT_VARIABLE sluice_reference_dir)
 
 add_library(sluice_test_support STATIC ${CMAKE_CURRENT_LIST_DIR}/support/redis_server.cc
+  ${CMAKE_CURRENT_LIST_DIR}/support/redis_sentinel.cc
   ${CMAKE_CURRENT_LIST_DIR}/support/redis_cluster.cc)
 target_compile_features(sluice_test_support PUBLIC cxx_std_20)
 target_include_directories(sluice_test_support PUBLIC ${CMAKE_CURRENT_LIST_DIR})

@@ -1,6 +1,6 @@
 // Opening a store from its URI: the stores a program is linked with, by scheme.
 // sluice::core opens `memory://`; linking sluice::redis adds `redis://`, `rediss://`,
-// `unix://` and `redis+cluster://` (docs/DESIGN.md, "Packaging").
+// `unix://`, `redis+cluster://` and `redis+sentinel://` (docs/DESIGN.md, "Packaging").
 #pragma once
 
 #include <cstddef>
@@ -27,7 +27,9 @@ struct open_options {
 //   redis://[user:password@]host[:port][/db][?timeout=50ms&pool=2...]  (sluice::redis)
 //   rediss://...  (TLS)   unix:///path/to/redis.sock[?db=0...]
 //   redis+cluster://host:port[,host:port...][?...]   rediss+cluster://...  (TLS)
-// (see parse_memory_uri, parse_redis_uri and parse_redis_cluster_uri for every option).
+//   redis+sentinel://host:port[,host:port...]/MASTER_NAME[?...]   rediss+sentinel://...
+// (see parse_memory_uri, parse_redis_uri, parse_redis_cluster_uri and
+// parse_redis_sentinel_uri for every option).
 // Fails with `errc::invalid_store_uri` naming the problem (an unknown scheme too), or
 // `errc::unsupported_store` for a Redis scheme in a program linked without sluice::redis.
 result<std::shared_ptr<store>> open_store(std::string_view uri, const open_options& options = {});

@@ -9,7 +9,8 @@
 //   tls: {cert: server.crt, key: server.key, client_ca: ca.crt}  # PEM files; both listeners
 //                                 # speak TLS; with client_ca, clients need a certificate
 //   io_threads: 0                 # 0: one per core
-//   store: memory://              # or redis://, rediss://, unix://, redis+cluster://
+//   store: memory://              # or redis://, rediss://, unix://, redis+cluster://,
+//                                 # redis+sentinel://
 //   breaker: {failures_to_open: 5, open_for: 1s, max_open_for: 30s}
 //   warn_interval: 10s
 //   deny_cache_max_keys: 100000   # keys the deny cache holds (deny_cache policies); 0: off
@@ -54,6 +55,7 @@
 #include "core/text.h"
 #include "sluice/open_store.h"
 #include "sluice/redis_cluster_store.h"
+#include "sluice/redis_sentinel_store.h"
 #include "sluice/redis_store.h"
 
 namespace sluice::server {
@@ -436,11 +438,16 @@ class reader {
       if (auto o = parse_redis_cluster_uri(uri); !o) fail(e, path, o.error());
       return;
     }
+    if (scheme == "redis+sentinel" || scheme == "rediss+sentinel") {
+      if (auto o = parse_redis_sentinel_uri(uri); !o) fail(e, path, o.error());
+      return;
+    }
     // Only the scheme is shown: the rest of a URI may hold a password.
     fail(e, path,
          (sep == std::string_view::npos ? std::string("expected SCHEME://...")
                                         : "unknown scheme " + quote(scheme)) +
-             "; use memory://, redis://, rediss://, unix:// or redis+cluster://",
+             "; use memory://, redis://, rediss://, unix://, redis+cluster:// or "
+             "redis+sentinel://",
          make_error_code(errc::invalid_store_uri));
   }
 

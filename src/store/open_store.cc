@@ -22,8 +22,9 @@ unexpected<error> bad_uri(std::string_view uri, const std::string& problem) {
 }
 
 // The schemes of sluice::redis, named in the error of a program linked without it.
-constexpr std::string_view kRedisSchemes[] = {"redis",      "rediss",        "unix",
-                                              "redis+unix", "redis+cluster", "rediss+cluster"};
+constexpr std::string_view kRedisSchemes[] = {"redis",          "rediss",         "unix",
+                                              "redis+unix",     "redis+cluster",  "rediss+cluster",
+                                              "redis+sentinel", "rediss+sentinel"};
 
 struct registry {
   std::mutex mu;
@@ -132,7 +133,8 @@ result<std::shared_ptr<store>> open_store(std::string_view uri, const open_optio
                           "configure sluice with SLUICE_WITH_REDIS=ON)");
   }
   return bad_uri(uri, "unknown scheme \"" + std::string(scheme.substr(0, 40)) +
-                          "\" (use memory://, redis://, rediss://, unix:// or redis+cluster://)");
+                          "\" (use memory://, redis://, rediss://, unix://, redis+cluster:// or "
+                          "redis+sentinel://)");
 }
 
 result<std::shared_ptr<store>> open_store(std::string_view uri, const clock& c) {

@@ -380,7 +380,9 @@ TEST(Config, PolicyNamesAndCount) {
 // Verifies that store URIs are checked by parsing them, without connecting anywhere.
 TEST(Config, StoreUris) {
   for (const char* ok : {"memory://", "memory://?shards=8&max_keys=1000", "redis://127.0.0.1:1",
-                         "rediss://u:p@example.com:6380/1?tls_verify=0", "unix:///tmp/r.sock"}) {
+                         "rediss://u:p@example.com:6380/1?tls_verify=0", "unix:///tmp/r.sock",
+                         "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster?db=1",
+                         "rediss+sentinel://:pw@s1:26379/m?sentinel_password=x"}) {
     EXPECT_EQ(good("store: " + std::string(ok) + "\n" + std::string(kPolicies)).store, ok);
   }
   auto e = bad(std::string(kPolicies) + "store: redis://127.0.0.1:notaport\n");
@@ -391,11 +393,15 @@ TEST(Config, StoreUris) {
   e = bad(std::string(kPolicies) + "store: mongo://db\n");
   EXPECT_EQ(e.message(),
             "t.yaml:2: store: unknown scheme \"mongo\"; use memory://, redis://, rediss://, "
-            "unix:// or redis+cluster://");
-  EXPECT_EQ(
-      message(std::string(kPolicies) + "store: localhost:6379\n"),
-      "t.yaml:2: store: expected SCHEME://...; use memory://, redis://, rediss://, unix:// or "
-      "redis+cluster://");
+            "unix://, redis+cluster:// or redis+sentinel://");
+  EXPECT_EQ(message(std::string(kPolicies) + "store: localhost:6379\n"),
+            "t.yaml:2: store: expected SCHEME://...; use memory://, redis://, rediss://, unix://, "
+            "redis+cluster:// or redis+sentinel://");
+  e = bad(std::string(kPolicies) + "store: redis+sentinel://:pw@10.0.0.1:26379\n");
+  EXPECT_EQ(e.code, errc::invalid_store_uri);
+  EXPECT_EQ(e.message(),
+            "t.yaml:2: store: store \"redis+sentinel://...\": no master name "
+            "(redis+sentinel://host:port/MASTER_NAME)");
   e = bad(std::string(kPolicies) + "store: memory://?shards=0\n");
   EXPECT_EQ(e.message(),
             "t.yaml:2: store: store \"memory://?shards=0\": shards must be between 1 and 4096");

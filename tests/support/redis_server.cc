@@ -657,7 +657,9 @@ bool redis_server::launch(std::string& failure) {
   {
     fd_guard out(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
     if (out.fd < 0) fail(errno_text("open " + log));
-    pid_ = spawn(program, {program, (dir_ / "redis.conf").string()}, out.fd, out.fd);
+    std::vector<std::string> argv{program, (dir_ / "redis.conf").string()};
+    if (options_.sentinel) argv.push_back("--sentinel");
+    pid_ = spawn(program, argv, out.fd, out.fd);
   }
   const auto deadline = steady_clock::now() + options_.start_timeout;
   std::string last_error = "no answer yet";

@@ -41,6 +41,10 @@ struct redis_server_options {
   bool unix_socket = false;
   // More redis.conf lines, e.g. "maxmemory 1mb".
   std::vector<std::string> extra_config;
+  // Run as a sentinel (`redis-server redis.conf --sentinel`, which Debian's redis-server
+  // supports): `extra_config` holds its `sentinel ...` lines. The sentinel rewrites its
+  // config, which start() keeps (only the constructor writes it).
+  bool sentinel = false;
   // How long start() waits for the server to answer PING.
   std::chrono::milliseconds start_timeout = std::chrono::seconds(10);
 };

@@ -39,10 +39,12 @@ std::string sha1_hex(std::string_view text) {
 class asio_connection final : public connection,
                               public std::enable_shared_from_this<asio_connection> {
  public:
-  asio_connection(asio::io_context& io, std::shared_ptr<shared_state> shared, endpoint to)
+  asio_connection(asio::io_context& io, std::shared_ptr<shared_state> shared, endpoint to,
+                  connection_hooks hooks)
       : io_(io),
         shared_(std::move(shared)),
         to_(std::move(to)),
+        hooks_(std::move(hooks)),
         where_(to_.text()),
         timer_(io),
         retry_timer_(io) {}
@@ -126,6 +128,7 @@ class asio_connection final : public connection,
   void connect() {
     if (is_closed()) return;
     pipeline_ = std::make_unique<redis::pipeline>();
+    if (hooks_.on_push) pipeline_->on_unsolicited(hooks_.on_push);
     const auto deadline = steady::now() + options().connect_timeout;
     timer_.expires_at(deadline);
     timer_.async_wait([self = shared_from_this(), gen = generation_](auto ec) {
@@ -211,13 +214,22 @@ class asio_connection final : public connection,
       }
       what.push_back("AUTH");
     }
-    if (options().db != 0) {
+    if (options().db != 0 && !hooks_.sentinel) {
       redis::append_command(batch, {"SELECT", std::to_string(options().db)});
       what.push_back("SELECT " + std::to_string(options().db));
     }
     for (const script& s : shared_->scripts) {
+      if (hooks_.sentinel) break;
       redis::append_command(batch, {"SCRIPT", "LOAD", s.source});
       what.push_back("SCRIPT LOAD");
+    }
+    if (hooks_.require_master) {
+      redis::append_command(batch, {"ROLE"});
+      what.push_back("ROLE");
+    }
+    if (what.empty()) {  // a sentinel without AUTH: PING proves it answers
+      redis::append_command(batch, {"PING"});
+      what.push_back("PING");
     }
     auto remaining = std::make_shared<std::size_t>(what.size());
     for (const std::string& step : what) {
@@ -227,6 +239,11 @@ class asio_connection final : public connection,
         if (gen != self->generation_) return;
         if (!r) return self->fail(step + ": " + r.error().message());
         if (r->is_error()) return self->fail(step + " refused: " + r->text);
+        if (step == "ROLE") {
+          const auto& e = r->elements;
+          const std::string role = e.empty() ? std::string("?") : e.front().text;
+          if (role != "master") return self->fail("ROLE says " + role + ", not master");
+        }
         if (--*remaining == 0) self->on_ready();
       };
       pipeline_->push(std::move(p));
@@ -256,6 +273,7 @@ class asio_connection final : public connection,
     }
     first_cv_.notify_all();
     arm_deadline_timer();
+    if (hooks_.on_up) hooks_.on_up();
   }
 
   // --- the pipeline -------------------------------------------------------------------
@@ -412,6 +430,7 @@ class asio_connection final : public connection,
     first_cv_.notify_all();
     drop(make_error(errc::store_unavailable, message).error());
     if (is_closed()) return;
+    if (hooks_.on_down) hooks_.on_down(why);
     retry_timer_.expires_after(backoff_);
     backoff_ = std::min(backoff_ * 2, options().reconnect_max);
     retry_timer_.async_wait([self = shared_from_this()](auto ec) {
@@ -465,6 +484,7 @@ class asio_connection final : public connection,
   asio::io_context& io_;
   std::shared_ptr<shared_state> shared_;
   const endpoint to_;
+  const connection_hooks hooks_;
   const std::string where_;         // to_.text()
   asio::steady_timer timer_;        // connect deadline, then call deadlines
   asio::steady_timer retry_timer_;  // reconnect backoff
@@ -526,8 +546,9 @@ std::string endpoint::text() const {
 }
 
 std::shared_ptr<connection> make_connection(asio::io_context& io,
-                                            std::shared_ptr<shared_state> shared, endpoint to) {
-  return std::make_shared<asio_connection>(io, std::move(shared), std::move(to));
+                                            std::shared_ptr<shared_state> shared, endpoint to,
+                                            connection_hooks hooks) {
+  return std::make_shared<asio_connection>(io, std::move(shared), std::move(to), std::move(hooks));
 }
 
 namespace {

@@ -116,8 +116,25 @@ class connection {
   virtual const endpoint& where() const = 0;
 };
 
+// What a connection does besides carrying a store's calls; the defaults are a Redis
+// store's. The callbacks run on the I/O thread.
+struct connection_hooks {
+  // The server is a sentinel: the handshake is AUTH alone (no SELECT, no SCRIPT LOAD).
+  bool sentinel = false;
+  // The handshake ends with ROLE, and fails unless the server says it is a master.
+  bool require_master = false;
+  // Gets every reply that no call waits for (pub/sub messages); without it such a reply
+  // fails the connection.
+  std::function<void(const reply&)> on_push;
+  // The handshake succeeded: the connection is up.
+  std::function<void()> on_up;
+  // A connection attempt failed or the connection was lost, and why.
+  std::function<void(const std::string&)> on_down;
+};
+
 std::shared_ptr<connection> make_connection(boost::asio::io_context& io,
-                                            std::shared_ptr<shared_state> shared, endpoint to);
+                                            std::shared_ptr<shared_state> shared, endpoint to,
+                                            connection_hooks hooks = {});
 
 // Returns the decision in a script's reply, or why there is none.
 result<decision> to_decision(const result<reply>& r, std::int64_t count);

@@ -8,6 +8,7 @@
 
 #include "sluice/open_store.h"
 #include "sluice/redis_cluster_store.h"
+#include "sluice/redis_sentinel_store.h"
 #include "sluice/redis_store.h"
 #include "store/registry.h"
 
@@ -26,12 +27,21 @@ result<std::shared_ptr<store>> open_cluster(std::string_view uri, const open_opt
   return std::shared_ptr<store>(std::make_shared<redis_cluster_store>(std::move(*options)));
 }
 
+result<std::shared_ptr<store>> open_sentinel(std::string_view uri, const open_options& /*o*/) {
+  auto options = parse_redis_sentinel_uri(uri);
+  if (!options) return fail(std::move(options).error());
+  return std::shared_ptr<store>(std::make_shared<redis_sentinel_store>(std::move(*options)));
+}
+
 int register_redis_schemes() {
   for (const std::string_view scheme : {"redis", "rediss", "unix", "redis+unix"}) {
     internal::register_store_scheme(scheme, open_redis);
   }
   for (const std::string_view scheme : {"redis+cluster", "rediss+cluster"}) {
     internal::register_store_scheme(scheme, open_cluster);
+  }
+  for (const std::string_view scheme : {"redis+sentinel", "rediss+sentinel"}) {
+    internal::register_store_scheme(scheme, open_sentinel);
   }
   return 1;
 }

@@ -229,6 +229,10 @@ result<void> pipeline::on_bytes(std::string_view bytes, std::vector<pending>& re
     auto next = reader_.next();
     if (!next) return fail(next.error());
     if (!next->has_value()) return {};
+    if (waiting_.empty() && unsolicited_) {
+      unsolicited_(**next);
+      continue;
+    }
     if (waiting_.empty()) {
       return make_error(errc::store_error, "redis: a reply arrived that no call was waiting for");
     }

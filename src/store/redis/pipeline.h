@@ -134,6 +134,10 @@ class pipeline {
 
   std::size_t size() const noexcept { return waiting_.size(); }
 
+  // Hands every reply that arrives while no call waits (a pub/sub message) to `f`, instead
+  // of failing `on_bytes`.
+  void on_unsolicited(std::function<void(const reply&)> f) { unsolicited_ = std::move(f); }
+
   // Writes the queued `calls` to `out`, in order, and pushes them here. `bytes` holds the
   // encoded commands of the calls that are not batchable, one after the other (`wire`
   // bytes each). Batchable calls are encoded here: those of one group between two other
@@ -148,6 +152,7 @@ class pipeline {
  private:
   reader reader_;
   std::deque<pending> waiting_;
+  std::function<void(const reply&)> unsolicited_;
   // At or before the earliest deadline of the waiting calls with a completion; exact after
   // `expire`.
   std::optional<steady::time_point> earliest_;

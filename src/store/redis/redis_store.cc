@@ -11,16 +11,13 @@
 #include <vector>
 
 #include "store/redis/connection.h"
+#include "store/redis/single.h"
 
 namespace sluice {
 namespace {
 
 namespace asio = boost::asio;
-using redis::pending;
-using redis::reply;
-using redis::script_call;
 using redis::script_op;
-using redis::steady;
 
 }  // namespace
 
@@ -39,85 +36,13 @@ struct redis_store::impl {
   }
 
   void decide(const request& r, script_op op, completion done) {
-    if (auto ok = redis::check_redis_request(r); !ok) return done(fail(ok.error()));
-    ++shared->requests;
-    script_call call = redis::make_script_call(*shared, r, full_key(r.key), op);
-    std::string command;
-    pending p;
-    if (shared->batching()) {
-      p.batchable = true;  // the connection encodes it, alone or in a batch
-    } else {
-      redis::append_script_call(command, call, shared->script_of(call).sha);
-    }
-    p.deadline = steady::now() + shared->options.timeout;
-    p.script = std::move(call);
-    p.done = [count = r.limit.count, done = std::move(done), s = shared](result<reply> rep) {
-      auto d = redis::to_decision(rep, count);
-      if (!d) ++s->errors;
-      done(std::move(d));
-    };
-    pick().submit(std::move(command), std::move(p));
+    redis::submit_decide(shared, pick(), r, op, std::move(done));
   }
-
-  // One run of the multi-key script over every key: atomic on one server.
   void decide_all(std::span<const request> rs, all_completion done) {
-    std::vector<std::size_t> group;
-    auto merged = redis::prepare_all(rs, group);
-    if (!merged) return done(fail(merged.error()));
-    if (merged->empty()) return done(std::vector<decision>{});
-    ++shared->requests;
-    std::vector<redis::script_key> keys;
-    std::vector<std::int64_t> counts;
-    keys.reserve(merged->size());
-    counts.reserve(merged->size());
-    for (const request& r : *merged) {
-      keys.push_back(redis::to_script_key(r, full_key(r.key)));
-      counts.push_back(r.limit.count);
-    }
-    script_call call =
-        redis::make_multi_call(script_op::acquire_all, std::move(keys), shared->next_token());
-    std::string command;
-    redis::append_script_call(command, call, shared->script_of(call).sha);
-    pending p;
-    p.deadline = steady::now() + shared->options.timeout;
-    p.script = std::move(call);
-    p.done = [counts = std::move(counts), group = std::move(group), done = std::move(done),
-              s = shared](result<reply> rep) {
-      auto per_key = redis::to_multi_reply(rep, counts);
-      if (!per_key) {
-        ++s->errors;
-        return done(fail(per_key.error()));
-      }
-      std::vector<decision> out;
-      out.reserve(group.size());
-      for (const std::size_t g : group) out.push_back(per_key->decisions[g]);
-      done(std::move(out));
-    };
-    pick().submit(std::move(command), std::move(p));
+    redis::submit_decide_all(shared, pick(), rs, std::move(done));
   }
-
   void reset(std::string_view key, reset_completion done) {
-    if (auto ok = redis::check_key(key); !ok) return done(fail(ok.error()));
-    ++shared->requests;
-    std::string command;
-    redis::append_command(command, {"DEL", full_key(key)});
-    pending p;
-    p.deadline = steady::now() + shared->options.timeout;
-    p.done = [done = std::move(done), s = shared](result<reply> rep) {
-      auto r = redis::to_reset_result(rep);
-      if (!r) ++s->errors;
-      done(std::move(r));
-    };
-    pick().submit(std::move(command), std::move(p));
-  }
-
-  std::string full_key(std::string_view key) const {
-    const std::string& prefix = shared->options.key_prefix;
-    if (prefix.empty()) return std::string(key);  // verbatim: the reference's own keys
-    std::string out;
-    out.reserve(prefix.size() + 1 + key.size());
-    out.append(prefix).append(":").append(key);
-    return out;
+    redis::submit_reset(shared, pick(), key, std::move(done));
   }
 };
 

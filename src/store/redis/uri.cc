@@ -4,6 +4,7 @@
 #include "core/text.h"
 #include "sluice/limit.h"
 #include "sluice/redis_cluster_store.h"
+#include "sluice/redis_sentinel_store.h"
 #include "sluice/redis_store.h"
 #include "store/query.h"
 
@@ -238,6 +239,86 @@ result<redis_cluster_options> parse_redis_cluster_uri(std::string_view uri) {
     rest = rest.substr(comma + 1);
   }
   if (o.seeds.size() > 64) return bad(uri, "at most 64 seeds");
+  return o;
+}
+
+result<redis_sentinel_options> parse_redis_sentinel_uri(std::string_view uri) {
+  const std::size_t scheme_end = uri.find("://");
+  const std::string_view scheme = uri.substr(0, scheme_end);
+  if (scheme_end == std::string_view::npos ||
+      (scheme != "redis+sentinel" && scheme != "rediss+sentinel")) {
+    return bad(uri, "expected redis+sentinel://host:port[,host:port...]/MASTER_NAME");
+  }
+  std::string_view rest = uri.substr(scheme_end + 3);
+  std::string_view query;
+  if (const std::size_t q = rest.find('?'); q != std::string_view::npos) {
+    query = rest.substr(q + 1);
+    rest = rest.substr(0, q);
+  }
+  std::string_view userinfo;
+  if (const std::size_t at = rest.rfind('@'); at != std::string_view::npos) {
+    userinfo = rest.substr(0, at + 1);
+    rest = rest.substr(at + 1);
+  }
+  const std::size_t slash = rest.find('/');
+  if (slash == std::string_view::npos || slash + 1 == rest.size()) {
+    return bad(uri, "no master name (redis+sentinel://host:port/MASTER_NAME)");
+  }
+  auto name = percent_decode(rest.substr(slash + 1), false);
+  if (!name) return bad(uri, "broken %-escape in the master name");
+  for (const char c : *name) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte <= ' ' || byte == 0x7f || c == '/') {
+      return bad(uri, "the master name has a space, a control character or a '/'");
+    }
+  }
+  rest = rest.substr(0, slash);
+
+  // The sentinels' own options; the others are redis:// options for every connection.
+  redis_sentinel_options o;
+  o.master_name = std::move(*name);
+  std::string connection_query;
+  auto params = internal::split_query(query);
+  if (!params) return bad(uri, params.error().detail);
+  for (const auto& [option, value] : *params) {
+    if (option == "sentinel_user" || option == "sentinel_password") {
+      auto decoded = percent_decode(value, false);
+      if (!decoded) return bad(uri, "broken %-escape in " + std::string(option));
+      (option == "sentinel_user" ? o.sentinel_username : o.sentinel_password) = std::move(*decoded);
+    } else {
+      connection_query.append(connection_query.empty() ? "?" : "&")
+          .append(option)
+          .append("=")
+          .append(value);
+    }
+  }
+  if (!o.sentinel_username.empty() && o.sentinel_password.empty()) {
+    return bad(uri, "sentinel_user needs sentinel_password");
+  }
+
+  // Each sentinel is parsed as the redis:// URI it would be alone, with the shared parts;
+  // a sentinel's port has no default (26379 is only a convention), so it must be written.
+  const std::string single_scheme = scheme == "rediss+sentinel" ? "rediss://" : "redis://";
+  if (rest.empty()) return bad(uri, "no sentinel (redis+sentinel://host:port/MASTER_NAME)");
+  while (true) {
+    const std::size_t comma = rest.find(',');
+    const std::string_view sentinel = rest.substr(0, comma);
+    if (sentinel.empty()) return bad(uri, "empty host in the sentinel list");
+    const std::size_t colon = sentinel.rfind(':');
+    if (colon == std::string_view::npos || sentinel.substr(colon).find(']') != npos) {
+      return bad(
+          uri, "sentinel \"" + std::string(sentinel.substr(0, 64)) + "\" has no port (host:port)");
+    }
+    std::string single = single_scheme;
+    single.append(userinfo).append(sentinel).append(connection_query);
+    auto one = parse_redis_uri(single);
+    if (!one) return bad(uri, one.error().detail.substr(one.error().detail.find(": ") + 2));
+    o.sentinels.push_back({one->host, one->port});
+    o.connection = std::move(*one);
+    if (comma == std::string_view::npos) break;
+    rest = rest.substr(comma + 1);
+  }
+  if (o.sentinels.size() > 64) return bad(uri, "at most 64 sentinels");
   return o;
 }
 

@@ -29,6 +29,31 @@ pending call(answers& a, steady::time_point deadline) {
   return p;
 }
 
+// Verifies that, with a handler for unsolicited replies (a subscribed connection), a reply
+// no call waits for goes to the handler, while a call's reply still goes to the call; and
+// that without one such a reply is an error.
+TEST(Pipeline, UnsolicitedRepliesGoToTheirHandler) {
+  const std::string subscribed = "*3\r\n$9\r\nsubscribe\r\n$14\r\n+switch-master\r\n:1\r\n";
+  const std::string message =
+      "*3\r\n$7\r\nmessage\r\n$14\r\n+switch-master\r\n$37\r\n"
+      "m 127.0.0.1 6379 127.0.0.1 6380 extra\r\n";
+  pipeline pl;
+  std::vector<reply> pushed;
+  pl.on_unsolicited([&](const reply& r) { pushed.push_back(r); });
+  answers a;
+  pl.push(call(a, steady::now() + 1h));
+  std::vector<pending> resend;
+  ASSERT_TRUE(pl.on_bytes(subscribed + message + message, resend));
+  ASSERT_EQ(a.got.size(), 1u);
+  ASSERT_TRUE(a.got[0]);
+  EXPECT_EQ(a.got[0]->elements.at(0).text, "subscribe");
+  ASSERT_EQ(pushed.size(), 2u);
+  EXPECT_EQ(pushed[1].elements.at(2).text, "m 127.0.0.1 6379 127.0.0.1 6380 extra");
+
+  pipeline plain;
+  EXPECT_FALSE(plain.on_bytes(message, resend));
+}
+
 // Verifies that replies are matched to calls in order, even when split across reads.
 TEST(Pipeline, MatchesRepliesInOrderAcrossSplitReads) {
   pipeline pl;
