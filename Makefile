@@ -13,7 +13,8 @@
 #   make bench-python  build release; the Python module vs the reference and sluice bench
 #   make bench-grpc    build release; sluice serve's gRPC (Envoy RLS) vs HTTP and the library
 #   make bench-io-threads build release; sluice serve with 2 I/O threads vs 1 (CPU per request)
-#   make chaos         build sluice; the chaos soak on a Redis Cluster (CHAOS_SECONDS, CHAOS_SEED)
+#   make chaos         build sluice; the chaos soak on a Redis Cluster, then behind Sentinel
+#                      (CHAOS_SECONDS each, CHAOS_SEED)
 #   make fuzz          build the libFuzzer targets with clang, run each FUZZ_SECONDS (60)
 #   make format        clang-format every C++ file in place
 #   make format-check  fail if any C++ file is not clang-formatted
@@ -124,11 +125,15 @@ bench-io-threads: build-release
 
 # The chaos soak (benchmarks/chaos/chaos.py; docs/BENCHMARKS.md, "Chaos soak"): sluice serve
 # on a 3+3 Redis Cluster under load while masters are killed and paused, nodes restarted,
-# slots resharded and the server restarted; every decision checked. Non-zero on a violation.
-# The record and report go to build/chaos-<seed>; CHAOS_ARGS=... passes more flags.
+# slots resharded and the server restarted; then on one Redis behind Sentinel, failed over.
+# Every decision checked; non-zero on a violation. The records and reports go to
+# build/chaos-<seed> and build/chaos-sentinel-<seed>; CHAOS_ARGS=... passes more flags.
 chaos: build-cli
 	/usr/bin/python3 benchmarks/chaos/chaos.py --duration $(CHAOS_SECONDS) --seed $(CHAOS_SEED) \
 	  --sluice build/release/sluice --out build/chaos-$(CHAOS_SEED) $(CHAOS_ARGS)
+	/usr/bin/python3 benchmarks/chaos/chaos.py --duration $(CHAOS_SECONDS) --seed $(CHAOS_SEED) \
+	  --round sentinel --sluice build/release/sluice --out build/chaos-sentinel-$(CHAOS_SEED) \
+	  $(CHAOS_ARGS)
 
 # TSan needs the low-entropy address layout it was built for; `setarch -R` turns ASLR
 # off for the tests (harmless when the kernel's layout is already fine).

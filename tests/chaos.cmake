@@ -1,4 +1,4 @@
-# benchmarks/chaos/: the chaos soak's short round (`chaos.py --short`: about 18 s of load on a
+# benchmarks/chaos/: the chaos soak's short rounds (`chaos.py --short`: about 18 s of load on a
 # 3+3 Redis Cluster, a master killed, one paused, `sluice serve` restarted; it fails when the
 # tool exits non-zero) and the checker's own tests on hand-made records (chaos.checker). The
 # full soak is `make chaos`. Release preset only: the round measures answer times against a
@@ -22,4 +22,10 @@ if(TARGET sluice_cli AND CMAKE_BUILD_TYPE STREQUAL "Release"
             --sluice $<TARGET_FILE:sluice_cli> --out ${CMAKE_CURRENT_BINARY_DIR}/chaos-short)
   set_tests_properties(chaos.short_round PROPERTIES RESOURCE_LOCK redis_cluster TIMEOUT 120
     LABELS redis)
+  # The same on one Redis behind Sentinel (a master, its replica, three sentinels; the master
+  # paused past its down-after time, then killed).
+  add_test(NAME chaos.short_round_sentinel
+    COMMAND ${sluice_chaos_python3} ${sluice_chaos_dir}/chaos.py --short --seed 1 --round sentinel
+            --sluice $<TARGET_FILE:sluice_cli> --out ${CMAKE_CURRENT_BINARY_DIR}/chaos-short-sentinel)
+  set_tests_properties(chaos.short_round_sentinel PROPERTIES TIMEOUT 120 LABELS redis)
 endif()
