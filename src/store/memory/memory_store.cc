@@ -833,29 +833,32 @@ struct memory_store::impl {
     }
     const std::lock_guard one_write(write_mu);
     auto written = write_file();
-    const std::lock_guard lock(status_mu);
-    if (written) {
-      snapshots.fetch_add(1, std::memory_order_relaxed);
-      last_failure.clear();
-      return written;
-    }
-    snapshot_failures.fetch_add(1, std::memory_order_relaxed);
-    last_failure = "last snapshot write failed: " + written.error().message();
-    const auto t = std::chrono::steady_clock::now();
-    if (last_warning == std::chrono::steady_clock::time_point{} ||
-        t - last_warning >= std::chrono::seconds(10)) {
-      std::string text = "memory store: " + written.error().message();
-      if (quiet_failures > 0) {
-        text +=
-            " (" + std::to_string(quiet_failures) + " more failed writes since the last warning)";
+    std::string text;  // a warning to give, after the status lock
+    {
+      const std::lock_guard lock(status_mu);
+      if (written) {
+        snapshots.fetch_add(1, std::memory_order_relaxed);
+        last_failure.clear();
+        return written;
       }
-      text += "; decisions go on, and a restart now would load an older snapshot";
-      warn(text);
-      last_warning = t;
-      quiet_failures = 0;
-    } else {
-      ++quiet_failures;
+      snapshot_failures.fetch_add(1, std::memory_order_relaxed);
+      last_failure = "last snapshot write failed: " + written.error().message();
+      const auto t = std::chrono::steady_clock::now();
+      if (last_warning == std::chrono::steady_clock::time_point{} ||
+          t - last_warning >= std::chrono::seconds(10)) {
+        text = "memory store: " + written.error().message();
+        if (quiet_failures > 0) {
+          text +=
+              " (" + std::to_string(quiet_failures) + " more failed writes since the last warning)";
+        }
+        text += "; decisions go on, and a restart now would load an older snapshot";
+        last_warning = t;
+        quiet_failures = 0;
+      } else {
+        ++quiet_failures;
+      }
     }
+    if (!text.empty()) warn(text);
     return written;
   }
 
