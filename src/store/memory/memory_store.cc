@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "sluice/algorithms.h"
+#include "sluice/limit.h"
 #include "store/memory/snapshot.h"
 
 // Userspace RCU, the memb flavour: a read-side section writes only a thread-local counter;
@@ -1211,8 +1212,10 @@ std::string memory_store::describe() const {
                     "&max_keys=" + std::to_string(o.max_keys) +
                     "&max_key_length=" + std::to_string(o.max_key_length);
   if (!o.snapshot_path.empty()) {
-    out += "&snapshot=" + o.snapshot_path +
-           "&snapshot_interval=" + std::to_string(o.snapshot_interval.count()) + "ms";
+    out += "&snapshot=" + o.snapshot_path + "&snapshot_interval=" +
+           (o.snapshot_interval.count() == 0
+                ? std::string("0")
+                : format_duration(std::chrono::duration_cast<microseconds>(o.snapshot_interval)));
   }
   return out;
 }
