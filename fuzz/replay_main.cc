@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -31,6 +32,9 @@ int main(int argc, char** argv) {
   for (const std::string& s : inputs) {
     LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(s.data()), s.size());
   }
+  // $SLUICE_FUZZ_LAST names a file that holds each mutation before it runs: the input that
+  // hung or was killed is there afterwards.
+  const char* last = std::getenv("SLUICE_FUZZ_LAST");
   std::mt19937_64 rng(42);
   for (long r = 0; r < random_runs; ++r) {
     std::string s = inputs.empty() ? std::string() : inputs[rng() % inputs.size()];
@@ -49,6 +53,7 @@ int main(int argc, char** argv) {
           break;
       }
     }
+    if (last != nullptr) std::ofstream(last, std::ios::binary | std::ios::trunc) << s;
     LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(s.data()), s.size());
   }
   std::printf("%zu corpus inputs and %ld mutations ran without a failure\n", inputs.size(),

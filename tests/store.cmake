@@ -4,6 +4,7 @@
 # tests/CMakeLists.txt.
 sluice_gtest(memory_store_test ${CMAKE_CURRENT_LIST_DIR}/store/memory/memory_store_test.cc
   ${CMAKE_CURRENT_LIST_DIR}/store/memory/memory_store_concurrency_test.cc
+  ${CMAKE_CURRENT_LIST_DIR}/store/memory/snapshot_test.cc
   ${CMAKE_CURRENT_LIST_DIR}/store/open_store_test.cc)
 
 # RESP, the pipeline, cluster slots and redirections, URIs: bytes in, no I/O.

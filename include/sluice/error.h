@@ -32,6 +32,7 @@ enum class errc {
   timeout,             // the store did not answer before the deadline
   store_error,         // the store answered something unusable (protocol error, bad reply,
                        // authentication refused, script error)
+  invalid_snapshot,    // a memory-store snapshot that is corrupt, truncated or not one
 };
 
 // Returns the category of `errc` values; its name is "sluice".

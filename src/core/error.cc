@@ -43,6 +43,8 @@ class category final : public std::error_category {
         return "store timed out";
       case errc::store_error:
         return "store error";
+      case errc::invalid_snapshot:
+        return "invalid snapshot";
     }
     return "unknown sluice error " + std::to_string(code);
   }

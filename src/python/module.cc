@@ -262,6 +262,8 @@ std::string_view code_name(const std::error_code& ec) {
       return "timeout";
     case errc::store_error:
       return "store_error";
+    case errc::invalid_snapshot:
+      return "invalid_snapshot";
   }
   return "unknown";
 }
@@ -279,6 +281,7 @@ PyObject* exception_type(const std::error_code& ec) {
     case errc::store_unavailable:
     case errc::timeout:
     case errc::store_error:
+    case errc::invalid_snapshot:  // the store's own file, not the caller's input
       return store_error_type;
     default:
       return PyExc_ValueError;

@@ -35,6 +35,7 @@
 // (and anything yaml-cpp throws) and return it as an `error`. Start-up code only.
 #include "server/config.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -736,7 +737,11 @@ result<server_config> parse(std::string_view yaml, const std::string& name,
                             const std::filesystem::path& base_dir) {
   reader r(name, base_dir);
   try {
-    std::vector<YAML::Node> documents = YAML::LoadAll(std::string(yaml));
+    const std::string text(yaml);
+    if (const int line = second_yaml_document_line(text); line != 0) {
+      r.fail_at(line, "", "more than one YAML document (a second ---)");
+    }
+    std::vector<YAML::Node> documents = YAML::LoadAll(text);
     server_config c = r.read(documents);
     c.source = name;
     return c;
@@ -756,6 +761,55 @@ result<server_config> parse(std::string_view yaml, const std::string& name,
 }  // namespace
 
 std::string listen_problem(std::string_view address) { return check_listen(address); }
+
+namespace {
+
+// Sees only where documents, and the second one's first node, start.
+class document_counter final : public YAML::EventHandler {
+ public:
+  int documents = 0;
+  int second_start = 0;  // the line of its `---`
+  int second_node = 0;   // the line of its first node, where the old loader pointed
+
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    if (++documents == 2) second_start = mark.line + 1;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { node(mark); }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { node(mark); }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                const std::string&) override {
+    node(mark);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {
+    node(mark);
+  }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {
+    node(mark);
+  }
+  void OnMapEnd() override {}
+
+ private:
+  void node(const YAML::Mark& mark) {
+    if (documents == 2 && second_node == 0) second_node = mark.line + 1;
+  }
+};
+
+}  // namespace
+
+int second_yaml_document_line(const std::string& yaml) {
+  std::istringstream in(yaml);
+  YAML::Parser parser(in);
+  document_counter counter;
+  int handled = 0;
+  while (handled < 2 && parser.HandleNextDocument(counter)) ++handled;
+  if (handled < 2) return 0;
+  if (counter.second_node > 0) return counter.second_node;
+  return counter.second_start > 0 ? counter.second_start : 1;
+}
 
 result<server_config> parse_config(std::string_view yaml, const std::string& name) {
   return parse(yaml, name, std::filesystem::current_path());

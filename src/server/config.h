@@ -84,4 +84,10 @@ result<server_config> parse_config(std::string_view yaml, const std::string& nam
 // to 65535), or "" when nothing is. The host is not resolved.
 std::string listen_problem(std::string_view address);
 
+// Returns the line of a second YAML document in `yaml` (a sluice config, or an Envoy one, is
+// one document), or 0 when there is at most one. Reads at most two documents: yaml-cpp 0.7's
+// LoadAll never returns on some inputs (",a:" yields empty documents forever without
+// consuming the stream), so this runs before it. Throws YAML::Exception on malformed YAML.
+int second_yaml_document_line(const std::string& yaml);
+
 }  // namespace sluice::server

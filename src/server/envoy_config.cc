@@ -14,6 +14,7 @@
 // throws a private exception at the first problem and the entry points return it as an
 // `error`.
 #include "server/envoy_config.h"
+#include "server/config.h"
 
 #include <openssl/evp.h>
 #include <yaml-cpp/yaml.h>
@@ -826,6 +827,9 @@ result<envoy_config> parse_envoy_config(std::span<const envoy_config_file> files
   for (const envoy_config_file& file : files) {
     file_reader r(file.name, *d);
     try {
+      if (const int second = second_yaml_document_line(file.text); second != 0) {
+        r.fail_at(second, "", "more than one YAML document (a second ---)");
+      }
       const int line = r.read(YAML::LoadAll(file.text));
       const std::string& domain = d->domains.back().name;
       const auto [at, fresh] =

@@ -84,6 +84,7 @@ service::service(const server_config& config, bool handle_signals, rls_handler_f
   // (up to 64 bytes and a colon), unless the URI says otherwise.
   open_options open;
   open.max_key_length = std::min<std::size_t>(65535, config_.max_key_bytes + 65);
+  open.warn = [](std::string_view message) { spdlog::warn("{}", message); };
   auto opened = open_store(config_.store, open);
   if (!opened) {
     throw std::runtime_error("store " + internal::quote(config_.store) + ": " +

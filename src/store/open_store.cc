@@ -1,5 +1,7 @@
 #include "sluice/open_store.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <array>
 #include <cstddef>
@@ -9,7 +11,9 @@
 #include <string_view>
 #include <utility>
 
+#include "sluice/limit.h"
 #include "sluice/memory_store.h"
+#include "store/memory/snapshot.h"
 #include "store/query.h"
 #include "store/registry.h"
 
@@ -78,10 +82,42 @@ result<memory_store_options> parse_memory(std::string_view uri, bool& key_length
   auto params =
       internal::split_query(q == std::string_view::npos ? std::string_view{} : rest.substr(q + 1));
   if (!params) return bad_uri(uri, params.error().detail);
+  bool interval_given = false;
+  bool on_error_given = false;
   for (const auto& [name, value] : *params) {
+    if (name == "snapshot") {
+      if (value.empty()) return bad_uri(uri, "snapshot needs a file path");
+      options.snapshot_path = std::string(value);
+      continue;
+    }
+    if (name == "snapshot_interval") {
+      interval_given = true;
+      if (value == "0") {
+        options.snapshot_interval = std::chrono::milliseconds{0};
+        continue;
+      }
+      auto d = parse_duration(value);
+      if (!d || *d < std::chrono::milliseconds(10) || *d > std::chrono::hours(24) ||
+          *d % std::chrono::milliseconds(1) != std::chrono::microseconds{0}) {
+        return bad_uri(uri,
+                       "snapshot_interval must be 0 (only at shutdown) or a duration "
+                       "from 10ms to 24h in whole milliseconds, e.g. 10s");
+      }
+      options.snapshot_interval = std::chrono::duration_cast<std::chrono::milliseconds>(*d);
+      continue;
+    }
+    if (name == "snapshot_on_error") {
+      on_error_given = true;
+      if (value != "fail" && value != "empty") {
+        return bad_uri(uri, "snapshot_on_error must be fail or empty");
+      }
+      options.snapshot_empty_on_error = value == "empty";
+      continue;
+    }
     if (name != "shards" && name != "max_keys" && name != "max_key_length") {
       return bad_uri(uri, "unknown parameter \"" + std::string(name.substr(0, 64)) +
-                              "\" (memory:// takes shards, max_keys, max_key_length)");
+                              "\" (memory:// takes shards, max_keys, max_key_length, snapshot, "
+                              "snapshot_interval, snapshot_on_error)");
     }
     std::size_t n = 0;
     if (!internal::parse_number(value, n)) {
@@ -96,6 +132,16 @@ result<memory_store_options> parse_memory(std::string_view uri, bool& key_length
       if (n < 1 || n > 65535) return bad_uri(uri, "max_key_length must be between 1 and 65535");
       options.max_key_length = n;
       key_length_given = true;
+    }
+  }
+  if ((interval_given || on_error_given) && options.snapshot_path.empty()) {
+    return bad_uri(uri, "snapshot_interval and snapshot_on_error need snapshot=PATH");
+  }
+  if (!options.snapshot_path.empty()) {
+    const std::string dir = internal::parent_directory(options.snapshot_path);
+    struct stat st {};
+    if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      return bad_uri(uri, "snapshot: directory \"" + dir + "\" does not exist");
     }
   }
   return options;
@@ -122,7 +168,10 @@ result<std::shared_ptr<store>> open_store(std::string_view uri, const open_optio
       options->max_key_length = std::min<std::size_t>(o.max_key_length, 65535);
     }
     if (o.time_source != nullptr) options->time_source = o.time_source;
-    return std::shared_ptr<store>(std::make_shared<memory_store>(*options));
+    options->warn = o.warn;
+    auto opened = memory_store::open(std::move(*options));
+    if (!opened) return fail(opened.error());
+    return std::shared_ptr<store>(std::move(*opened));
   }
   if (const internal::store_opener open = find_opener(scheme)) return open(uri, o);
   if (std::find(std::begin(kRedisSchemes), std::end(kRedisSchemes), scheme) !=

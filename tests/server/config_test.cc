@@ -1,4 +1,5 @@
 #include "server/config.h"
+#include "server/envoy_config.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -470,6 +471,23 @@ TEST(Config, MalformedYaml) {
             "t.yaml:1: malformed YAML: the referenced anchor is not defined (column 9)");
   EXPECT_EQ(message(std::string(kPolicies) + "---\nlisten: a:1\n"),
             "t.yaml:3: more than one YAML document (a second ---)");
+}
+
+// Verifies that input on which yaml-cpp's LoadAll never returns (it yields empty documents
+// forever, growing without bound; found by fuzz/config_fuzzer.cc) is refused at once, by
+// both loaders.
+TEST(Config, InputThatLoopsYamlCppIsRefused) {
+  for (const char* yaml : {",a:\n", ",olicties:\n  chat:\n    limit: 0/4hour\n"}) {
+    auto c = parse_config(yaml, "t.yaml");
+    ASSERT_FALSE(c) << yaml;
+    EXPECT_NE(c.error().message().find("more than one YAML document"), std::string::npos)
+        << c.error().message();
+    auto e = parse_envoy_config(yaml, "t.yaml");
+    ASSERT_FALSE(e) << yaml;
+    EXPECT_NE(e.error().message().find("t.yaml:"), std::string::npos) << e.error().message();
+  }
+  EXPECT_EQ(second_yaml_document_line("a: 1\n"), 0);
+  EXPECT_EQ(second_yaml_document_line("a: 1\n---\nb: 2\n"), 3);
 }
 
 // Verifies that listen addresses are checked for form (not resolved).

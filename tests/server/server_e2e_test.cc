@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -582,6 +583,66 @@ TEST(ServeCommand, StartUpFailuresExitNonZero) {
   r = sluice::test::run_process({SLUICE_CLI_PATH, "serve", "--store", "bogus://x"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("bogus://x"), std::string::npos) << r.err;
+}
+
+}  // namespace
+
+namespace {
+
+// Verifies that `sluice serve` on a memory store with a snapshot keeps a key's spent budget
+// across a SIGTERM and a restart, refuses to start on a corrupt snapshot (exit 1, the file
+// named), and starts empty on one when told snapshot_on_error=empty.
+TEST(ServeCommand, SnapshotKeepsBudgetAcrossRestart) {
+  char dir_template[] = "/tmp/sluice-serve-snapshot-XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  const std::string path = dir + "/state.snap";
+  // An interval far longer than the test: what survives is what SIGTERM wrote.
+  const std::string store = "memory://?snapshot=" + path + "&snapshot_interval=1h";
+  const std::string body = R"({"key": "k", "limit": "5/1h"})";
+  {
+    serve_process serve({"--listen", "127.0.0.1:0", "--store", store});
+    const std::uint16_t port = port_of(serve.first_line());
+    ASSERT_NE(port, 0);
+    client c(port);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(body_of(c.acquire(body))["allowed"], true);
+    c.close();
+    serve.signal(SIGTERM);
+    ASSERT_EQ(serve.wait_exit(), std::optional<int>(0));
+  }
+  ASSERT_EQ(access(path.c_str(), R_OK), 0);
+  {
+    serve_process serve({"--listen", "127.0.0.1:0", "--store", store});
+    const std::uint16_t port = port_of(serve.first_line());
+    ASSERT_NE(port, 0);
+    client c(port);
+    const auto r = body_of(c.acquire(body));
+    EXPECT_EQ(r["allowed"], true);
+    EXPECT_EQ(r["remaining"], 1);  // 3 spent before the restart, 1 now, of 5
+    c.close();
+    serve.signal(SIGTERM);
+    ASSERT_EQ(serve.wait_exit(), std::optional<int>(0));
+  }
+
+  // Cut short: refused, and the server does not start.
+  ASSERT_EQ(truncate(path.c_str(), 40), 0);
+  auto r = sluice::test::run_process(
+      {SLUICE_CLI_PATH, "serve", "--listen", "127.0.0.1:0", "--store", store});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find(path), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("truncated"), std::string::npos) << r.err;
+  {
+    serve_process serve({"--listen", "127.0.0.1:0", "--store", store + "&snapshot_on_error=empty"});
+    const std::uint16_t port = port_of(serve.first_line());
+    ASSERT_NE(port, 0);
+    client c(port);
+    EXPECT_EQ(body_of(c.acquire(body))["remaining"], 4);
+    c.close();
+    serve.signal(SIGTERM);
+    EXPECT_EQ(serve.wait_exit(), std::optional<int>(0));
+  }
+  const std::string cleanup = "rm -rf '" + dir + "'";
+  EXPECT_EQ(std::system(cleanup.c_str()), 0);
 }
 
 }  // namespace

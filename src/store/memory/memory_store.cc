@@ -4,22 +4,32 @@
 // eviction, growth) takes the shard's mutex; what it unlinks is freed after a grace period.
 #include "sluice/memory_store.h"
 
+#include <fcntl.h>
 #include <pthread.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#include <cerrno>
+#include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <limits>
 #include <memory_resource>
 #include <mutex>
 #include <new>
+#include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
 #include "sluice/algorithms.h"
+#include "sluice/limit.h"
+#include "store/memory/snapshot.h"
 
 // Userspace RCU, the memb flavour: a read-side section writes only a thread-local counter;
 // grace periods pay with membarrier(2). Without _LGPL_SOURCE its calls stay in the library.
@@ -635,7 +645,21 @@ struct memory_store::impl {
   std::unique_ptr<shard[]> shards;
   std::size_t shard_mask = 0;
 
-  explicit impl(memory_store_options o) : options(o) {
+  // Snapshots.
+  std::uint64_t loaded = 0;  // set before any other thread sees the store
+  std::atomic<std::uint64_t> snapshots{0};
+  std::atomic<std::uint64_t> snapshot_failures{0};
+  std::mutex write_mu;  // one write at a time
+  mutable std::mutex status_mu;
+  std::string last_failure;  // empty after a good write; under status_mu
+  std::chrono::steady_clock::time_point last_warning{};
+  std::uint64_t quiet_failures = 0;  // failures not warned about since the last warning
+  std::mutex wake_mu;
+  std::condition_variable wake;
+  bool stopping = false;  // under wake_mu
+  std::thread writer;
+
+  explicit impl(memory_store_options o) : options(std::move(o)) {
     const std::size_t n = std::bit_ceil(std::max<std::size_t>(1, options.shards));
     options.shards = n;
     options.max_key_length =
@@ -661,6 +685,207 @@ struct memory_store::impl {
   }
 
   shard& shard_for(std::uint64_t hash) const { return shards[(hash >> 32) & shard_mask]; }
+
+  void warn(const std::string& message) const {
+    if (options.warn) options.warn(message);
+  }
+
+  std::string quoted_path() const { return "snapshot \"" + options.snapshot_path + "\""; }
+
+  // Returns the whole snapshot file in `bytes`; false (and no error) when there is none.
+  result<bool> read_file(std::string& bytes) const {
+    const int fd = ::open(options.snapshot_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      if (errno == ENOENT) return false;
+      return make_error(errc::store_error,
+                        quoted_path() + ": cannot open: " + std::generic_category().message(errno));
+    }
+    char buf[1 << 16];
+    for (;;) {
+      const ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n == 0) break;
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        const int err = errno;
+        ::close(fd);
+        return make_error(errc::store_error,
+                          quoted_path() + ": cannot read: " + std::generic_category().message(err));
+      }
+      bytes.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+    return true;
+  }
+
+  // Loads the snapshot, if there is one, into this (empty) store. Keys expired at the time
+  // source's `now`, and keys longer than max_key_length, are dropped; max_keys holds as for
+  // any insert.
+  result<void> load() {
+    std::string bytes;
+    auto present = read_file(bytes);
+    if (!present) return fail(present.error());
+    if (!*present) return {};
+    const std::int64_t now = options.time_source->now().count();
+    ensure_registered();
+    auto info = internal::read_snapshot(
+        bytes, [&](const internal::snapshot_record& r) { return load_record(r, now); });
+    if (!info) return fail(error{info.error().code, quoted_path() + ": " + info.error().detail});
+    if (info->written_at > now + 1'000'000) {
+      warn(quoted_path() + " was written " + std::to_string((info->written_at - now) / 1'000'000) +
+           " s after the store's clock says it is now: the clock stepped back, so its keys stay "
+           "limited for that much longer");
+    }
+    return {};
+  }
+
+  result<void> load_record(const internal::snapshot_record& r, std::int64_t now) {
+    if (r.expires_at <= now || r.key.size() > options.max_key_length) return {};
+    const std::uint64_t hash = hash_of(r.key);
+    shard& s = shard_for(hash);
+    shard_lock held(s);
+    held.lock();
+    if (s.lookup(r.key, hash) != nullptr) {
+      return make_error(errc::invalid_snapshot, "corrupt: a key is written twice");
+    }
+    node* n = s.insert(r.key, hash, r.algo, now);
+    if (n == nullptr) return make_error(errc::store_full, "memory store: out of memory");
+    switch (r.algo) {
+      case algorithm::gcra:
+        break;
+      case algorithm::sliding_counter: {
+        auto& c = body<counter_body>(n);
+        c.window_start = r.window_start;
+        c.previous = r.previous;
+        c.current = r.current;
+        break;
+      }
+      case algorithm::sliding_log: {
+        auto& g = body<log_body>(n);
+        for (const auto& e : r.entries) {
+          if (!g.log.push_back(e.at, e.count)) {
+            return make_error(errc::store_full, "memory store: out of memory");
+          }
+        }
+        break;
+      }
+    }
+    n->expires().store(r.expires_at, std::memory_order_relaxed);
+    ++loaded;
+    return {};
+  }
+
+  // Writes every live key, one shard at a time: under the shard's mutex (inserts and
+  // erasures on it wait) each node is locked for as long as its state takes to copy, then
+  // the shard's records go to the file with no lock held.
+  result<std::size_t> write_file() {
+    const std::int64_t now = options.time_source->now().count();
+    internal::snapshot_writer out(options.snapshot_path);
+    if (auto ok = out.begin(now); !ok) return fail(ok.error());
+    ensure_registered();
+    std::string records;
+    internal::snapshot_record r;
+    std::size_t total = 0;
+    for (std::size_t i = 0; i <= shard_mask; ++i) {
+      shard& s = shards[i];
+      records.clear();
+      std::size_t count = 0;
+      {
+        shard_lock held(s);
+        held.lock();
+        for (std::size_t j = 0; j < s.capacity; ++j) {
+          node* n = s.slot(j);
+          if (n == nullptr) continue;
+          n->lock();  // in the table, under the shard's mutex: not dead
+          copy_state(n, r);
+          if (r.expires_at > now) {
+            r.key = n->key();
+            internal::append_record(records, r);
+            ++count;
+          }
+          n->unlock();
+        }
+      }
+      if (auto ok = out.append(records, count); !ok) return fail(ok.error());
+      total += count;
+    }
+    if (auto ok = out.commit(); !ok) return fail(ok.error());
+    return total;
+  }
+
+  // Copies the state of `n`, locked, into `r`.
+  static void copy_state(node* n, internal::snapshot_record& r) {
+    r.algo = n->algo;
+    r.expires_at = n->expires().load(std::memory_order_relaxed);
+    r.entries.clear();
+    if (n->algo == algorithm::sliding_counter) {
+      const auto& c = body<counter_body>(n);
+      r.window_start = c.window_start;
+      r.previous = c.previous;
+      r.current = c.current;
+    } else if (n->algo == algorithm::sliding_log) {
+      const auto& log = body<log_body>(n).log;
+      for (std::size_t k = 0; k < log.size(); ++k) r.entries.push_back(log[k]);
+    }
+  }
+
+  result<std::size_t> write_snapshot() {
+    if (options.snapshot_path.empty()) {
+      return make_error(errc::store_error, "memory store: no snapshot path configured");
+    }
+    const std::lock_guard one_write(write_mu);
+    auto written = write_file();
+    std::string text;  // a warning to give, after the status lock
+    {
+      const std::lock_guard lock(status_mu);
+      if (written) {
+        snapshots.fetch_add(1, std::memory_order_relaxed);
+        last_failure.clear();
+        return written;
+      }
+      snapshot_failures.fetch_add(1, std::memory_order_relaxed);
+      last_failure = "last snapshot write failed: " + written.error().message();
+      const auto t = std::chrono::steady_clock::now();
+      if (last_warning == std::chrono::steady_clock::time_point{} ||
+          t - last_warning >= std::chrono::seconds(10)) {
+        text = "memory store: " + written.error().message();
+        if (quiet_failures > 0) {
+          text +=
+              " (" + std::to_string(quiet_failures) + " more failed writes since the last warning)";
+        }
+        text += "; decisions go on, and a restart now would load an older snapshot";
+        last_warning = t;
+        quiet_failures = 0;
+      } else {
+        ++quiet_failures;
+      }
+    }
+    if (!text.empty()) warn(text);
+    return written;
+  }
+
+  void start_writer() {
+    if (options.snapshot_path.empty() || options.snapshot_interval.count() <= 0) return;
+    writer = std::thread([this] {
+      std::unique_lock lock(wake_mu);
+      while (!wake.wait_for(lock, options.snapshot_interval, [this] { return stopping; })) {
+        lock.unlock();
+        (void)write_snapshot();  // counted and warned about there
+        lock.lock();
+      }
+    });
+  }
+
+  // Stops the writer and writes the last snapshot.
+  void stop_snapshots() {
+    if (options.snapshot_path.empty()) return;
+    {
+      const std::lock_guard lock(wake_mu);
+      stopping = true;
+    }
+    wake.notify_all();
+    if (writer.joinable()) writer.join();
+    (void)write_snapshot();
+  }
 
   result<void> check_key(std::string_view key) const {
     if (key.empty()) return make_error(errc::invalid_key, "key is empty");
@@ -917,9 +1142,46 @@ struct memory_store::impl {
   }
 };
 
-memory_store::memory_store(memory_store_options options) : impl_(std::make_unique<impl>(options)) {}
+memory_store::memory_store(memory_store_options options)
+    : impl_(std::make_unique<impl>(std::move(options))) {
+  if (!impl_->options.snapshot_path.empty()) {
+    auto ok = impl_->load();
+    if (!ok) throw std::runtime_error(ok.error().message());
+  }
+  impl_->start_writer();
+}
 
-memory_store::~memory_store() = default;
+memory_store::memory_store(std::unique_ptr<impl> i) : impl_(std::move(i)) { impl_->start_writer(); }
+
+result<std::unique_ptr<memory_store>> memory_store::open(memory_store_options options) {
+  auto i = std::make_unique<impl>(options);
+  if (!options.snapshot_path.empty()) {
+    auto ok = i->load();
+    if (!ok) {
+      if (!options.snapshot_empty_on_error || ok.error().code != errc::invalid_snapshot) {
+        return fail(ok.error());
+      }
+      // Kept for a post-mortem: the next write would replace it.
+      const std::string kept = options.snapshot_path + ".bad";
+      const bool moved = ::rename(options.snapshot_path.c_str(), kept.c_str()) == 0;
+      i = std::make_unique<impl>(options);
+      i->warn(ok.error().message() + "; starting with an empty store (snapshot_on_error=empty)" +
+              (moved ? ", the file kept as \"" + kept + "\"" : ""));
+    }
+  }
+  return std::unique_ptr<memory_store>(new memory_store(std::move(i)));
+}
+
+memory_store::~memory_store() { impl_->stop_snapshots(); }
+
+result<std::size_t> memory_store::write_snapshot() { return impl_->write_snapshot(); }
+
+store_health memory_store::health() const {
+  store_health h;
+  const std::lock_guard lock(impl_->status_mu);
+  h.detail = impl_->last_failure;
+  return h;
+}
 
 result<decision> memory_store::acquire(const request& r) { return impl_->decide(r, mode::acquire); }
 
@@ -945,9 +1207,17 @@ result<void> memory_store::reset(std::string_view key) {
 }
 
 std::string memory_store::describe() const {
-  return "memory://?shards=" + std::to_string(impl_->options.shards) +
-         "&max_keys=" + std::to_string(impl_->options.max_keys) +
-         "&max_key_length=" + std::to_string(impl_->options.max_key_length);
+  const memory_store_options& o = impl_->options;
+  std::string out = "memory://?shards=" + std::to_string(o.shards) +
+                    "&max_keys=" + std::to_string(o.max_keys) +
+                    "&max_key_length=" + std::to_string(o.max_key_length);
+  if (!o.snapshot_path.empty()) {
+    out += "&snapshot=" + o.snapshot_path + "&snapshot_interval=" +
+           (o.snapshot_interval.count() == 0
+                ? std::string("0")
+                : format_duration(std::chrono::duration_cast<microseconds>(o.snapshot_interval)));
+  }
+  return out;
 }
 
 void memory_store::visit_metrics(const metric_visitor& visit) const {
@@ -970,6 +1240,19 @@ void memory_store::visit_metrics(const metric_visitor& visit) const {
          {},
          {},
          s.evicted});
+  if (impl_->options.snapshot_path.empty()) return;
+  visit({"sluice_memory_snapshots_total",
+         "Snapshots of the memory store written.",
+         store_metric::kind::counter,
+         {},
+         {},
+         s.snapshots});
+  visit({"sluice_memory_snapshot_failures_total",
+         "Snapshot writes of the memory store that failed (the state on disk is older).",
+         store_metric::kind::counter,
+         {},
+         {},
+         s.snapshot_failures});
 }
 
 memory_store_stats memory_store::stats() const {
@@ -981,6 +1264,9 @@ memory_store_stats memory_store::stats() const {
     out.expired += s.expired;
     out.evicted += s.evicted;
   }
+  out.snapshots = impl_->snapshots.load(std::memory_order_relaxed);
+  out.snapshot_failures = impl_->snapshot_failures.load(std::memory_order_relaxed);
+  out.loaded = impl_->loaded;
   return out;
 }
 
