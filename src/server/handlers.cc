@@ -257,6 +257,7 @@ void request_handler::handle(http_request req, respond done) const {
     render_deny_cache_metrics(res.body(), limiter_, metrics_.policies());
     render_store_metrics(res.body(), limiter_.store());
     render_rls_metrics(res.body(), metrics_.rls());
+    render_process_metrics(res.body());
     return r(std::move(res));
   }
   if (path == "/healthz") {

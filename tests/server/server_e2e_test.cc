@@ -292,6 +292,65 @@ TEST_F(Server, ConnectionsOverTheCapAreRefused) {
   EXPECT_EQ(fourth.call(http::verb::get, "/healthz").result(), http::status::ok);
 }
 
+// Returns the value of one sample line in a /metrics body as a double (the process metrics
+// are not all integers), or -1.
+double sample_value(const std::string& text, const std::string& series) {
+  const std::size_t at = text.find("\n" + series + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + series.size() + 2));
+}
+
+// Verifies the standard process metrics on /metrics (the server runs in this process): each
+// has its conventional type, the values are plausible (resident memory below virtual, a start
+// time in the last day, open descriptors below their limit), open descriptors rise by at least
+// the connections the test opens and fall back when they close, CPU time does not go back,
+// and sluice_build_info names the version.
+TEST_F(Server, ProcessMetricsAreExportedAndMove) {
+  start();
+  client c(port_);
+  const std::string before = c.call(http::verb::get, "/metrics").body();
+  for (const char* type :
+       {"# TYPE process_cpu_seconds_total counter", "# TYPE process_open_fds gauge",
+        "# TYPE process_max_fds gauge", "# TYPE process_virtual_memory_bytes gauge",
+        "# TYPE process_resident_memory_bytes gauge", "# TYPE process_start_time_seconds gauge",
+        "# TYPE sluice_build_info gauge"}) {
+    EXPECT_NE(before.find(std::string("\n") + type + "\n"), std::string::npos) << type;
+  }
+  const double rss = sample_value(before, "process_resident_memory_bytes");
+  const double vsize = sample_value(before, "process_virtual_memory_bytes");
+  EXPECT_GT(rss, 1 << 20);
+  EXPECT_GE(vsize, rss);
+  const double fds = sample_value(before, "process_open_fds");
+  const double max_fds = sample_value(before, "process_max_fds");
+  EXPECT_GT(fds, 2);
+  EXPECT_GT(max_fds, fds);
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const double started = sample_value(before, "process_start_time_seconds");
+  EXPECT_LE(started, now + 1);
+  EXPECT_GT(started, now - 86400);
+  const double cpu = sample_value(before, "process_cpu_seconds_total");
+  EXPECT_GE(cpu, 0);
+  EXPECT_NE(before.find("\nsluice_build_info{version=\"" SLUICE_TEST_VERSION "\","),
+            std::string::npos);
+
+  // Each connection is two descriptors here: the client's socket and the server's.
+  std::vector<std::unique_ptr<client>> more;
+  for (int i = 0; i < 20; ++i) {
+    more.push_back(std::make_unique<client>(port_));
+    EXPECT_EQ(more.back()->call(http::verb::get, "/healthz").result(), http::status::ok);
+  }
+  const std::string during = c.call(http::verb::get, "/metrics").body();
+  EXPECT_GE(sample_value(during, "process_open_fds"), fds + 20);
+  EXPECT_GE(sample_value(during, "process_cpu_seconds_total"), cpu);
+  EXPECT_EQ(sample_value(during, "process_start_time_seconds"), started);
+
+  more.clear();
+  ASSERT_TRUE(eventually([&] {
+    return sample_value(c.call(http::verb::get, "/metrics").body(), "process_open_fds") <= fds + 4;
+  }));
+}
+
 // Verifies the body limit: a declared length over it gets 413 (field "body") without the
 // body being read, and so does a chunked body that grows over it; both connections close.
 TEST_F(Server, OversizeBodyGets413) {
