@@ -99,8 +99,8 @@ class metrics {
 
  private:
   // The status codes the server sends; any other is counted as "other".
-  static constexpr std::array<unsigned, 13> codes_ = {200, 204, 400, 401, 404, 405, 408,
-                                                      413, 429, 431, 500, 503, 0};
+  static constexpr std::array<unsigned, 14> codes_ = {200, 204, 400, 401, 403, 404, 405,
+                                                      408, 413, 429, 431, 500, 503, 0};
   static std::size_t code_index(unsigned status) noexcept;
 
   // Every per-request count lives in `counts_`, striped per thread (core/striped.h): the

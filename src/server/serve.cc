@@ -236,7 +236,13 @@ std::string service::summary() const {
     out += config_.tls.client_ca.empty() ? "; TLS" : "; TLS with client certificates";
   }
   if (!config_.api_tokens.empty()) out += "; API tokens required";
-  if (!config_.admin_tokens.empty()) out += "; admin tokens required";
+  if (!config_.admin_tokens.empty()) {
+    out += "; admin tokens required";
+  } else if (config_.admin_open) {
+    out += "; admin calls (reset) open to anyone (admin_open)";
+  } else {
+    out += "; admin calls (reset) refused: no admin token configured";
+  }
   if (const std::string g = grpc_address(); !g.empty()) {
     out += "; gRPC (Envoy rate limit service, health) on " + g;
   }
