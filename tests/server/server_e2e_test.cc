@@ -34,6 +34,9 @@
 #include <boost/beast/http/write.hpp>
 #include <nlohmann/json.hpp>
 
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/spdlog.h>
+
 #include "server/config.h"
 #include "server/metrics.h"
 #include "server/serve.h"
@@ -50,10 +53,31 @@ using namespace sluice::test::e2e;
 using sluice::server::service;
 using sluice::test::eventually;
 
+// Keeps what the server logs, for tests that check a log line. Thread-safe.
+class log_capture final : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  std::string text() {
+    const std::lock_guard lock(mutex_);
+    return text_;
+  }
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    text_.append(msg.payload.data(), msg.payload.size());
+    text_ += '\n';
+  }
+  void flush_() override {}
+
+ private:
+  std::string text_;
+};
+
 class Server : public ::testing::Test {
  protected:
   void start(server_config c = test_config()) {
     sluice::server::configure_logging("warn");
+    log_ = std::make_shared<log_capture>();
+    spdlog::default_logger()->sinks().push_back(log_);
     svc_ = std::make_unique<service>(c);
     svc_->start();
     port_ = svc_->port();
@@ -63,6 +87,7 @@ class Server : public ::testing::Test {
 
   std::unique_ptr<service> svc_;
   std::uint16_t port_ = 0;
+  std::shared_ptr<log_capture> log_;
 };
 
 // Verifies every endpoint over a real connection: acquire, peek, gate (204 and 429), reset,
@@ -214,9 +239,10 @@ TEST_F(Server, ConcurrentClientsAdmitExactlyTheLimit) {
   EXPECT_EQ(svc_->counters().decisions(slot, sluice::server::outcome::allowed), 100u);
 }
 
-// Verifies the header timeout against a slow client: half a header, then nothing; the
-// server closes the connection, unanswered, once header_timeout has passed. A connection
-// that sends nothing at all is closed the same way.
+// Verifies the header timeout against a slow client: half a header, then nothing; once
+// header_timeout has passed the server answers 408 with a JSON error and closes. A
+// connection that sends nothing at all is answered the same way. Both are counted (408 on
+// route "other") and logged, rate-limited: one warning line for the two.
 TEST_F(Server, SlowClientIsClosedAfterHeaderTimeout) {
   server_config cfg = test_config();
   cfg.header_timeout = milliseconds(300);
@@ -228,13 +254,25 @@ TEST_F(Server, SlowClientIsClosedAfterHeaderTimeout) {
   const auto [data, ec] = slow.read_until_closed();
   const auto took = steady::now() - began;
   EXPECT_TRUE(closed_by_peer(ec)) << ec.message();
-  EXPECT_EQ(data, "");
+  EXPECT_EQ(data.rfind("HTTP/1.1 408 Request Timeout\r\n", 0), 0u) << data;
+  EXPECT_NE(data.find(R"({"error":"request header not received within header_timeout"})"),
+            std::string::npos)
+      << data;
   EXPECT_GE(took, milliseconds(290));
   EXPECT_LT(took, milliseconds(300) + seconds(5));
 
   const auto [nothing, ec2] = silent.read_until_closed();
   EXPECT_TRUE(closed_by_peer(ec2)) << ec2.message();
-  EXPECT_EQ(nothing, "");
+  EXPECT_EQ(nothing.rfind("HTTP/1.1 408 Request Timeout\r\n", 0), 0u) << nothing;
+  EXPECT_EQ(svc_->counters().requests(sluice::server::route::other, 408), 2u);
+
+  const std::string log = log_->text();
+  const std::string line =
+      "sluice serve: closed 1 connection(s) that sent no complete request header within "
+      "header_timeout (300 ms), answering 408; the last from 127.0.0.1:";
+  EXPECT_NE(log.find(line), std::string::npos) << log;
+  // The second within the 10 s is counted for the next warning, not logged on its own.
+  EXPECT_EQ(log.find("no complete request header"), log.rfind("no complete request header")) << log;
 }
 
 // Verifies the body timeout: a complete header, then half the body, then nothing.
@@ -285,6 +323,10 @@ TEST_F(Server, ConnectionsOverTheCapAreRefused) {
   EXPECT_EQ(
       sample(second.call(http::verb::get, "/metrics").body(), "sluice_connections_refused_total"),
       1);
+  EXPECT_NE(log_->text().find("sluice serve: refused 1 connection(s) with 503: max_connections "
+                              "(2) are open"),
+            std::string::npos)
+      << log_->text();
 
   first.reset();
   ASSERT_TRUE(eventually([&] { return svc_->counters().open_connections() == 1; }));
