@@ -260,6 +260,10 @@ int serve(const server_config& config, std::ostream& out) {
       out << "sluice grpc listening on " << g << std::endl;
     }
     spdlog::info("sluice serve: {}", s.summary());
+    if (config.admin_tokens.empty() && config.admin_open) {
+      spdlog::warn("sluice serve: admin_open: anyone who reaches {} may reset any key",
+                   s.local_address());
+    }
     s.wait();
     spdlog::info("sluice serve: stopped");
     return 0;

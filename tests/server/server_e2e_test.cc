@@ -239,6 +239,27 @@ TEST_F(Server, ConcurrentClientsAdmitExactlyTheLimit) {
   EXPECT_EQ(svc_->counters().decisions(slot, sluice::server::outcome::allowed), 100u);
 }
 
+// Verifies that the start-up line says who may make admin calls: refused with no admin
+// token, open to anyone with admin_open, token holders with tokens.
+TEST_F(Server, StartUpLineSaysWhoMayReset) {
+  server_config cfg = test_config();
+  cfg.admin_open = false;
+  start(cfg);
+  EXPECT_NE(svc_->summary().find("; admin calls (reset) refused: no admin token configured"),
+            std::string::npos)
+      << svc_->summary();
+  svc_.reset();
+  cfg.admin_open = true;
+  start(cfg);
+  EXPECT_NE(svc_->summary().find("; admin calls (reset) open to anyone (admin_open)"),
+            std::string::npos)
+      << svc_->summary();
+  svc_.reset();
+  cfg.admin_tokens = {"root"};
+  start(cfg);
+  EXPECT_NE(svc_->summary().find("; admin tokens required"), std::string::npos) << svc_->summary();
+}
+
 // Verifies the header timeout against a slow client: half a header, then nothing; once
 // header_timeout has passed the server answers 408 with a JSON error and closes. A
 // connection that sends nothing at all is answered the same way. Both are counted (408 on
@@ -663,6 +684,25 @@ TEST(ServeCommand, SigintStopsAnIdleServer) {
   ASSERT_NE(port_of(serve.first_line()), 0);
   serve.signal(SIGINT);
   EXPECT_EQ(serve.wait_exit(), std::optional<int>(0));
+}
+
+// Verifies --admin-open: without it (and with no admin token) `sluice serve` refuses a reset
+// with 403 before looking at it; with it the reset goes through to the handler (here a 404:
+// the server has no policy of that name).
+TEST(ServeCommand, AdminOpenFlagLetsResetsThrough) {
+  for (const bool open : {false, true}) {
+    std::vector<std::string> args = {"--listen", "127.0.0.1:0"};
+    if (open) args.push_back("--admin-open");
+    serve_process serve(args);
+    const std::uint16_t port = port_of(serve.first_line());
+    ASSERT_NE(port, 0);
+    client c(port);
+    const response r = c.call(http::verb::delete_, "/v1/keys/chat/u");
+    EXPECT_EQ(r.result(), open ? http::status::not_found : http::status::forbidden) << r.body();
+    c.close();
+    serve.signal(SIGTERM);
+    EXPECT_EQ(serve.wait_exit(), std::optional<int>(0));
+  }
 }
 
 // Verifies that a port in use exits 1 and a config file that cannot be read exits 2, each
