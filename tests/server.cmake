@@ -28,7 +28,8 @@ if(TARGET sluice_server)
 
   sluice_gtest(server_e2e_test ${CMAKE_CURRENT_LIST_DIR}/server/server_e2e_test.cc)
   target_link_libraries(server_e2e_test PRIVATE sluice_server sluice_test_support)
-  target_compile_definitions(server_e2e_test PRIVATE SLUICE_CLI_PATH="$<TARGET_FILE:sluice_cli>")
+  target_compile_definitions(server_e2e_test PRIVATE SLUICE_CLI_PATH="$<TARGET_FILE:sluice_cli>"
+    SLUICE_TEST_VERSION="${PROJECT_VERSION}")
   add_dependencies(server_e2e_test sluice_cli)
 
   # The gRPC listener (SLUICE_WITH_GRPC): real gRPC clients against grpc_server, and

@@ -77,6 +77,13 @@ class circuit_breaker {
   // probe's slot for the next caller while half-open; changes nothing else.
   void on_abandoned() noexcept;
 
+  // Makes a probe due at once while open (the store says it answers again): the next
+  // `allow` lets one caller through. Changes nothing when closed or half-open.
+  void probe_now() noexcept;
+  // Closes the breaker and forgets its failures, as `on_success` does, for a failure domain
+  // that holds no keys any more (nothing would ever probe it).
+  void reset() noexcept { on_success(); }
+
   breaker_state state() const noexcept { return state_.load(std::memory_order_acquire); }
   // Returns how long until `allow` lets a probe through while open (zero once one is due);
   // zero when closed or half-open.

@@ -226,6 +226,11 @@ class limiter {
   struct failover;  // the breakers, the local store, counters and warnings
   struct multi;     // one acquire_all in progress
 
+  // Installs the store's listener (store::set_listener), which reaches the breakers, and
+  // removes it.
+  void listen();
+  void stop_listening() noexcept;
+
   result<decision> decide(const policy& p, std::string_view key, std::int64_t cost,
                           std::optional<std::chrono::microseconds> now, mode m);
   void async_decide(const policy& p, std::string_view key, std::int64_t cost, mode m,

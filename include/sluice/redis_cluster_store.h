@@ -95,6 +95,10 @@ class redis_cluster_store final : public async_store {
   // Reports the counters of `stats()` as sluice_redis_* metrics (and the routing as
   // sluice_redis_cluster_*).
   void visit_metrics(const metric_visitor& visit) const override;
+  // Events: `reachable` for a node's domain when a connection to it is up again, or when it
+  // becomes a master; `retired` for a domain whose masters hold no slots after a new slot map;
+  // a `warning` once when a node keeps no data across a restart (CONFIG GET, where allowed).
+  void set_listener(event_listener listen) override;
 
   // One domain per master (by the node's address, up to 64 apart; more share) plus one
   // for slots with no known master.

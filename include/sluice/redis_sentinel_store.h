@@ -81,6 +81,10 @@ class redis_sentinel_store final : public async_store {
   store_health health() const override;
   // The sluice_redis_* metrics, and sluice_redis_sentinel_* (the master in use, failovers).
   void visit_metrics(const metric_visitor& visit) const override;
+  // Events: `reachable` when a connection to the master (a new one after a failover, or the
+  // same one back after a loss) is up; a `warning` once when the master keeps no data across
+  // a restart (CONFIG GET appendonly and save, where allowed).
+  void set_listener(event_listener listen) override;
 
   redis_sentinel_stats stats() const;
 

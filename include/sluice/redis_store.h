@@ -98,6 +98,9 @@ class redis_store final : public async_store {
   store_health health() const override;
   // Reports the counters of `stats()` as sluice_redis_* metrics.
   void visit_metrics(const metric_visitor& visit) const override;
+  // Events: `reachable` when a connection is up again after a loss; a `warning` once when
+  // the server keeps no data across a restart (CONFIG GET appendonly and save, where allowed).
+  void set_listener(event_listener listen) override;
 
   redis_store_stats stats() const;
 

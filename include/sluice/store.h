@@ -52,6 +52,25 @@ struct store_metric {
   std::uint64_t value = 0;
 };
 
+// What a store tells its owner (the limiter) on its own, outside any call:
+// `store::set_listener`.
+struct store_event {
+  enum class kind : std::uint8_t {
+    // Failure domain `domain` answers again (a connection to it came back, or it became a
+    // master): a breaker open on it may probe at once instead of waiting out its period.
+    reachable,
+    // Failure domain `domain` holds no keys now (a failover or resharding moved its slots
+    // away): nothing will call it, so its breaker says nothing true any more.
+    retired,
+    // Something the operator should know, in `text` (a Redis that keeps no data across a
+    // restart). Each is said once.
+    warning,
+  };
+  kind what = kind::warning;
+  std::size_t domain = 0;
+  std::string_view text;  // valid during the listener's call only
+};
+
 // A place where decisions are made atomically, one key at a time. Every decision on one
 // key is one atomic step (docs/DESIGN.md, invariant 1). Implementations are thread-safe.
 //
@@ -66,6 +85,7 @@ class store {
   using reset_completion = std::function<void(result<void>)>;
   using all_completion = std::function<void(result<std::vector<decision>>)>;
   using metric_visitor = std::function<void(const store_metric&)>;
+  using event_listener = std::function<void(const store_event&)>;
 
   virtual ~store() = default;
 
@@ -112,6 +132,13 @@ class store {
   // Returns the part (below `failure_domains()`) that holds `key`'s state now; it may
   // change when the store's layout does (a cluster's failover or resharding).
   virtual std::size_t failure_domain(std::string_view /*key*/) const noexcept { return 0; }
+
+  // Installs `listen` to receive the store's events (`store_event`), replacing any earlier
+  // listener; an empty one removes it, and once this returns the old one is not running and
+  // will not be called. Warnings raised while none was installed go to the next one. The
+  // store calls it from its own thread, one event at a time; it must be quick and must not
+  // call the store. Default: a store with nothing to say ignores it.
+  virtual void set_listener(event_listener /*listen*/) {}
 };
 
 // The base of stores that decide on the caller's thread and never wait on I/O (memory):

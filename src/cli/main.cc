@@ -301,6 +301,7 @@ struct serve_args {
   std::string tls_cert;
   std::string tls_key;
   std::string tls_client_ca;
+  bool admin_open = false;
 };
 
 // Runs the server until SIGTERM/SIGINT; returns 0 after the drain, 2 on a bad config.
@@ -323,6 +324,7 @@ int run_serve(const serve_args& a, const CLI::App& cmd) {
   if (cmd.count("--tls-cert") > 0) config.tls.cert = a.tls_cert;
   if (cmd.count("--tls-key") > 0) config.tls.key = a.tls_key;
   if (cmd.count("--tls-client-ca") > 0) config.tls.client_ca = a.tls_client_ca;
+  if (a.admin_open) config.admin_open = true;
   if (config.tls.cert.empty() != config.tls.key.empty() ||
       (!config.tls.client_ca.empty() && config.tls.cert.empty())) {
     std::cerr << "sluice serve: TLS needs both --tls-cert and --tls-key\n";
@@ -484,6 +486,10 @@ int main(int argc, char** argv) {
       ->add_option("--tls-client-ca", serve.tls_client_ca,
                    "PEM CA certificates: clients must present a certificate one of them signed")
       ->check(CLI::ExistingFile);
+
+  serve_cmd->add_flag("--admin-open", serve.admin_open,
+                      "With no admin token configured, let anyone reset keys (DELETE "
+                      "/v1/keys/...); without it such calls are refused with 403");
 
   try {
     app.parse(argc, argv);

@@ -122,6 +122,19 @@ void circuit_breaker::on_abandoned() noexcept {
   }
 }
 
+void circuit_breaker::probe_now() noexcept {
+  if (state_.load(std::memory_order_acquire) != breaker_state::open) return;
+  std::lock_guard lock(mu_);
+  if (state_.load(std::memory_order_relaxed) != breaker_state::open) return;
+  const std::int64_t now = clock_->now().count();
+  if (now < probe_at_.load(std::memory_order_relaxed)) {
+    probe_at_.store(now, std::memory_order_relaxed);
+    // A clock at the opening itself (a manual one) must see the probe due too.
+    opened_at_.store(std::min(opened_at_.load(std::memory_order_relaxed), now),
+                     std::memory_order_relaxed);
+  }
+}
+
 void circuit_breaker::open_locked(std::int64_t now) noexcept {
   failures_.store(0, std::memory_order_relaxed);
   probe_out_.store(false, std::memory_order_relaxed);

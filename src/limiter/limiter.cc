@@ -328,22 +328,38 @@ struct limiter::failover {
     return out;
   }
 
-  // Calls `warn` when the last warning is `warn_interval` old, else counts the event. One
-  // interval for all domains: a cluster losing a master warns once, not once per master.
+  // What the store says outside any call (store::set_listener): a domain that answers again
+  // probes at once, a domain with no keys left has its breaker closed, a warning is passed on.
+  void on_store_event(const store_event& e) {
+    switch (e.what) {
+      case store_event::kind::reachable:
+        domains[e.domain % domains.size()]->breaker.probe_now();
+        return;
+      case store_event::kind::retired:
+        domains[e.domain % domains.size()]->breaker.reset();
+        return;
+      case store_event::kind::warning:
+        if (warn) warn("sluice: store " + remote->describe() + ": " + std::string(e.text));
+        return;
+    }
+  }
+
+  // Counts a fallback of `p` for the warnings, and calls `warn` when the last warning is
+  // `warn_interval` old. One interval for all domains: a cluster losing a master warns once,
+  // not once per master. A warning says what failed now (or, while the breaker keeps the
+  // store out, the domain's last error), and how many fallbacks there were since the last
+  // warning, by policy.
   void warn_about(domain& dom, const policy& p, const error* cause) {
     if (!warn) return;
+    fallbacks_of(p.name).fetch_add(1, std::memory_order_relaxed);
     const std::int64_t now = time->now().count();
     std::int64_t last = last_warn_at.load(std::memory_order_relaxed);
     for (;;) {
       // A clock that stepped back before the last warning must not silence them.
       const bool due = last == kNever || now < last || now - last >= warn_interval;
-      if (!due) {
-        suppressed.fetch_add(1, std::memory_order_relaxed);
-        return;
-      }
+      if (!due) return;
       if (last_warn_at.compare_exchange_weak(last, now, std::memory_order_relaxed)) break;
     }
-    const std::uint64_t quiet = suppressed.exchange(0, std::memory_order_relaxed);
 
     std::string text = "sluice: " + store_name(dom);
     if (cause != nullptr) {
@@ -358,8 +374,50 @@ struct limiter::failover {
     text += p.name.empty() ? std::string("(inline)") : quote(p.name);
     text += ' ';
     text += consequence(p.on_failure);
-    text += "; " + std::to_string(quiet) + " more failures since the last warning";
+    text += "; " + fallback_summary(last == kNever ? -1 : std::max<std::int64_t>(0, now - last));
     warn(text);
+  }
+
+  // Returns the fallbacks counted since the last warning, `ago` µs back (-1: there was
+  // none), and takes them: "12 fallbacks in the last 10 s: policy "a" 8, "b" 4".
+  std::string fallback_summary(std::int64_t ago) {
+    std::vector<std::pair<std::uint64_t, std::string_view>> by_policy;
+    std::uint64_t total = 0;
+    const auto take = [&](std::string_view name, std::atomic<std::uint64_t>& n) {
+      const std::uint64_t got = n.exchange(0, std::memory_order_relaxed);
+      if (got == 0) return;
+      total += got;
+      by_policy.emplace_back(got, name);
+    };
+    for (const auto& [name, n] : fallbacks_by_policy) take(name, *n);
+    take("(inline)", inline_fallbacks);
+    std::sort(by_policy.begin(), by_policy.end(), [](const auto& a, const auto& b) {
+      return a.first != b.first ? a.first > b.first : a.second < b.second;
+    });
+    std::string out = std::to_string(total) + (total == 1 ? " fallback" : " fallbacks");
+    if (ago < 0) {
+      out += " so far";
+    } else {
+      out += " in the last " + std::to_string(ago / 1'000'000) + " s";
+    }
+    constexpr std::size_t kNamed = 8;  // a warning stays one line
+    for (std::size_t i = 0; i < by_policy.size() && i < kNamed; ++i) {
+      out += i == 0 ? ": policy " : ", ";
+      const std::string_view name = by_policy[i].second;
+      out += name == "(inline)" ? std::string(name) : quote(name);
+      out += ' ' + std::to_string(by_policy[i].first);
+    }
+    if (by_policy.size() > kNamed) {
+      out += " and " + std::to_string(by_policy.size() - kNamed) + " more policies";
+    }
+    return out;
+  }
+
+  // Returns the fallback counter of policies named `name` for the warnings: a registered
+  // one's, else the inline policies' counter.
+  std::atomic<std::uint64_t>& fallbacks_of(std::string_view name) noexcept {
+    const auto it = fallbacks_by_policy.find(name);
+    return it == fallbacks_by_policy.end() ? inline_fallbacks : *it->second;
   }
 
   const clock* time;
@@ -391,12 +449,30 @@ struct limiter::failover {
   internal::striped_counters counters{kCounters};
 
   std::atomic<std::int64_t> last_warn_at{kNever};  // µs
-  std::atomic<std::uint64_t> suppressed{0};        // events not warned about since then
+  // Fallbacks since the last warning, by registered policy name (filled by add_policy,
+  // before the limiter is shared) and for inline policies.
+  std::unordered_map<std::string, std::unique_ptr<std::atomic<std::uint64_t>>, name_hash,
+                     std::equal_to<>>
+      fallbacks_by_policy;
+  std::atomic<std::uint64_t> inline_fallbacks{0};
 };
 
 limiter::limiter(limiter_options options)
     : store_(std::move(options.store)),
-      failover_(std::make_unique<failover>(options, store_.get())) {}
+      failover_(std::make_unique<failover>(options, store_.get())) {
+  listen();
+}
+
+void limiter::listen() {
+  failover* f = failover_.get();
+  store_->set_listener([f](const store_event& e) { f->on_store_event(e); });
+}
+
+void limiter::stop_listening() noexcept {
+  // The store may outlive this limiter (another owner holds it): it must not call into
+  // the failover state once that is gone.
+  if (store_) store_->set_listener({});
+}
 
 limiter::limiter(std::shared_ptr<sluice::store> s)
     : limiter([&] {
@@ -406,12 +482,22 @@ limiter::limiter(std::shared_ptr<sluice::store> s)
       }()) {}
 
 limiter::~limiter() {
+  stop_listening();
   // The store goes first: its destructor answers what is still in flight and joins its I/O
   // thread, and those completions reach the breakers, which must outlive them.
   store_.reset();
 }
 limiter::limiter(limiter&&) noexcept = default;
-limiter& limiter::operator=(limiter&&) noexcept = default;
+
+limiter& limiter::operator=(limiter&& other) noexcept {
+  if (this == &other) return *this;
+  stop_listening();
+  store_.reset();  // as in the destructor: before the breakers its completions reach
+  store_ = std::move(other.store_);
+  failover_ = std::move(other.failover_);
+  policies_ = std::move(other.policies_);
+  return *this;
+}
 
 std::size_t limiter::breakers() const noexcept { return failover_->domains.size(); }
 
@@ -467,6 +553,8 @@ result<void> limiter::add_policy(policy p) {
     return make_error(errc::invalid_policy, "policy \"" + p.name + "\" is defined twice");
   }
   failover_->hits_by_policy.try_emplace(p.name, std::make_unique<std::atomic<std::uint64_t>>(0));
+  failover_->fallbacks_by_policy.try_emplace(p.name,
+                                             std::make_unique<std::atomic<std::uint64_t>>(0));
   std::string name = p.name;
   policies_.emplace(std::move(name), std::move(p));
   return {};

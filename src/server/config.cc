@@ -20,6 +20,7 @@
 //     api_tokens: [t1, t2]        # (comma-separated), or a file (one token a line, #
 //     admin_tokens_env: VAR       # comments); a relative file is relative to the config
 //     api_tokens_file: tokens.txt
+//     admin_open: false           # true: with no admin token, anyone may reset keys
 //   gate: {key_header: X-Forwarded-For, key_query: ""}   # "" turns a source off
 //   log: {level: info, access_log: false}                # trace debug info warn error off
 //   policies:                     # at least one; names are [A-Za-z0-9_.-]{1,64}
@@ -500,10 +501,15 @@ class reader {
 
   void read_auth(const entry& section, server_config& c) const {
     static constexpr std::array kKeys = {"api_tokens",   "api_tokens_env",   "api_tokens_file",
-                                         "admin_tokens", "admin_tokens_env", "admin_tokens_file"};
+                                         "admin_tokens", "admin_tokens_env", "admin_tokens_file",
+                                         "admin_open"};
     const entry* source[2] = {nullptr, nullptr};  // api, admin: one source each
     for (const entry& e : entries(section, "auth", kKeys)) {
       const std::string p = join("auth", e.key);
+      if (e.key == "admin_open") {
+        c.admin_open = boolean(e, p);
+        continue;
+      }
       const bool admin = e.key.starts_with("admin");
       const std::string_view kind = admin ? "admin_tokens" : "api_tokens";
       if (const entry* first = source[admin ? 1 : 0]; first != nullptr) {

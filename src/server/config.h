@@ -63,6 +63,9 @@ struct server_config {
   // Bearer tokens: empty lists mean no authentication for that kind of call.
   std::vector<std::string> api_tokens;    // acquire, peek, gate
   std::vector<std::string> admin_tokens;  // reset (an API token is not enough)
+  // With no admin token, admin calls (reset) are refused (403) unless this is set: then
+  // anyone may make them. `auth: {admin_open: true}`, `--admin-open`.
+  bool admin_open = false;
   key_source gate_key;
   bool access_log = false;
   std::string log_level = "info";  // trace, debug, info, warn, error, off

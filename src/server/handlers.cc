@@ -176,7 +176,10 @@ class request_handler::reply {
 };
 
 request_handler::request_handler(const server_config& config, limiter& lim, metrics& m)
-    : limiter_(lim), metrics_(m), max_key_bytes_(config.max_key_bytes) {
+    : limiter_(lim),
+      metrics_(m),
+      max_key_bytes_(config.max_key_bytes),
+      admin_open_(config.admin_open) {
   for (const auto& t : config.api_tokens) api_digests_.push_back(sha256(t));
   for (const auto& t : config.admin_tokens) admin_digests_.push_back(sha256(t));
   for (const served_policy& sp : config.policies) {
@@ -245,6 +248,12 @@ void request_handler::handle(http_request req, respond done) const {
   if (path.starts_with(kKeys)) {
     reply r(metrics_, route::reset, std::move(done));
     if (method != http::verb::delete_) return r(method_not_allowed("DELETE"));
+    if (admin_digests_.empty() && !admin_open_) {
+      return r(error_response(http::status::forbidden,
+                              "admin calls are off: no admin token is configured (set "
+                              "auth.admin_tokens, or auth.admin_open: true to let anyone reset)",
+                              "Authorization"));
+    }
     if (!authorized(req, true)) return r(unauthorized());
     return reset(path.substr(kKeys.size()), std::move(r));
   }
@@ -257,6 +266,7 @@ void request_handler::handle(http_request req, respond done) const {
     render_deny_cache_metrics(res.body(), limiter_, metrics_.policies());
     render_store_metrics(res.body(), limiter_.store());
     render_rls_metrics(res.body(), metrics_.rls());
+    render_process_metrics(res.body());
     return r(std::move(res));
   }
   if (path == "/healthz") {

@@ -101,6 +101,7 @@ class request_handler {
   limiter& limiter_;
   metrics& metrics_;
   std::size_t max_key_bytes_;
+  bool admin_open_;  // no admin token: admin calls open to anyone (else refused)
   std::vector<std::array<unsigned char, 32>> api_digests_;    // SHA-256 of each API token
   std::vector<std::array<unsigned char, 32>> admin_digests_;  // and of each admin token
   std::unordered_map<std::string, std::unique_ptr<served>, name_hash, std::equal_to<>> policies_;

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <charconv>
 #include <functional>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -61,6 +62,44 @@ constexpr std::size_t kReadSize = 8192;
 // How long a closing connection reads (and drops) what the client still sends, so that the
 // client sees the last response rather than a reset.
 constexpr std::chrono::milliseconds kLingerMax{2000};
+// How much longer than header_timeout the stream's own deadline gives a plain connection:
+// the session's header timer answers 408 first; the stream closes it if that cannot.
+constexpr std::chrono::milliseconds kHeaderGrace{1000};
+
+// Says when a warning about a kind of event may be logged: at most once per 10 s, standing
+// for every event since the last one logged. Thread-safe.
+class log_limit {
+ public:
+  // Counts an event. Returns how many events the caller's log line stands for (this one
+  // and those not logged since the last line), or 0 when it must not log now.
+  std::uint64_t due() noexcept {
+    unlogged_.fetch_add(1, std::memory_order_relaxed);
+    const std::int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::steady_clock::now().time_since_epoch())
+                                 .count();
+    std::int64_t last = last_.load(std::memory_order_relaxed);
+    if (last != kNever && now - last < kEvery) return 0;
+    if (!last_.compare_exchange_strong(last, now, std::memory_order_relaxed)) return 0;
+    return unlogged_.exchange(0, std::memory_order_relaxed);
+  }
+
+ private:
+  static constexpr std::int64_t kNever = std::numeric_limits<std::int64_t>::min();
+  static constexpr std::int64_t kEvery = 10000;  // ms
+  std::atomic<std::int64_t> last_{kNever};
+  std::atomic<std::uint64_t> unlogged_{0};
+};
+
+// The canned answer to a connection whose request header did not come in time.
+const std::string& header_timeout_response() {
+  static const std::string text = [] {
+    const std::string body = R"({"error":"request header not received within header_timeout"})";
+    return "HTTP/1.1 408 Request Timeout\r\nServer: sluice\r\nContent-Type: "
+           "application/json\r\nConnection: close\r\nContent-Length: " +
+           std::to_string(body.size()) + "\r\n\r\n" + body;
+  }();
+  return text;
+}
 
 class session;
 
@@ -153,6 +192,8 @@ struct http_server::impl {
   bool started = false;
   bool finished = false;
   std::chrono::steady_clock::time_point last_accept_warning{};
+  log_limit refusal_log;         // connections over max_connections
+  log_limit header_timeout_log;  // connections closed for a slow or missing header
 
   std::string address;
   std::uint16_t port = 0;
@@ -201,7 +242,10 @@ class session : public std::enable_shared_from_this<session> {
       const auto peer = tcp_stream().socket().remote_endpoint(ec);
       peer_ = ec ? "-" : endpoint_text(peer);
     }
-    if (!tls_) return wait_for_request();
+    if (!tls_) {
+      header_deadline_.emplace(tcp_stream().get_executor());
+      return wait_for_request();
+    }
     // The handshake counts against header_timeout, which restarts for the first request.
     tcp_stream().expires_after(srv_.options.header_timeout);
     tls_->async_handshake(
@@ -242,7 +286,11 @@ class session : public std::enable_shared_from_this<session> {
     // A new connection must send its header within header_timeout; a kept-alive one may
     // wait idle_timeout for its next request to begin.
     header_timer_running_ = first_;
-    tcp_stream().expires_after(first_ ? srv_.options.header_timeout : srv_.options.idle_timeout);
+    if (first_) {
+      expect_header();
+    } else {
+      tcp_stream().expires_after(srv_.options.idle_timeout);
+    }
     read_more();
   }
 
@@ -250,8 +298,52 @@ class session : public std::enable_shared_from_this<session> {
   // connection's start, for its first request).
   void begin_header() {
     phase_ = phase::reading;
-    if (!header_timer_running_) tcp_stream().expires_after(srv_.options.header_timeout);
+    if (!header_timer_running_) expect_header();
     header_timer_running_ = false;
+  }
+
+  // Starts header_timeout. A plain connection gets a 408 when it passes (the session's
+  // timer); a TLS one is closed by the stream's deadline (no record can be written
+  // outside the TLS stream's own operations).
+  void expect_header() {
+    if (!header_deadline_) return tcp_stream().expires_after(srv_.options.header_timeout);
+    tcp_stream().expires_after(srv_.options.header_timeout + kHeaderGrace);
+    header_deadline_->expires_after(srv_.options.header_timeout);
+    header_deadline_->async_wait([weak = weak_from_this()](const error_code& ec) {
+      const auto self = weak.lock();
+      if (ec || !self || !self->in_header()) return;
+      self->header_timed_out();
+    });
+  }
+
+  // True while the session waits for a request header under header_timeout.
+  bool in_header() const {
+    return (phase_ == phase::idle && header_timer_running_) ||
+           (phase_ == phase::reading && parser_ && !parser_->is_header_done());
+  }
+
+  // header_timeout passed on a plain connection: answers 408 (a non-blocking write, which
+  // fits: nothing else is being written) and closes; the read in flight then ends.
+  void header_timed_out() {
+    log_header_timeout();
+    srv_.counters.count_request(route::other, 408, srv_.options.header_timeout);
+    error_code ignored;
+    const std::string& text = header_timeout_response();
+    tcp_stream().socket().write_some(asio::buffer(text), ignored);
+    tcp_stream().socket().shutdown(tcp::socket::shutdown_both, ignored);
+    finish();
+  }
+
+  void log_header_timeout() {
+    const std::uint64_t n = srv_.header_timeout_log.due();
+    if (n == 0) return;
+    error_code ec;
+    const auto peer = tcp_stream().socket().remote_endpoint(ec);
+    spdlog::warn(
+        "sluice serve: closed {} connection(s) that sent no complete request header within "
+        "header_timeout ({} ms){}; the last from {}",
+        n, srv_.options.header_timeout.count(), tls_ ? "" : ", answering 408",
+        ec ? std::string("-") : endpoint_text(peer));
   }
 
   void read_more() {
@@ -263,7 +355,12 @@ class session : public std::enable_shared_from_this<session> {
     read_some(buffer_.prepare(room),
               [self = shared_from_this()](const error_code& ec, std::size_t n) {
                 // End of stream, a timeout, a reset: closed without an answer.
-                if (ec) return self->finish();
+                if (ec) {
+                  if (ec == beast::error::timeout && self->in_header()) {
+                    self->log_header_timeout();
+                  }
+                  return self->finish();
+                }
                 self->buffer_.commit(n);
                 if (self->phase_ == phase::idle) self->begin_header();
                 self->parse();
@@ -288,6 +385,7 @@ class session : public std::enable_shared_from_this<session> {
   // goes on with parse() itself.
   bool on_header() {
     began_ = std::chrono::steady_clock::now();
+    if (header_deadline_) header_deadline_->cancel();
     if (parser_->is_done()) return false;
     tcp_stream().expires_after(srv_.options.body_timeout);
     const auto& req = parser_->get();
@@ -496,8 +594,9 @@ class session : public std::enable_shared_from_this<session> {
   session* prev_ = nullptr;  // in w_.sessions
   session* next_ = nullptr;
 
-  std::optional<stream_type> plain_;    // the connection, without TLS; or
-  std::optional<tls_stream_type> tls_;  // TLS over it
+  std::optional<stream_type> plain_;           // the connection, without TLS; or
+  std::optional<tls_stream_type> tls_;         // TLS over it
+  std::optional<timer_type> header_deadline_;  // plain connections: header_timeout's 408
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http_response res_;
@@ -652,6 +751,12 @@ void http_server::impl::on_accept(const error_code& ec, socket_type socket, work
   }
   if (options.max_connections != 0 && open.load() >= options.max_connections) {
     counters.connection_refused();  // first: once the client hears, the count is there
+    if (const std::uint64_t n = refusal_log.due(); n > 0) {
+      spdlog::warn(
+          "sluice serve: refused {} connection(s) with 503: max_connections ({}) are open "
+          "(sluice_connections_refused_total counts them all)",
+          n, options.max_connections);
+    }
     error_code ignored;
     const std::string& busy = busy_response();
     socket.non_blocking(true, ignored);

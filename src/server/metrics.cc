@@ -1,7 +1,16 @@
 #include "server/metrics.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <system_error>
 
 #include "server/rls_metrics.h"
 
@@ -38,6 +47,36 @@ void sample(std::string& out, std::string_view name, std::string_view labels, st
   out += ' ';
   out += std::to_string(value);
   out += '\n';
+}
+
+void sample(std::string& out, std::string_view name, double value) {
+  char text[40];
+  // The shortest text that reads back as `value` (0.03, not 0.029999999999999999).
+  const auto [end, ec] = std::to_chars(text, text + sizeof text, value);
+  out += name;
+  out += ' ';
+  out.append(text, ec == std::errc{} ? end : text);
+  out += '\n';
+}
+
+// Returns the whole of a small /proc file, or "" when it cannot be read.
+std::string slurp(const char* path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Returns the system's boot time (btime of /proc/stat), Unix seconds, or 0.
+std::uint64_t boot_time() {
+  std::istringstream in(slurp("/proc/stat"));
+  std::string word;
+  while (in >> word) {
+    if (word == "btime") {
+      std::uint64_t t = 0;
+      in >> t;
+      return t;
+    }
+  }
+  return 0;
 }
 
 std::uint64_t load(const std::atomic<std::uint64_t>& a) noexcept {
@@ -255,6 +294,87 @@ std::string metrics::render(const limiter_stats& stats) const {
          "Connections closed at once because max_connections were open.");
   sample(out, "sluice_connections_refused_total", "", load(refused_));
   return out;
+}
+
+std::optional<process_stats> read_process_stats() {
+  // /proc/self/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses, so
+  // the fields are counted from the last ')'. After it come field 3 (state) onwards; utime
+  // is 14, stime 15, starttime 22, vsize 23, rss 24 (proc(5)).
+  const std::string stat = slurp("/proc/self/stat");
+  const std::size_t close = stat.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::istringstream fields(stat.substr(close + 1));
+  std::string field;
+  std::uint64_t utime = 0, stime = 0, start = 0, vsize = 0, rss = 0;
+  for (int i = 3; i <= 24 && fields >> field; ++i) {
+    std::uint64_t* into = i == 14   ? &utime
+                          : i == 15 ? &stime
+                          : i == 22 ? &start
+                          : i == 23 ? &vsize
+                          : i == 24 ? &rss
+                                    : nullptr;
+    if (into == nullptr) continue;
+    const auto [end, ec] = std::from_chars(field.data(), field.data() + field.size(), *into);
+    if (ec != std::errc{} || end != field.data() + field.size()) return std::nullopt;
+    if (i == 24) {
+      const long ticks = ::sysconf(_SC_CLK_TCK);
+      const long page = ::sysconf(_SC_PAGESIZE);
+      if (ticks <= 0 || page <= 0) return std::nullopt;
+      process_stats p;
+      p.resident_memory_bytes = rss * static_cast<std::uint64_t>(page);
+      p.virtual_memory_bytes = vsize;
+      p.cpu_seconds = static_cast<double>(utime + stime) / static_cast<double>(ticks);
+      p.start_time_seconds = static_cast<double>(boot_time()) +
+                             static_cast<double>(start) / static_cast<double>(ticks);
+      std::error_code ec_dir;
+      for (std::filesystem::directory_iterator it("/proc/self/fd", ec_dir), end_it;
+           !ec_dir && it != end_it; it.increment(ec_dir)) {
+        ++p.open_fds;
+      }
+      // The directory iterator held one descriptor of its own while it counted.
+      if (p.open_fds > 0) --p.open_fds;
+      rlimit limit{};
+      if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
+        p.max_fds = static_cast<std::uint64_t>(limit.rlim_cur);
+      }
+      return p;
+    }
+  }
+  return std::nullopt;
+}
+
+void render_process_metrics(std::string& out) {
+  if (const std::optional<process_stats> p = read_process_stats()) {
+    header(out, "process_cpu_seconds_total", "counter",
+           "Total user and system CPU time spent in seconds.");
+    sample(out, "process_cpu_seconds_total", p->cpu_seconds);
+    header(out, "process_open_fds", "gauge", "Number of open file descriptors.");
+    sample(out, "process_open_fds", "", p->open_fds);
+    if (p->max_fds != 0) {
+      header(out, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
+      sample(out, "process_max_fds", "", p->max_fds);
+    }
+    header(out, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.");
+    sample(out, "process_virtual_memory_bytes", "", p->virtual_memory_bytes);
+    header(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+    sample(out, "process_resident_memory_bytes", "", p->resident_memory_bytes);
+    header(out, "process_start_time_seconds", "gauge",
+           "Start time of the process since unix epoch in seconds.");
+    sample(out, "process_start_time_seconds", p->start_time_seconds);
+  }
+  header(out, "sluice_build_info", "gauge",
+         "Always 1; the labels say which build of sluice answers.");
+#if defined(__clang__)
+  const std::string compiler = "clang " __clang_version__;
+#elif defined(__GNUC__)
+  const std::string compiler = "gcc " __VERSION__;
+#else
+  const std::string compiler = "unknown";
+#endif
+  sample(out, "sluice_build_info",
+         "version=\"" + escape_label(SLUICE_VERSION) + "\",build_type=\"" +
+             escape_label(SLUICE_BUILD_TYPE) + "\",compiler=\"" + escape_label(compiler) + "\"",
+         1);
 }
 
 void render_deny_cache_metrics(std::string& out, const limiter& lim,

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -98,8 +99,8 @@ class metrics {
 
  private:
   // The status codes the server sends; any other is counted as "other".
-  static constexpr std::array<unsigned, 13> codes_ = {200, 204, 400, 401, 404, 405, 408,
-                                                      413, 429, 431, 500, 503, 0};
+  static constexpr std::array<unsigned, 14> codes_ = {200, 204, 400, 401, 403, 404, 405,
+                                                      408, 413, 429, 431, 500, 503, 0};
   static std::size_t code_index(unsigned status) noexcept;
 
   // Every per-request count lives in `counts_`, striped per thread (core/striped.h): the
@@ -151,6 +152,26 @@ void render_store_metrics(std::string& out, const store& s);
 //     `_unknown_` domain, `_override_` descriptors and each `entries` value appear once they
 //     count something.
 void render_rls_metrics(std::string& out, const rls_metrics& m);
+
+// The process's own figures, read from /proc/self at the moment of the call (Linux).
+struct process_stats {
+  std::uint64_t resident_memory_bytes = 0;  // RSS
+  std::uint64_t virtual_memory_bytes = 0;   // the address space's size
+  std::uint64_t open_fds = 0;               // entries of /proc/self/fd
+  std::uint64_t max_fds = 0;                // RLIMIT_NOFILE's soft limit
+  double cpu_seconds = 0;                   // user + system time
+  double start_time_seconds = 0;            // when the process started, Unix time
+};
+
+// Returns the process's figures, or nothing when /proc cannot be read (not Linux, or a
+// sandbox without it).
+std::optional<process_stats> read_process_stats();
+
+// Appends the standard process metrics under Prometheus's conventional names and types
+// (process_resident_memory_bytes, process_virtual_memory_bytes, process_open_fds,
+// process_max_fds, process_cpu_seconds_total, process_start_time_seconds), nothing when
+// read_process_stats() has nothing, and sluice_build_info{version,build_type,compiler} 1.
+void render_process_metrics(std::string& out);
 
 // Appends `bytes` to `out` as text that a Prometheus label value may hold (before the text
 // format's escaping), whatever they are: valid UTF-8 is copied, except control characters

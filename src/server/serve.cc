@@ -237,7 +237,13 @@ std::string service::summary() const {
     out += config_.tls.client_ca.empty() ? "; TLS" : "; TLS with client certificates";
   }
   if (!config_.api_tokens.empty()) out += "; API tokens required";
-  if (!config_.admin_tokens.empty()) out += "; admin tokens required";
+  if (!config_.admin_tokens.empty()) {
+    out += "; admin tokens required";
+  } else if (config_.admin_open) {
+    out += "; admin calls (reset) open to anyone (admin_open)";
+  } else {
+    out += "; admin calls (reset) refused: no admin token configured";
+  }
   if (const std::string g = grpc_address(); !g.empty()) {
     out += "; gRPC (Envoy rate limit service, health) on " + g;
   }
@@ -255,6 +261,10 @@ int serve(const server_config& config, std::ostream& out) {
       out << "sluice grpc listening on " << g << std::endl;
     }
     spdlog::info("sluice serve: {}", s.summary());
+    if (config.admin_tokens.empty() && config.admin_open) {
+      spdlog::warn("sluice serve: admin_open: anyone who reaches {} may reset any key",
+                   s.local_address());
+    }
     s.wait();
     spdlog::info("sluice serve: stopped");
     return 0;

@@ -45,6 +45,38 @@ TEST_F(CircuitBreaker, StartsClosed) {
   EXPECT_EQ(s.probes_failed, 0u);
 }
 
+// Verifies probe_now: while open it makes the probe due at once (one caller through, the
+// others refused), without touching the clock; a failed probe still doubles the period; it
+// changes nothing on a closed or half-open breaker. reset closes an open breaker.
+TEST_F(CircuitBreaker, ProbeNowMakesTheProbeDueAtOnce) {
+  sluice::circuit_breaker b{
+      {.failures_to_open = 1, .open_for = seconds(8), .max_open_for = seconds(30)}, clock_};
+  b.probe_now();
+  EXPECT_EQ(b.state(), breaker_state::closed);
+  fail(b, 1);
+  ASSERT_EQ(b.state(), breaker_state::open);
+  EXPECT_FALSE(b.allow());
+  b.probe_now();
+  EXPECT_EQ(b.next_probe_in(), microseconds(0));
+  EXPECT_TRUE(b.allow());
+  EXPECT_EQ(b.state(), breaker_state::half_open);
+  EXPECT_FALSE(b.allow());
+  b.probe_now();  // half-open: the probe is out, nothing changes
+  EXPECT_FALSE(b.allow());
+  b.on_failure();
+  EXPECT_EQ(b.next_probe_in(), seconds(16));
+  b.probe_now();
+  EXPECT_TRUE(b.allow());
+  b.on_success();
+  EXPECT_EQ(b.state(), breaker_state::closed);
+
+  fail(b, 1);
+  ASSERT_EQ(b.state(), breaker_state::open);
+  b.reset();
+  EXPECT_EQ(b.state(), breaker_state::closed);
+  EXPECT_TRUE(b.allow());
+}
+
 // Verifies the documented defaults.
 TEST_F(CircuitBreaker, DefaultOptions) {
   const sluice::breaker_options o;

@@ -338,8 +338,8 @@ TEST_F(LimiterFailureDomains, WarningsNameTheDomainAndItsLastError) {
   ASSERT_EQ(warnings().size(), 1u);
   EXPECT_EQ(warnings()[0],
             "sluice: store domains://test (failure domain 1 of 2) failed: store unavailable "
-            "(domain 1 down); policy \"chat\" failed closed (on_failure: deny); 0 more failures "
-            "since the last warning");
+            "(domain 1 down); policy \"chat\" failed closed (on_failure: deny); 1 fallback so "
+            "far: policy \"chat\" 1");
   ASSERT_TRUE(lim.acquire("chat", "bob"));  // not called, suppressed
   clock_.advance(seconds(1));
   store_->fail_domain(0);
@@ -350,7 +350,7 @@ TEST_F(LimiterFailureDomains, WarningsNameTheDomainAndItsLastError) {
   EXPECT_EQ(warnings()[1],
             "sluice: store domains://test (failure domain 1 of 2) not called: circuit breaker "
             "open after: store unavailable (domain 1 down); policy \"chat\" failed closed "
-            "(on_failure: deny); 2 more failures since the last warning");
+            "(on_failure: deny); 3 fallbacks in the last 10 s: policy \"chat\" 3");
   EXPECT_EQ(store_->calls_to(1), 1);
 }
 

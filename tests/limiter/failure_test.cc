@@ -421,7 +421,7 @@ TEST_F(LimiterFailure, WarnsOncePerIntervalWithTheSuppressedCount) {
   ASSERT_EQ(warnings().size(), 1u);
   EXPECT_EQ(warnings()[0],
             "sluice: store flaky://test failed: store timed out (injected by test); policy "
-            "\"chat\" failed open (on_failure: allow); 0 more failures since the last warning");
+            "\"chat\" failed open (on_failure: allow); 1 fallback so far: policy \"chat\" 1");
 
   // Two more store failures (the breaker opens for 15 s), then fallbacks without a call.
   for (int i = 0; i < 6; ++i) ASSERT_TRUE(lim.acquire(i % 2 ? "chat" : "api", "u"));
@@ -434,8 +434,8 @@ TEST_F(LimiterFailure, WarnsOncePerIntervalWithTheSuppressedCount) {
   ASSERT_EQ(warnings().size(), 2u);
   EXPECT_EQ(warnings()[1],
             "sluice: store flaky://test not called: circuit breaker open after: store timed "
-            "out (injected by test); policy \"api\" failed closed (on_failure: deny); 7 more "
-            "failures since the last warning");
+            "out (injected by test); policy \"api\" failed closed (on_failure: deny); 8 "
+            "fallbacks in the last 10 s: policy \"api\" 5, \"chat\" 3");
 
   clock_.advance(seconds(10));
   ASSERT_TRUE(lim.acquire("chat", "u"));  // the probe, which fails
@@ -443,7 +443,36 @@ TEST_F(LimiterFailure, WarnsOncePerIntervalWithTheSuppressedCount) {
   ASSERT_EQ(warnings().size(), 3u);
   EXPECT_EQ(warnings()[2],
             "sluice: store flaky://test failed: store timed out (injected by test); policy "
-            "\"chat\" failed open (on_failure: allow); 0 more failures since the last warning");
+            "\"chat\" failed open (on_failure: allow); 1 fallback in the last 10 s: policy "
+            "\"chat\" 1");
+}
+
+// Verifies what a warning says when several policies fall back between two warnings: the
+// error, and every policy that fell back with how often (most first), inline limits
+// together; not the one policy that happened to trigger it alone.
+TEST_F(LimiterFailure, WarningsCountTheFallbacksOfEveryPolicy) {
+  sluice::limiter lim = make_limiter({.failures_to_open = 100}, seconds(10));
+  ASSERT_TRUE(lim.add_policy({"chat", make(3, hours(1))}));
+  ASSERT_TRUE(lim.add_policy({"api", make(3, hours(1)), algorithm::gcra, failure_mode::deny}));
+  ASSERT_TRUE(lim.add_policy({"login", make(3, hours(1)), algorithm::gcra, failure_mode::local}));
+  store_->fail(errc::store_unavailable);
+  ASSERT_TRUE(lim.acquire("login", "u"));
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(lim.acquire("api", "u"));
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(lim.acquire("chat", "u"));
+  sluice::policy inline_limit;
+  inline_limit.limit = make(5, hours(1));
+  ASSERT_TRUE(lim.acquire(inline_limit, "u"));
+  clock_.advance(seconds(12));
+  ASSERT_TRUE(lim.acquire("chat", "u"));
+  ASSERT_EQ(warnings().size(), 2u);
+  EXPECT_EQ(warnings()[0],
+            "sluice: store flaky://test failed: store unavailable (injected by test); policy "
+            "\"login\" decided in-process (on_failure: local); 1 fallback so far: policy "
+            "\"login\" 1");
+  EXPECT_EQ(warnings()[1],
+            "sluice: store flaky://test failed: store unavailable (injected by test); policy "
+            "\"chat\" failed open (on_failure: allow); 10 fallbacks in the last 12 s: policy "
+            "\"api\" 5, \"chat\" 4, (inline) 1");
 }
 
 // Verifies that warnings from many threads at once still come once per interval, and that
@@ -468,15 +497,14 @@ TEST_F(LimiterFailure, WarningsFromManyThreadsAreRateLimited) {
   ASSERT_TRUE(lim.acquire("chat", "u"));
   ASSERT_EQ(warnings().size(), 2u);
   // Events that race the first warning (after it won the interval, before it read the
-  // count) are counted in it; the rest in the second. Together: every event but the two
-  // warned about.
+  // counts) are counted in it; the rest in the second. Together: every event, once.
   const auto more = [](const std::string& w) {
-    const std::size_t end = w.find(" more failures");
+    const std::size_t end = w.find(" fallback");
     const std::size_t begin = w.rfind(' ', end - 1) + 1;
     EXPECT_NE(end, std::string::npos) << w;
     return end == std::string::npos ? -1 : std::stoll(w.substr(begin, end - begin));
   };
-  EXPECT_EQ(more(warnings()[0]) + more(warnings()[1]), kThreads * kCalls - 1)
+  EXPECT_EQ(more(warnings()[0]) + more(warnings()[1]), kThreads * kCalls + 1)
       << warnings()[0] << "\n"
       << warnings()[1];
 }

@@ -88,7 +88,7 @@ limits:
   body_timeout: 2s
   idle_timeout: 30s
   drain_timeout: 0s
-auth: {api_tokens: [abc123, "def.456=="], admin_tokens: [root-token]}
+auth: {api_tokens: [abc123, "def.456=="], admin_tokens: [root-token], admin_open: true}
 gate: {key_header: X-Real-IP, key_query: user}
 log: {level: debug, access_log: true}
 policies:
@@ -120,6 +120,7 @@ deny_cache_max_keys: 5000
   EXPECT_EQ(c.drain_timeout, 0ms);
   EXPECT_EQ(c.api_tokens, (std::vector<std::string>{"abc123", "def.456=="}));
   EXPECT_EQ(c.admin_tokens, (std::vector<std::string>{"root-token"}));
+  EXPECT_TRUE(c.admin_open);
   EXPECT_EQ(c.gate_key.header, "X-Real-IP");
   EXPECT_EQ(c.gate_key.query, "user");
   EXPECT_EQ(c.log_level, "debug");
@@ -173,6 +174,7 @@ TEST(Config, MissingFieldsKeepTheDefaults) {
   EXPECT_EQ(c.drain_timeout, d.drain_timeout);
   EXPECT_TRUE(c.api_tokens.empty());
   EXPECT_TRUE(c.admin_tokens.empty());
+  EXPECT_FALSE(c.admin_open);  // admin calls refused until a token or admin_open
   EXPECT_EQ(c.gate_key.header, "X-Forwarded-For");
   EXPECT_EQ(c.gate_key.query, "");
   EXPECT_EQ(c.log_level, "info");
@@ -223,6 +225,7 @@ TEST(Config, ShippedExampleLoads) {
   EXPECT_EQ(c->policies[2].policy.limit, *parse_limit("5/15m"));
   EXPECT_EQ(c->policies[2].policy.algorithm, algorithm::sliding_counter);
   EXPECT_TRUE(c->policies[2].policy.shadow);
+  EXPECT_FALSE(c->admin_open);
 }
 
 // Verifies that load_config names the file it was given in its messages.
@@ -330,7 +333,7 @@ TEST(Config, UnknownKeys) {
             "key_query");
   EXPECT_EQ(message(std::string(kPolicies) + "auth: {tokens: [a]}\n"),
             "t.yaml:2: auth.tokens: unknown key; expected one of api_tokens, api_tokens_env, "
-            "api_tokens_file, admin_tokens, admin_tokens_env, admin_tokens_file");
+            "api_tokens_file, admin_tokens, admin_tokens_env, admin_tokens_file, admin_open");
 }
 
 // Verifies that algorithms and failure modes are checked by name.

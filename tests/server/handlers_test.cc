@@ -68,6 +68,7 @@ server_config base_config() {
   c.policies.push_back(make_policy("beta", "1/hour", algorithm::sliding_log, /*shadow=*/true));
   c.policies.push_back(make_policy("login", "2/1m", algorithm::gcra, false, {"X-User-Id", ""}));
   c.policies.push_back(make_policy("q", "2/1m", algorithm::sliding_counter, false, {"", "user"}));
+  c.admin_open = true;  // resets without a token; Handlers.AdminCallsAreRefusedByDefault
   return c;
 }
 
@@ -495,6 +496,37 @@ TEST_F(Handlers, ResetNeedsAnAdminToken) {
             http::status::no_content);
 }
 
+// Verifies that with no admin token configured a reset is refused, 403 with a JSON error that
+// says how to allow it, unless admin_open is set; with an admin token admin_open changes
+// nothing (a caller without the token still gets 401). API calls are not affected.
+TEST_F(Handlers, AdminCallsAreRefusedByDefault) {
+  server_config c = base_config();
+  c.admin_open = false;
+  build(c);
+  http_response r = call(http::verb::delete_, "/v1/keys/chat/u");
+  expect_error(r, http::status::forbidden, "Authorization");
+  EXPECT_NE(body_of(r)["error"].get<std::string>().find("no admin token is configured"),
+            std::string::npos)
+      << r.body();
+  EXPECT_NE(r.body().find("admin_open"), std::string::npos) << r.body();
+  expect_error(call(http::verb::delete_, "/v1/keys/chat/u", "", {{"Authorization", "Bearer x"}}),
+               http::status::forbidden, "Authorization");
+  EXPECT_EQ(metrics_->requests(route::reset, 403), 2u);
+  EXPECT_EQ(acquire(R"({"key": "u", "policy": "chat"})").result(), http::status::ok);
+
+  c.admin_open = true;
+  build(c);
+  EXPECT_EQ(call(http::verb::delete_, "/v1/keys/chat/u").result(), http::status::no_content);
+
+  c.admin_tokens = {"admin"};
+  build(c);
+  expect_error(call(http::verb::delete_, "/v1/keys/chat/u"), http::status::unauthorized,
+               "Authorization");
+  EXPECT_EQ(call(http::verb::delete_, "/v1/keys/chat/u", "", {{"Authorization", "Bearer admin"}})
+                .result(),
+            http::status::no_content);
+}
+
 // Verifies /healthz (always 200), /readyz (the store probe: 200 or 503) and /metrics (the
 // text format, with the decisions made so far).
 TEST_F(Handlers, HealthReadinessAndMetrics) {
@@ -533,6 +565,7 @@ TEST_F(Handlers, StoreDownFallsBackByPolicy) {
   c.policies.push_back(make_policy("open", "5/1m"));
   c.policies.push_back(make_policy("shut", "5/1m"));
   c.policies.back().policy.on_failure = failure_mode::deny;
+  c.admin_open = true;
   auto down = std::make_shared<fake_store>(fake_store_options{.uri = "redis://down:6379/0"});
   down->fail(sluice::errc::store_unavailable, "connection refused");
   build(c, down);

@@ -35,6 +35,9 @@
 #include <boost/beast/http/write.hpp>
 #include <nlohmann/json.hpp>
 
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/spdlog.h>
+
 #include "server/config.h"
 #include "server/metrics.h"
 #include "server/serve.h"
@@ -51,10 +54,31 @@ using namespace sluice::test::e2e;
 using sluice::server::service;
 using sluice::test::eventually;
 
+// Keeps what the server logs, for tests that check a log line. Thread-safe.
+class log_capture final : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  std::string text() {
+    const std::lock_guard lock(mutex_);
+    return text_;
+  }
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    text_.append(msg.payload.data(), msg.payload.size());
+    text_ += '\n';
+  }
+  void flush_() override {}
+
+ private:
+  std::string text_;
+};
+
 class Server : public ::testing::Test {
  protected:
   void start(server_config c = test_config()) {
     sluice::server::configure_logging("warn");
+    log_ = std::make_shared<log_capture>();
+    spdlog::default_logger()->sinks().push_back(log_);
     svc_ = std::make_unique<service>(c);
     svc_->start();
     port_ = svc_->port();
@@ -64,6 +88,7 @@ class Server : public ::testing::Test {
 
   std::unique_ptr<service> svc_;
   std::uint16_t port_ = 0;
+  std::shared_ptr<log_capture> log_;
 };
 
 // Verifies every endpoint over a real connection: acquire, peek, gate (204 and 429), reset,
@@ -215,9 +240,31 @@ TEST_F(Server, ConcurrentClientsAdmitExactlyTheLimit) {
   EXPECT_EQ(svc_->counters().decisions(slot, sluice::server::outcome::allowed), 100u);
 }
 
-// Verifies the header timeout against a slow client: half a header, then nothing; the
-// server closes the connection, unanswered, once header_timeout has passed. A connection
-// that sends nothing at all is closed the same way.
+// Verifies that the start-up line says who may make admin calls: refused with no admin
+// token, open to anyone with admin_open, token holders with tokens.
+TEST_F(Server, StartUpLineSaysWhoMayReset) {
+  server_config cfg = test_config();
+  cfg.admin_open = false;
+  start(cfg);
+  EXPECT_NE(svc_->summary().find("; admin calls (reset) refused: no admin token configured"),
+            std::string::npos)
+      << svc_->summary();
+  svc_.reset();
+  cfg.admin_open = true;
+  start(cfg);
+  EXPECT_NE(svc_->summary().find("; admin calls (reset) open to anyone (admin_open)"),
+            std::string::npos)
+      << svc_->summary();
+  svc_.reset();
+  cfg.admin_tokens = {"root"};
+  start(cfg);
+  EXPECT_NE(svc_->summary().find("; admin tokens required"), std::string::npos) << svc_->summary();
+}
+
+// Verifies the header timeout against a slow client: half a header, then nothing; once
+// header_timeout has passed the server answers 408 with a JSON error and closes. A
+// connection that sends nothing at all is answered the same way. Both are counted (408 on
+// route "other") and logged, rate-limited: one warning line for the two.
 TEST_F(Server, SlowClientIsClosedAfterHeaderTimeout) {
   server_config cfg = test_config();
   cfg.header_timeout = milliseconds(300);
@@ -229,13 +276,25 @@ TEST_F(Server, SlowClientIsClosedAfterHeaderTimeout) {
   const auto [data, ec] = slow.read_until_closed();
   const auto took = steady::now() - began;
   EXPECT_TRUE(closed_by_peer(ec)) << ec.message();
-  EXPECT_EQ(data, "");
+  EXPECT_EQ(data.rfind("HTTP/1.1 408 Request Timeout\r\n", 0), 0u) << data;
+  EXPECT_NE(data.find(R"({"error":"request header not received within header_timeout"})"),
+            std::string::npos)
+      << data;
   EXPECT_GE(took, milliseconds(290));
   EXPECT_LT(took, milliseconds(300) + seconds(5));
 
   const auto [nothing, ec2] = silent.read_until_closed();
   EXPECT_TRUE(closed_by_peer(ec2)) << ec2.message();
-  EXPECT_EQ(nothing, "");
+  EXPECT_EQ(nothing.rfind("HTTP/1.1 408 Request Timeout\r\n", 0), 0u) << nothing;
+  EXPECT_EQ(svc_->counters().requests(sluice::server::route::other, 408), 2u);
+
+  const std::string log = log_->text();
+  const std::string line =
+      "sluice serve: closed 1 connection(s) that sent no complete request header within "
+      "header_timeout (300 ms), answering 408; the last from 127.0.0.1:";
+  EXPECT_NE(log.find(line), std::string::npos) << log;
+  // The second within the 10 s is counted for the next warning, not logged on its own.
+  EXPECT_EQ(log.find("no complete request header"), log.rfind("no complete request header")) << log;
 }
 
 // Verifies the body timeout: a complete header, then half the body, then nothing.
@@ -286,11 +345,74 @@ TEST_F(Server, ConnectionsOverTheCapAreRefused) {
   EXPECT_EQ(
       sample(second.call(http::verb::get, "/metrics").body(), "sluice_connections_refused_total"),
       1);
+  EXPECT_NE(log_->text().find("sluice serve: refused 1 connection(s) with 503: max_connections "
+                              "(2) are open"),
+            std::string::npos)
+      << log_->text();
 
   first.reset();
   ASSERT_TRUE(eventually([&] { return svc_->counters().open_connections() == 1; }));
   client fourth(port_);
   EXPECT_EQ(fourth.call(http::verb::get, "/healthz").result(), http::status::ok);
+}
+
+// Returns the value of one sample line in a /metrics body as a double (the process metrics
+// are not all integers), or -1.
+double sample_value(const std::string& text, const std::string& series) {
+  const std::size_t at = text.find("\n" + series + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + series.size() + 2));
+}
+
+// Verifies the standard process metrics on /metrics (the server runs in this process): each
+// has its conventional type, the values are plausible (resident memory below virtual, a start
+// time in the last day, open descriptors below their limit), open descriptors rise by at least
+// the connections the test opens and fall back when they close, CPU time does not go back,
+// and sluice_build_info names the version.
+TEST_F(Server, ProcessMetricsAreExportedAndMove) {
+  start();
+  client c(port_);
+  const std::string before = c.call(http::verb::get, "/metrics").body();
+  for (const char* type :
+       {"# TYPE process_cpu_seconds_total counter", "# TYPE process_open_fds gauge",
+        "# TYPE process_max_fds gauge", "# TYPE process_virtual_memory_bytes gauge",
+        "# TYPE process_resident_memory_bytes gauge", "# TYPE process_start_time_seconds gauge",
+        "# TYPE sluice_build_info gauge"}) {
+    EXPECT_NE(before.find(std::string("\n") + type + "\n"), std::string::npos) << type;
+  }
+  const double rss = sample_value(before, "process_resident_memory_bytes");
+  const double vsize = sample_value(before, "process_virtual_memory_bytes");
+  EXPECT_GT(rss, 1 << 20);
+  EXPECT_GE(vsize, rss);
+  const double fds = sample_value(before, "process_open_fds");
+  const double max_fds = sample_value(before, "process_max_fds");
+  EXPECT_GT(fds, 2);
+  EXPECT_GT(max_fds, fds);
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const double started = sample_value(before, "process_start_time_seconds");
+  EXPECT_LE(started, now + 1);
+  EXPECT_GT(started, now - 86400);
+  const double cpu = sample_value(before, "process_cpu_seconds_total");
+  EXPECT_GE(cpu, 0);
+  EXPECT_NE(before.find("\nsluice_build_info{version=\"" SLUICE_TEST_VERSION "\","),
+            std::string::npos);
+
+  // Each connection is two descriptors here: the client's socket and the server's.
+  std::vector<std::unique_ptr<client>> more;
+  for (int i = 0; i < 20; ++i) {
+    more.push_back(std::make_unique<client>(port_));
+    EXPECT_EQ(more.back()->call(http::verb::get, "/healthz").result(), http::status::ok);
+  }
+  const std::string during = c.call(http::verb::get, "/metrics").body();
+  EXPECT_GE(sample_value(during, "process_open_fds"), fds + 20);
+  EXPECT_GE(sample_value(during, "process_cpu_seconds_total"), cpu);
+  EXPECT_EQ(sample_value(during, "process_start_time_seconds"), started);
+
+  more.clear();
+  ASSERT_TRUE(eventually([&] {
+    return sample_value(c.call(http::verb::get, "/metrics").body(), "process_open_fds") <= fds + 4;
+  }));
 }
 
 // Verifies the body limit: a declared length over it gets 413 (field "body") without the
@@ -563,6 +685,25 @@ TEST(ServeCommand, SigintStopsAnIdleServer) {
   ASSERT_NE(port_of(serve.first_line()), 0);
   serve.signal(SIGINT);
   EXPECT_EQ(serve.wait_exit(), std::optional<int>(0));
+}
+
+// Verifies --admin-open: without it (and with no admin token) `sluice serve` refuses a reset
+// with 403 before looking at it; with it the reset goes through to the handler (here a 404:
+// the server has no policy of that name).
+TEST(ServeCommand, AdminOpenFlagLetsResetsThrough) {
+  for (const bool open : {false, true}) {
+    std::vector<std::string> args = {"--listen", "127.0.0.1:0"};
+    if (open) args.push_back("--admin-open");
+    serve_process serve(args);
+    const std::uint16_t port = port_of(serve.first_line());
+    ASSERT_NE(port, 0);
+    client c(port);
+    const response r = c.call(http::verb::delete_, "/v1/keys/chat/u");
+    EXPECT_EQ(r.result(), open ? http::status::not_found : http::status::forbidden) << r.body();
+    c.close();
+    serve.signal(SIGTERM);
+    EXPECT_EQ(serve.wait_exit(), std::optional<int>(0));
+  }
 }
 
 // Verifies that a port in use exits 1 and a config file that cannot be read exits 2, each

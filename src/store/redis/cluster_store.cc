@@ -126,6 +126,7 @@ struct redis_cluster_store::impl {
   std::set<std::shared_ptr<asio::steady_timer>> waits;  // calls waiting to be tried again
   std::vector<node*> masters;                           // of the map applied last
   bool mapped = false;                                  // a map has been applied
+  std::array<bool, 1 + kNodeDomains> held{};            // domains with slots in that map
   bool refreshing = false;
   bool closing = false;
   std::size_t refresh_cursor = 0;
@@ -567,7 +568,17 @@ struct redis_cluster_store::impl {
     refresh_wanted = true;
   }
 
+  // Returns the failure domain of node index `index` (kNoNode: slots with no known master).
+  static std::size_t domain_of(std::uint16_t index) {
+    return index == kNoNode ? 0 : 1 + index % kNodeDomains;
+  }
+
   void apply(const std::vector<redis::slot_range>& ranges) {
+    // The domains that hold slots before and after, to tell the limiter which ones came
+    // (a promoted replica: probe at once) and which went (a dead master: nothing calls it).
+    // A redirection may have moved a domain's last slot already: the map applied last counts.
+    std::array<bool, 1 + kNodeDomains> before = held, after{};
+    for (const auto& o : owner) before[domain_of(o.load(std::memory_order_relaxed))] = true;
     std::vector<std::uint16_t> table(kClusterSlots, kNoNode);
     std::vector<node*> now_masters;
     for (const auto& r : ranges) {
@@ -581,7 +592,13 @@ struct redis_cluster_store::impl {
     for (int s = 0; s < kClusterSlots; ++s) {
       owner[static_cast<std::size_t>(s)].store(table[static_cast<std::size_t>(s)],
                                                std::memory_order_release);
+      after[domain_of(table[static_cast<std::size_t>(s)])] = true;
     }
+    for (std::size_t d = 0; d < before.size(); ++d) {
+      if (before[d] && !after[d]) shared->emit({store_event::kind::retired, d, {}});
+      if (!before[d] && after[d]) shared->emit({store_event::kind::reachable, d, {}});
+    }
+    held = after;
     masters = std::move(now_masters);
     mapped = true;
     master_count = masters.size();
@@ -628,6 +645,16 @@ redis_cluster_store::redis_cluster_store(redis_cluster_options options) {
   impl& m = *impl_;
   m.work.emplace(m.io.get_executor());
   m.tick.emplace(m.io);
+  m.shared->on_reconnected = [p = &m](const redis::endpoint& where) {
+    std::uint16_t index = kNoNode;
+    {
+      std::lock_guard lock(p->nodes_mu);
+      const auto it = p->by_address.find(where.text());
+      if (it == p->by_address.end()) return;
+      index = it->second;
+    }
+    p->shared->emit({store_event::kind::reachable, impl::domain_of(index), {}});
+  };
   for (const auto& seed : m.options.seeds) m.node_at(seed.host, seed.port);
   m.thread = std::thread([io = &m.io] { io->run(); });
   asio::post(m.io, [p = &m] {
@@ -667,6 +694,10 @@ void redis_cluster_store::async_refund(const request& r, completion done) {
 
 void redis_cluster_store::async_reset(std::string_view key, reset_completion done) {
   impl_->reset(key, std::move(done));
+}
+
+void redis_cluster_store::set_listener(event_listener listen) {
+  impl_->shared->set_listener(std::move(listen));
 }
 
 std::size_t redis_cluster_store::failure_domains() const noexcept { return 1 + kNodeDomains; }

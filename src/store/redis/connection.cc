@@ -262,7 +262,8 @@ class asio_connection final : public connection,
     armed_at_.reset();
     handshaken_ = true;
     backoff_ = options().reconnect_min;
-    if (connected_before_) ++shared_->reconnects;
+    const bool again = connected_before_;
+    if (again) ++shared_->reconnects;
     connected_before_ = true;
     ++shared_->connected;
     {
@@ -271,9 +272,47 @@ class asio_connection final : public connection,
       last_error_.clear();
       first_attempt_done_ = true;
     }
+    // Before the first caller can go: its calls queue behind the check, so its answer
+    // comes after the check's. A sentinel keeps no counters: only data nodes are asked.
+    if (!hooks_.sentinel && shared_->first_check_of(where_)) check_persistence();
     first_cv_.notify_all();
     arm_deadline_timer();
     if (hooks_.on_up) hooks_.on_up();
+    if (again && shared_->on_reconnected) shared_->on_reconnected(to_);
+  }
+
+  // Asks whether this server keeps its data across a restart (AOF or RDB snapshots) and
+  // warns once per store when it keeps neither: a restart then forgets every counter. A
+  // server that refuses CONFIG (renamed, or denied by an ACL) is not asked again, silently.
+  void check_persistence() {
+    std::string command;
+    redis::append_command(command, {"CONFIG", "GET", "appendonly"});
+    redis::append_command(command, {"CONFIG", "GET", "save"});
+    struct answers {
+      std::optional<std::string> appendonly, save;
+      int left = 2;
+    };
+    auto got = std::make_shared<answers>();
+    std::vector<pending> both(2);
+    for (std::size_t i = 0; i < both.size(); ++i) {
+      both[i].deadline = steady::now() + options().connect_timeout;
+      both[i].done = [self = shared_from_this(), got, i](result<reply> r) {
+        // CONFIG GET answers [name, value]; an error or anything else leaves it unknown.
+        if (r && r->type == reply::kind::array && r->elements.size() == 2) {
+          (i == 0 ? got->appendonly : got->save) = r->elements[1].text;
+        }
+        if (--got->left > 0) return;
+        if (!got->appendonly || !got->save) return;
+        if (*got->appendonly != "no" || !got->save->empty()) return;
+        if (!self->shared_->first_persistence_warning()) return;
+        const std::string text =
+            "redis " + self->where_ +
+            " keeps no data across a restart (appendonly no, save \"\"): a restart forgets "
+            "every counter, and keys admit their whole limit again";
+        self->shared_->emit({store_event::kind::warning, 0, text});
+      };
+    }
+    submit(std::move(command), std::move(both));
   }
 
   // --- the pipeline -------------------------------------------------------------------
@@ -530,6 +569,27 @@ shared_state::shared_state(redis_store_options o) : options(std::move(o)) {
   char id[17];
   std::snprintf(id, sizeof id, "%08x%08x", rd(), rd());
   instance = id;
+}
+
+void shared_state::set_listener(store::event_listener listen) {
+  const std::lock_guard lock(listener_mu);
+  listener = std::move(listen);
+  if (!listener) return;
+  for (const std::string& text : unheard) listener({store_event::kind::warning, 0, text});
+  unheard.clear();
+}
+
+void shared_state::emit(const store_event& e) {
+  const std::lock_guard lock(listener_mu);
+  if (listener) return listener(e);
+  if (e.what == store_event::kind::warning) unheard.emplace_back(e.text);
+}
+
+bool shared_state::first_check_of(const std::string& where) {
+  const std::lock_guard lock(checked_mu);
+  if (std::find(checked.begin(), checked.end(), where) != checked.end()) return false;
+  checked.push_back(where);
+  return true;
 }
 
 std::string shared_state::next_token() {

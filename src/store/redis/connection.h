@@ -42,6 +42,16 @@ struct script {
   std::string sha;
 };
 
+// Where one connection goes: a TCP host and port, or a Unix socket.
+struct endpoint {
+  std::string host;
+  std::uint16_t port = 0;
+  std::string unix_socket;
+
+  // "host:port" ("[::1]:port" for IPv6) or the socket path, for messages and as a map key.
+  std::string text() const;
+};
+
 // The pieces every connection of one store shares. Immutable after construction but for
 // the counters.
 struct shared_state {
@@ -62,6 +72,28 @@ struct shared_state {
   std::atomic<std::uint64_t> batched{0};
   std::atomic<std::size_t> connected{0};
 
+  // Called on the I/O thread when a connection to `where` is up again after it had been
+  // up before (a reconnect); set by the store before any connection starts. Empty: nothing.
+  std::function<void(const endpoint& where)> on_reconnected;
+
+  // The store's listener (store::set_listener) and the warnings said before there was one.
+  // Thread-safe: `emit` calls the listener under the lock, so once set_listener returns the
+  // old one is not running.
+  void set_listener(store::event_listener listen);
+  void emit(const store_event& e);
+
+  // Returns true the first time it is asked about `where`: its persistence is checked once.
+  bool first_check_of(const std::string& where);
+  // Returns true the first time: the store warns about persistence once.
+  bool first_persistence_warning() { return !persistence_warned.exchange(true); }
+
+  std::mutex listener_mu;
+  store::event_listener listener;    // guarded by listener_mu
+  std::vector<std::string> unheard;  // warnings before a listener; guarded by listener_mu
+  std::mutex checked_mu;
+  std::vector<std::string> checked;  // endpoints whose persistence was checked
+  std::atomic<bool> persistence_warned{false};
+
   // Returns the script `c` runs.
   const script& script_of(const script_call& c) const {
     if (c.op == script_op::acquire_all) return scripts[3];
@@ -73,16 +105,6 @@ struct shared_state {
   bool batching() const { return options.batch > 1; }
   // A token no other call of any process uses: `<instance>:<sequence>`.
   std::string next_token();
-};
-
-// Where one connection goes: a TCP host and port, or a Unix socket.
-struct endpoint {
-  std::string host;
-  std::uint16_t port = 0;
-  std::string unix_socket;
-
-  // "host:port" ("[::1]:port" for IPv6) or the socket path, for messages and as a map key.
-  std::string text() const;
 };
 
 // One connection to one Redis server: connect, handshake (AUTH, SELECT, SCRIPT LOAD), then

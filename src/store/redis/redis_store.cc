@@ -52,12 +52,20 @@ redis_store::redis_store(redis_store_options options) {
   const auto& o = impl_->shared->options;
   redis::endpoint to{o.host, o.port, o.unix_socket};
   impl_->work.emplace(impl_->io.get_executor());
+  // One server, one failure domain: any connection back means the server answers again.
+  impl_->shared->on_reconnected = [s = impl_->shared.get()](const redis::endpoint&) {
+    s->emit({store_event::kind::reachable, 0, {}});
+  };
   for (std::size_t i = 0; i < o.pool; ++i) {
     impl_->connections.push_back(redis::make_connection(impl_->io, impl_->shared, to));
   }
   for (auto& c : impl_->connections) c->start();
   impl_->thread = std::thread([io = &impl_->io] { io->run(); });
   for (auto& c : impl_->connections) c->wait_first_attempt(o.connect_timeout);
+}
+
+void redis_store::set_listener(event_listener listen) {
+  impl_->shared->set_listener(std::move(listen));
 }
 
 redis_store::~redis_store() {

@@ -241,6 +241,9 @@ struct redis_sentinel_store::impl : std::enable_shared_from_this<impl> {
       hooks.require_master = true;
       hooks.on_up = [this, first_attempts] {
         if (*first_attempts > 0 && --*first_attempts == 0) settle();
+        // One failure domain: a master connection up means decisions can go through (the
+        // limiter's breaker probes at once instead of waiting out its open period).
+        shared->emit({store_event::kind::reachable, 0, {}});
       };
       hooks.on_down = [this, gen, first_attempts](const std::string&) {
         if (*first_attempts > 0 && --*first_attempts == 0) settle();
@@ -386,6 +389,10 @@ redis_sentinel_store::~redis_sentinel_store() {
   // Let the closes run, then stop whatever timers are still armed.
   asio::post(impl_->io, [io = &impl_->io] { asio::post(*io, [io] { io->stop(); }); });
   impl_->thread.join();
+}
+
+void redis_sentinel_store::set_listener(event_listener listen) {
+  impl_->shared->set_listener(std::move(listen));
 }
 
 void redis_sentinel_store::async_acquire(const request& r, completion done) {

@@ -549,6 +549,57 @@ TEST(RedisClusterStore, FailurePolicyAppliesToTheDeadMastersKeysOnly) {
   EXPECT_LT(s.store_errors, 30u);
 }
 
+// Verifies that the breaker of a master that failed over does not stay open: once the
+// replica is promoted and the store has the new slot map, the dead master's domain holds no
+// slots, its breaker is closed (nothing would ever probe it), and the limiter's stats (the
+// server's sluice_breakers_open and sluice_breaker_state) say every breaker is closed while
+// the failed master's keys are decided by Redis again.
+TEST(RedisClusterStore, BreakerOfAFailedOverMasterCloses) {
+  redis_cluster cluster;
+  auto store = std::make_shared<redis_cluster_store>(options_for(cluster, 300ms));
+  const auto masters = cluster.masters();
+  const std::uint16_t victim = masters[0].port;
+  const auto keys = keys_on(cluster, *store, victim, 3, "bf:");
+  const std::size_t dead_domain = store->failure_domain(keys[0]);
+  limiter_options lo;
+  lo.store = store;
+  lo.breaker.failures_to_open = 2;
+  lo.breaker.open_for = 1s;
+  lo.breaker.max_open_for = 30s;
+  limiter lim(lo);
+  policy p;
+  p.limit = limit{1'000'000, std::chrono::hours(1)};
+  p.algorithm = algorithm::gcra;
+  p.on_failure = failure_mode::allow;
+  ASSERT_EQ(lim.acquire(p, keys[0])->source, decision_source::store);
+
+  cluster.kill(victim);
+  ASSERT_TRUE(test::eventually(
+      [&] {
+        (void)lim.acquire(p, keys[0]);
+        return lim.breaker(dead_domain).state() == breaker_state::open;
+      },
+      10s));
+  EXPECT_EQ(lim.stats().breakers_open, 1u);
+  cluster.wait_for_failover(victim, 30s);
+
+  // The keys come back to Redis on the promoted replica's domain, and the dead master's
+  // breaker is closed rather than left open for as long as the process runs.
+  ASSERT_TRUE(test::eventually(
+      [&] {
+        return lim.acquire(p, keys[0])->source == decision_source::store &&
+               store->failure_domain(keys[0]) != dead_domain;
+      },
+      20s));
+  ASSERT_TRUE(test::eventually([&] { return lim.stats().breakers_open == 0; }, 5s))
+      << lim.stats().breakers_open << " breakers still open";
+  const limiter_stats s = lim.stats();
+  EXPECT_EQ(s.breaker, breaker_state::closed);
+  EXPECT_EQ(lim.breaker(dead_domain).state(), breaker_state::closed);
+  EXPECT_GE(s.breaker_opened, 1u);
+  for (const auto& k : keys) EXPECT_EQ(lim.acquire(p, k)->source, decision_source::store);
+}
+
 // Verifies resharding under load: `redis-cli --cluster reshard` moves the slot holding
 // three live keys (one per algorithm) and 20,000 others to another master while threads
 // decide on those keys, synchronously and in batched bursts. Every ASK / MOVED is followed

@@ -4,11 +4,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "sluice/clock.h"
 #include "sluice/limiter.h"
 #include "sluice/redis_store.h"
 #include "support/redis_server.h"
@@ -20,6 +23,8 @@ namespace {
 
 using namespace std::chrono_literals;
 using test::redis_server;
+using test::redis_server_options;
+using steady = std::chrono::steady_clock;
 
 struct harness {
   explicit harness(redis_server& server, std::chrono::milliseconds timeout = 200ms) {
@@ -85,8 +90,14 @@ TEST(RedisStoreFailure, EachModeDoesWhatItSays) {
   EXPECT_GE(during.breaker_opened, 1u);
   {
     std::lock_guard lock(h.mu);
-    ASSERT_EQ(h.warnings.size(), 1u);  // one warning for the whole outage (interval 1 h)
-    EXPECT_NE(h.warnings[0].find("redis"), std::string::npos) << h.warnings[0];
+    // One warning for the whole outage (interval 1 h), besides the one that this Redis keeps
+    // no data (RedisStorePersistence).
+    std::vector<std::string> outage;
+    for (const std::string& w : h.warnings) {
+      if (w.find("keeps no data") == std::string::npos) outage.push_back(w);
+    }
+    ASSERT_EQ(outage.size(), 1u);
+    EXPECT_NE(outage[0].find("redis"), std::string::npos) << outage[0];
   }
 
   server.start();
@@ -130,6 +141,114 @@ TEST(RedisStoreFailure, OpenBreakerAnswersWithoutWaiting) {
   EXPECT_LT(latencies[latencies.size() / 2], 1ms);
   EXPECT_GE(h.lim->stats().breaker_opened, 1u);
   EXPECT_LT(h.store->stats().requests, 50u);
+}
+
+// Verifies that the breaker probes as soon as the store's connection is back, instead of
+// waiting out an open period that a long outage doubled up to max_open_for (30 s): the
+// limiter's clock is frozen once the period has grown, so only the store's signal can
+// bring decisions back to Redis, and they come back within a few reconnect intervals.
+TEST(RedisStoreFailure, BreakerProbesAtOnceWhenRedisIsBack) {
+  redis_server server;
+  auto o = parse_redis_uri(server.full_uri());
+  ASSERT_TRUE(o);
+  o->timeout = 200ms;
+  o->reconnect_min = 5ms;
+  o->reconnect_max = 20ms;
+  auto store = std::make_shared<redis_store>(*o);
+  manual_clock clock{std::chrono::seconds(1'700'000'000)};
+  limiter_options lo;
+  lo.store = store;
+  lo.time_source = &clock;
+  lo.breaker.failures_to_open = 1;
+  lo.breaker.open_for = 1s;
+  lo.breaker.max_open_for = 30s;
+  limiter lim(std::move(lo));
+  ASSERT_TRUE(lim.add_policy({"p", *parse_limit("100/1h"), algorithm::gcra, failure_mode::deny}));
+  ASSERT_EQ(lim.acquire("p", "k")->source, decision_source::store);
+
+  server.stop();
+  ASSERT_EQ(lim.acquire("p", "k")->source, decision_source::fallback_deny);
+  ASSERT_EQ(lim.breaker().state(), breaker_state::open);
+  // Each failed probe doubles the open period: 1, 2, 4, 8, 16, then 30 s.
+  for (int i = 0; i < 8 && lim.breaker().next_probe_in() < 30s; ++i) {
+    clock.advance(lim.breaker().next_probe_in());
+    EXPECT_EQ(lim.acquire("p", "k")->source, decision_source::fallback_deny);
+  }
+  ASSERT_EQ(lim.breaker().next_probe_in(), std::chrono::microseconds(30s));
+
+  server.start();
+  const auto back = steady::now();
+  ASSERT_TRUE(
+      eventually([&] { return lim.acquire("p", "k")->source == decision_source::store; }, 5s));
+  const auto took = steady::now() - back;
+  EXPECT_LT(took, 2s);
+  EXPECT_EQ(lim.breaker().state(), breaker_state::closed);
+  EXPECT_EQ(lim.stats().breakers_open, 0u);
+  std::printf(
+      "decisions back from Redis %lld ms after it answered again\n",
+      static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
+}
+
+// Returns the warnings a limiter over a store on `server` gets, once a decision made after
+// the store connected has come back (the persistence check goes first on the connection).
+std::vector<std::string> warnings_of(redis_server& server) {
+  auto o = parse_redis_uri(server.full_uri());
+  EXPECT_TRUE(o);
+  o->timeout = 2s;
+  auto store = std::make_shared<redis_store>(*o);
+  auto warnings = std::make_shared<std::vector<std::string>>();
+  auto mu = std::make_shared<std::mutex>();
+  limiter_options lo;
+  lo.store = store;
+  lo.warn = [warnings, mu](std::string_view w) {
+    std::lock_guard lock(*mu);
+    warnings->emplace_back(w);
+  };
+  limiter lim(std::move(lo));
+  policy p;
+  p.limit = *parse_limit("5/1m");
+  for (int i = 0; i < 3; ++i) {
+    auto d = lim.acquire(p, "w");
+    EXPECT_TRUE(d && d->source == decision_source::store);
+  }
+  std::lock_guard lock(*mu);
+  return *warnings;
+}
+
+// Verifies the persistence check at connect: a Redis with neither AOF nor RDB snapshots
+// (what the test support starts) gets one warning that says what a restart loses, however
+// many decisions follow; one with `appendonly yes`, or with RDB snapshots, gets none; and one
+// that refuses CONFIG (renamed away) gets none, and decides as usual.
+TEST(RedisStorePersistence, WarnsOnceWhenRedisKeepsNoData) {
+  {
+    redis_server bare;
+    const auto w = warnings_of(bare);
+    ASSERT_EQ(w.size(), 1u);
+    EXPECT_NE(w[0].find("redis 127.0.0.1:" + std::to_string(bare.port()) +
+                        " keeps no data across a restart (appendonly no, save \"\")"),
+              std::string::npos)
+        << w[0];
+    EXPECT_NE(w[0].find("a restart forgets every counter"), std::string::npos) << w[0];
+  }
+  {
+    redis_server_options so;
+    so.extra_config = {"appendonly yes"};
+    redis_server aof(so);
+    ASSERT_EQ(aof.command({"CONFIG", "GET", "appendonly"}), "[appendonly, yes]");
+    EXPECT_EQ(warnings_of(aof), std::vector<std::string>{});
+  }
+  {
+    redis_server_options so;
+    so.extra_config = {"save \"3600 1\""};
+    redis_server rdb(so);
+    EXPECT_EQ(warnings_of(rdb), std::vector<std::string>{});
+  }
+  {
+    redis_server_options so;
+    so.extra_config = {"rename-command CONFIG \"\""};
+    redis_server no_config(so);
+    EXPECT_EQ(warnings_of(no_config), std::vector<std::string>{});
+  }
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -299,17 +300,24 @@ TEST(RedisSentinelStore, SurvivesSentinelFailoverUnderLoad) { expect_survives_fa
 
 // Verifies the +switch-master path: with no call in flight (so no lost connection or
 // READONLY reply to notice), a hung master failed over moves the store to the new master
-// at once, from the sentinels' message alone; without the subscription it stays.
+// at once, from the sentinels' message alone; without the subscription it stays. The
+// store's listener hears `reachable` when the new master's connection is up (so a limiter's
+// breaker probes at once).
 TEST(RedisSentinelStore, FollowsSwitchMasterMessages) {
   redis_sentinel_group group;
   const std::uint16_t old_master = group.master_port();
   redis_sentinel_store watching(options_for(group.uri()));
+  auto reachable = std::make_shared<std::atomic<int>>(0);  // outlives the store's events
+  watching.set_listener([reachable](const store_event& e) {
+    if (e.what == store_event::kind::reachable) ++*reachable;
+  });
   auto deaf_options = options_for(group.uri());
   deaf_options.subscribe = false;
   redis_sentinel_store deaf(deaf_options);
   ASSERT_EQ(watching.stats().master, port_text(old_master));
   ASSERT_EQ(deaf.stats().master, port_text(old_master));
   group.server(old_master).pause();
+  reachable->store(0);  // from here on, only connections to a new master can come up
   const std::uint16_t promoted = group.wait_for_new_master(old_master, 20s);
   EXPECT_TRUE(test::eventually([&] { return watching.stats().master == port_text(promoted); }, 5s))
       << watching.stats().master;
@@ -318,6 +326,7 @@ TEST(RedisSentinelStore, FollowsSwitchMasterMessages) {
   // The new connection may still be in its handshake.
   EXPECT_TRUE(test::eventually([&] { return watching.health().ready; }, 5s))
       << watching.health().detail;
+  EXPECT_TRUE(test::eventually([&] { return reachable->load() > 0; }, 5s));
   auto d = watching.acquire(req("switched", 1));
   ASSERT_TRUE(d) << d.error().message();
   EXPECT_EQ(group.command(promoted, {"EXISTS", "sluice:switched"}), "1");
