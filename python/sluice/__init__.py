@@ -8,7 +8,7 @@
         print(f"retry in {decision.retry_after:.1f}s")
 
 `Limiter` opens a store by URI (memory://, redis://, rediss://, unix://,
-redis+cluster://) and decides on named policies or inline limits ("10/1m",
+redis+cluster://, redis+sentinel://) and decides on named policies or inline limits ("10/1m",
 (10, 60.0)); `acquire_async` and `peek_async` are awaitables for asyncio.
 Store failures are warned about through `logging` (logger "sluice"), at most
 one warning per 10 seconds. `sluice.compat` is a drop-in for the reference

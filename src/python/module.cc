@@ -824,8 +824,8 @@ PYBIND11_MODULE(_sluice, m) {
       "    if not limiter.acquire(\"chat\", \"user:42\"): ...\n")
       .def(py::init<const std::string&, const py::object&>(), py::arg("store") = "memory://",
            py::arg("policies") = py::none(),
-           "Opens `store` (memory://, redis://, rediss://, unix://, redis+cluster://...) and\n"
-           "registers `policies`: name -> a limit (\"30/hour\" or (30, 3600.0)) or a dict\n"
+           "Opens `store` (memory://, redis://, unix://, redis+cluster://, redis+sentinel://...)\n"
+           "and registers `policies`: name -> a limit (\"30/hour\" or (30, 3600.0)) or a dict\n"
            "{\"limit\": ..., \"algorithm\": \"sliding_log\" | \"sliding_counter\" | \"gcra\",\n"
            "\"on_failure\": \"allow\" | \"deny\" | \"local\", \"shadow\": bool, \"deny_cache\":\n"
            "bool} (only limit required; deny_cache: once the store denies a key, deny it again\n"
