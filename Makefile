@@ -188,7 +188,7 @@ fuzz: deps
 	  -DSLUICE_BUILD_BENCHMARKS=OFF -DSLUICE_WITH_GRPC=OFF \
 	  "-DCMAKE_CXX_FLAGS=-fsanitize=fuzzer-no-link,address,undefined"
 	cmake --build build/fuzz -j2
-	@for t in limit algorithms eval redis body snapshot config; do \
+	@for t in limit algorithms eval redis body snapshot config http; do \
 	  mkdir -p build/fuzz/corpus/$$t && cp -n fuzz/corpus/$$t/* build/fuzz/corpus/$$t/; \
 	  echo "=== fuzz_$$t for $(FUZZ_SECONDS)s"; \
 	  ./build/fuzz/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
