@@ -580,10 +580,12 @@ class SentinelTopology:
 
 
 class SluiceServer:
-    """`sluice serve` as a child process on a fixed loopback port, restartable."""
+    """`sluice serve` as a child process on a fixed loopback port, restartable; with grpc, its
+    config has grpc_listen too, and start() waits for that listener as well."""
 
-    def __init__(self, binary, config_path, port, workdir, log):
+    def __init__(self, binary, config_path, port, workdir, log, grpc=False):
         self.binary = binary
+        self.grpc = grpc
         self.config = config_path
         self.port = port
         self.stderr_path = os.path.join(workdir, "sluice.stderr")
@@ -605,6 +607,13 @@ class SluiceServer:
             self.proc.wait()
             raise ChaosError("sluice serve did not start (%r); see %s" %
                              (line, self.stderr_path))
+        if self.grpc:
+            line = self._readline(timeout)
+            if not line.startswith("sluice grpc listening on"):
+                self.proc.kill()
+                self.proc.wait()
+                raise ChaosError("sluice serve did not start its gRPC listener (%r); see %s" %
+                                 (line, self.stderr_path))
         return self.proc.pid
 
     def _readline(self, timeout):
