@@ -37,8 +37,9 @@ def render(args, found, faults, policies, out, elapsed):
             "UNAVAILABLE or CANCELLED while sluice serve restarted (counted apart); latency %s" % (
                 found["grpc_requests"], found["grpc_unavailable_in_restart"],
                 _lat(found["latency_grpc"])))
-    add("fallbacks by mode: " + (", ".join("%s %d" % kv for kv in
-                                            sorted(found["fallbacks"].items())) or "none"))
+    add("fallbacks by mode%s: " % (" (HTTP; a gRPC answer does not say)" if grpc_workers
+                                   else "") +
+        (", ".join("%s %d" % kv for kv in sorted(found["fallbacks"].items())) or "none"))
     add("")
     kinds = Counter(f["kind"] for f in faults)
     add("faults injected: %d (%s); times from each fault's start" % (
