@@ -4,6 +4,7 @@ every decision recorded, then checked.
 
   chaos.py [--duration S] [--seed N] [--sluice PATH] [--rate R] [--keys K] [--out DIR]
            [--short] [--workers N] [--slack-ms MS] [--round cluster|sentinel]
+           [--grpc-workers N] [--grpc-stubs DIR]
 
 Starts a 3 masters + 3 replicas Redis Cluster (scripts/redis-cluster.sh) and `sluice serve
 --io-threads 2` with a config it writes (six policies: every algorithm, every on_failure),
@@ -16,6 +17,15 @@ the same port. Then checker.py proves from the record what it can (see its docst
 the report goes to stdout and DIR/report.txt; DIR/record.jsonl holds every request and
 DIR/faults.json the faults, restarts and resource samples (`--recheck DIR` checks them
 again). Exit status: 0 clean, 1 a violation, 2 the soak itself failed.
+
+gRPC: the config also holds `grpc_listen:` (a fixed loopback port) and `envoy_config:` (a
+directory this tool writes: domain `chaos`, one descriptor key per gRPC rule, every one
+on_failure: deny), and --grpc-workers of the --workers (2 of 8 by default) ask the rate limit
+service with ShouldRateLimit instead of HTTP (load.GrpcClient), on keys of their own. That
+takes Debian's python3-grpcio and the Python stubs the build generates (target
+sluice_grpc_python) in --grpc-stubs DIR, by default python_grpc next to --sluice: when
+either is missing the tool says so and runs HTTP only, unless --grpc-stubs was given, which
+makes it an error.
 
 --round sentinel runs the same load on one Redis behind Sentinel instead (a master, its
 replica, 3 sentinels; `redis+sentinel://`), with the faults: SIGKILL the master (the
@@ -56,8 +66,57 @@ POLICIES = {
     "gcra_local": ("gcra", 30, 3, "local"),
 }
 
+# The gRPC rules, name: (algorithm, count, window seconds, on_failure); on_failure is deny for
+# every one: an RLS response does not say whether a fallback decided, and with deny every
+# admission is the store's.
+GRPC_POLICIES = {
+    "grpc_log": ("sliding_log", 10, 2, "deny"),
+    "grpc_counter": ("sliding_counter", 20, 1, "deny"),
+    "grpc_gcra": ("gcra", 15, 3, "deny"),
+}
 
-def write_config(path, port, store_uri):
+
+def _envoy_len(text):
+    return "%d:%s" % (len(text.encode()), text)
+
+
+def grpc_store_key(policy):
+    """The limiter's key of a gRPC rule's value (envoy_store_key: `envoy/` then the domain and
+    each entry's key and value, length-prefixed)."""
+    return lambda key: "envoy/%s|%s=%s" % (_envoy_len(load.GRPC_DOMAIN), _envoy_len(policy),
+                                           _envoy_len(key))
+
+
+def write_envoy_config(directory):
+    os.makedirs(directory, exist_ok=True)
+    lines = ["domain: %s" % load.GRPC_DOMAIN, "descriptors:"]
+    for name, (algorithm, count, window, on_failure) in GRPC_POLICIES.items():
+        lines += ["  - key: %s" % name,
+                  "    rate_limit: {requests_per_unit: %d, window: %ds, algorithm: %s, "
+                  "on_failure: %s, name: %s}" % (count, window, algorithm, on_failure, name)]
+    with open(os.path.join(directory, "chaos.yaml"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def grpc_missing(stubs):
+    """Returns why gRPC load cannot run (python3-grpcio or the stubs in `stubs` missing), or
+    None after putting `stubs` on sys.path."""
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        return "python3-grpcio is not installed (apt-get install python3-grpcio)"
+    if not os.path.isdir(os.path.join(stubs, "envoy")):
+        return "no gRPC stubs in %s (build the target sluice_grpc_python)" % stubs
+    sys.path.insert(0, stubs)
+    try:
+        from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc  # noqa: F401
+    except ImportError as e:
+        sys.path.remove(stubs)
+        return "the gRPC stubs in %s do not import: %s" % (stubs, e)
+    return None
+
+
+def write_config(path, port, store_uri, grpc_port=None, envoy_dir=None):
     lines = [
         "listen: 127.0.0.1:%d" % port,
         "io_threads: 2",
@@ -68,8 +127,10 @@ def write_config(path, port, store_uri):
         "auth:",
         "  admin_tokens: [%s]" % load.ADMIN_TOKEN,
         "log: {level: warn}",
-        "policies:",
     ]
+    if grpc_port is not None:
+        lines += ["grpc_listen: 127.0.0.1:%d" % grpc_port, "envoy_config: %s" % envoy_dir]
+    lines += ["policies:"]
     for name, (algorithm, count, window, on_failure) in POLICIES.items():
         lines += ["  %s:" % name,
                   "    limit: %d/%ds" % (count, window),
@@ -178,6 +239,12 @@ def main():
     p.add_argument("--round", choices=("cluster", "sentinel"), default="cluster",
                    help="cluster: 3+3 Redis Cluster (default); sentinel: a master, a replica "
                    "and 3 sentinels, redis+sentinel:// (needs a sluice with it)")
+    p.add_argument("--grpc-workers", type=int, default=2,
+                   help="of the --workers, how many ask over gRPC (ShouldRateLimit) (2; 0: "
+                   "HTTP only)")
+    p.add_argument("--grpc-stubs", metavar="DIR",
+                   help="the Python gRPC stubs the build generates (default: python_grpc next "
+                   "to --sluice); given, they must import")
     p.add_argument("--recheck", metavar="DIR",
                    help="run nothing: check the record a soak left in DIR again")
     args = p.parse_args()
@@ -193,6 +260,17 @@ def main():
         p.error("--keys must be at least %d" % (len(POLICIES) * 4))
     if not os.access(args.sluice, os.X_OK):
         p.error("no sluice binary at %s (make build-cli)" % args.sluice)
+    if not 0 <= args.grpc_workers < args.workers:
+        p.error("--grpc-workers must be from 0 to --workers - 1 (%d)" % (args.workers - 1))
+    if args.grpc_workers > 0:
+        stubs = args.grpc_stubs or os.path.join(os.path.dirname(os.path.abspath(args.sluice)),
+                                                "python_grpc")
+        why = grpc_missing(stubs)
+        if why is not None and args.grpc_stubs:
+            p.error("--grpc-stubs: %s" % why)
+        if why is not None:
+            print("chaos: no gRPC load, HTTP only: %s" % why, file=sys.stderr, flush=True)
+            args.grpc_workers = 0
     out = args.out or tempfile.mkdtemp(prefix="sluice-chaos-")
     os.makedirs(out, exist_ok=True)
     out = os.path.abspath(out)
@@ -218,21 +296,32 @@ def main():
         topo = topo_class(out, log)
         topo.start()
         port = free_port()
+        grpc_port = free_port() if args.grpc_workers else None
         config = os.path.join(out, "sluice.yaml")
-        write_config(config, port, topo.store_uri())
-        server = SluiceServer(args.sluice, config, port, out, log)
+        envoy_dir = os.path.join(out, "envoy") if grpc_port else None
+        if envoy_dir:
+            write_envoy_config(envoy_dir)
+        write_config(config, port, topo.store_uri(), grpc_port, envoy_dir)
+        server = SluiceServer(args.sluice, config, port, out, log, grpc=grpc_port is not None)
         server.start()
-        log("sluice serve pid %d on 127.0.0.1:%d, store %s" % (server.pid(), port,
-                                                              topo.store_uri()))
+        log("sluice serve pid %d on 127.0.0.1:%d%s, store %s" % (
+            server.pid(), port, ", gRPC :%d" % grpc_port if grpc_port else "",
+            topo.store_uri()))
         sampler = Sampler(server)
         sampler.start()
         workload = load.Workload([(n, v[1]) for n, v in POLICIES.items()], args.keys, rng)
-        gen = load.LoadGenerator(port, workload, args.rate, args.workers, args.seed)
+        grpc_workload = None
+        if grpc_port:
+            grpc_workload = load.Workload([(n, v[1]) for n, v in GRPC_POLICIES.items()],
+                                          max(len(GRPC_POLICIES) * 4, args.keys // 4), rng)
+        gen = load.LoadGenerator(port, workload, args.rate, args.workers, args.seed,
+                                 args.grpc_workers, grpc_port, grpc_workload)
         schedule = plan(rng, args.duration, args.short, topo.fault_kinds)
         t0 = time.monotonic()
         gen.start()
-        log("load: %d req/s over %d connections, %d keys, %.0f s; %d faults planned" %
-            (args.rate, args.workers, args.keys, args.duration, len(schedule)))
+        log("load: %d req/s over %d connections (%d gRPC), %d keys, %.0f s; %d faults "
+            "planned" % (args.rate, args.workers, args.grpc_workers, args.keys, args.duration,
+                         len(schedule)))
         for at, kind in schedule:
             wait = t0 + at - time.monotonic()
             if wait > 0:
@@ -294,6 +383,9 @@ def check_and_report(args, records, run, out, elapsed):
     """Checks the record, writes DIR/report.txt and prints it; returns the exit status."""
     policies = {n: checker.Policy(n, v[0], v[1], v[2] * 1_000_000, v[3])
                 for n, v in POLICIES.items()}
+    policies.update({n: checker.Policy(n, v[0], v[1], v[2] * 1_000_000, v[3], "grpc",
+                                       grpc_store_key(n))
+                     for n, v in GRPC_POLICIES.items()})
     found = checker.check(records, policies, run["faults"], run["restarts"],
                           STORE_TIMEOUT_MS, args.slack_ms, run["samples"])
     for i, code in enumerate(run["server_exits"]):
@@ -301,7 +393,10 @@ def check_and_report(args, records, run, out, elapsed):
             found["violations"].append("sluice serve exited %d after SIGTERM (stop %d)" %
                                        (code, i + 1))
     found["breakers_open_at_end"] = run["breakers_open_at_end"]
-    text = report.render(args, found, run["faults"], POLICIES, out, elapsed)
+    shown = dict(POLICIES)
+    if getattr(args, "grpc_workers", 0):
+        shown.update(GRPC_POLICIES)
+    text = report.render(args, found, run["faults"], shown, out, elapsed)
     with open(os.path.join(out, "report.txt"), "w") as f:
         f.write(text)
     print(text)

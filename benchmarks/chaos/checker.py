@@ -33,6 +33,15 @@ connection while the server restarts (SIGTERM until it listens again), and a con
 closed or reset by the draining server for a request sent up to DRAIN_RACE_US before the
 SIGTERM (the server closes idle keep-alive connections; a request it had not read yet is
 lost with it, as HTTP/1.1 allows, and a client retries it); both are counted apart.
+
+gRPC: a policy with transport "grpc" is a rate limit of the Envoy service, asked with
+ShouldRateLimit; its records read as HTTP acquires (200 for a call that returned) and its
+keys are checked by the same rules (every gRPC rule is on_failure: deny, and a response does
+not say whether a fallback decided, so an OK is always the store's). A call failed with
+UNAVAILABLE or CANCELLED (GRPC_REFUSED) while the server restarts (from DRAIN_RACE_US before
+SIGTERM until it listens again) is counted apart, like a refused connection; any other gRPC
+error, or those at another time, is a violation.
+Its latencies are reported apart too.
 """
 
 import bisect
@@ -42,6 +51,9 @@ from topology import key_slot
 
 AMBIGUOUS_RESET_US = 5_000_000
 DRAIN_RACE_US = 50_000
+# gRPC errors of a call the stopping server refused: UNAVAILABLE (sluice's drain, or no
+# listener), CANCELLED (gRPC's Shutdown cancels a call it had received but not started).
+GRPC_REFUSED = ("grpc UNAVAILABLE", "grpc CANCELLED")
 
 
 def _us_floor(ns):
@@ -53,8 +65,13 @@ def _us_ceil(ns):
 
 
 class Policy:
-    def __init__(self, name, algorithm, count, window_us, on_failure):
+    def __init__(self, name, algorithm, count, window_us, on_failure, transport="http",
+                 store_key=None):
+        """store_key(key) is the limiter's key of `key` (its Redis Cluster slot decides which
+        failover may have lost its writes); by default `name:key`, a scoped policy's."""
         self.name = name
+        self.transport = transport
+        self.store_key = store_key or (lambda key: "%s:%s" % (name, key))
         self.algorithm = algorithm
         self.count = count
         self.window_us = window_us
@@ -195,6 +212,9 @@ def check(records, policies, faults, restarts, deadline_ms, slack_ms, samples,
     fallbacks = defaultdict(int)
     refused_in_restart = 0
     closed_in_restart = 0
+    grpc_unavailable_in_restart = 0
+    grpc_requests = 0
+    lat_grpc = []
     bound_ms = deadline_ms + slack_ms
     late = []
     lat_fault, lat_calm = [], []
@@ -202,9 +222,13 @@ def check(records, policies, faults, restarts, deadline_ms, slack_ms, samples,
     for r in records:
         (_w, op, policy, key, cost, send, recv, status, allowed, _rem, fallback, error) = r
         a = _us_floor(send)
+        grpc = policies[policy].transport == "grpc" if policy in policies else False
+        grpc_requests += grpc
         if error is not None:
             by_op[op][error] += 1
-            if error in ("refused", "eof", "reset") and in_restart(a, error):
+            if grpc and error in GRPC_REFUSED and in_restart(a, error):
+                grpc_unavailable_in_restart += 1
+            elif error in ("refused", "eof", "reset") and in_restart(a, error):
                 if error == "refused":
                     refused_in_restart += 1
                 else:
@@ -217,6 +241,8 @@ def check(records, policies, faults, restarts, deadline_ms, slack_ms, samples,
         if fallback is not None:
             fallbacks[fallback] += 1
         ms = (recv - send) / 1e6
+        if grpc:
+            lat_grpc.append(ms)
         if ms > bound_ms:
             late.append((ms, op, policy, key, send))
         (lat_fault if any(s <= a <= e for s, e in fault_us) else lat_calm).append(ms)
@@ -238,6 +264,9 @@ def check(records, policies, faults, restarts, deadline_ms, slack_ms, samples,
     out.update(requests=len(records), by_op={k: dict(v) for k, v in by_op.items()},
                fallbacks=dict(fallbacks), refused_in_restart=refused_in_restart,
                closed_in_restart=closed_in_restart, answer_bound_ms=bound_ms,
+               grpc_requests=grpc_requests,
+               grpc_unavailable_in_restart=grpc_unavailable_in_restart,
+               latency_grpc=_percentiles(lat_grpc),
                latency_fault=_percentiles(lat_fault), latency_calm=_percentiles(lat_calm))
 
     # ---- no key admitted more than its limit ----
@@ -268,8 +297,8 @@ def check(records, policies, faults, restarts, deadline_ms, slack_ms, samples,
         certain, possible = _segments(items, resets.get((policy_name, key), []))
         worst = None
         per_failover = defaultdict(int)
-        # The cluster store keeps `sluice:{policy:key}`: the slot of `policy:key`.
-        slot = key_slot(("%s:%s" % (policy_name, key)).encode())
+        # The cluster store keeps `sluice:{<limiter key>}`: the slot of the limiter's key.
+        slot = key_slot(policy.store_key(key).encode())
         for seg, seg_items in certain.items():
             checked_windows += len(seg_items)
             for excess, lo, hi in fn(seg_items, policy, True):

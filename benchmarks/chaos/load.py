@@ -1,5 +1,5 @@
-"""The soak's load: paced keep-alive HTTP/1.1 connections to `sluice serve`, every request
-recorded.
+"""The soak's load: paced keep-alive HTTP/1.1 connections to `sluice serve`, and a share of
+gRPC channels asking its rate limit service (ShouldRateLimit), every request recorded.
 
 Each worker thread owns one connection (a raw socket: http.client hides when a connection
 was refused versus reset) and sends at rate/workers requests a second on a fixed schedule;
@@ -7,6 +7,15 @@ when it falls behind by more than a second it drops the missed slots rather than
 A request's record holds its wall-clock send and receive times (time.time_ns(), the clock
 Redis's TIME reads on this machine) and exactly one outcome: an HTTP status and body, or a
 transport error. Records are only appended by their worker; read them after join().
+
+A gRPC worker (python3-grpcio and the stubs the build generates in <build>/python_grpc, on
+sys.path before GrpcClient is made) sends acquires only: one descriptor `key: <policy>,
+value: <key>` per call in domain GRPC_DOMAIN, hits_addend = cost, a 5 s deadline, no wait
+for a ready channel. Its record reads like an HTTP acquire's: status 200 for a call that
+returned, allowed = overall_code OK, remaining = statuses[0].limit_remaining, and a gRPC
+error as the transport error "grpc <CODE>" (deadline exceeded: "timeout"). After an error
+the channel is closed and the next call opens a new one, as an HTTP worker reconnects;
+channels retry a failed connection after 100-500 ms (GRPC_OPTIONS).
 """
 
 import json
@@ -19,6 +28,12 @@ FIELDS = ("worker", "op", "policy", "key", "cost", "send_ns", "recv_ns", "status
           "allowed", "remaining", "fallback", "error")
 
 ADMIN_TOKEN = "chaos-admin-token"
+GRPC_DOMAIN = "chaos"
+# Reconnect after 100-500 ms rather than gRPC's default 1 s and more: a channel that tried
+# while `sluice serve` restarted would otherwise hold its next call for about a second.
+GRPC_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 500)]
 SOCKET_TIMEOUT = 5.0  # an answer later than this is recorded as "timeout" (no answer)
 
 
@@ -40,8 +55,10 @@ class Workload:
             self.hot.extend(ks[:4])
         self.rng = rng
 
-    def next(self, rng):
+    def next(self, rng, acquires_only=False):
         r = rng.random()
+        if acquires_only and r < 0.023:
+            r = 1.0
         k = rng.choice(self.hot) if rng.random() < 0.5 else rng.choice(self.keys)
         if r < 0.003:
             if rng.random() < 0.7:
@@ -129,12 +146,57 @@ def _error_name(e):
     return "error: %s" % e.__class__.__name__
 
 
+class GrpcClient:
+    """One gRPC channel to the rate limit service; ask() returns a record's tail."""
+
+    def __init__(self, port):
+        import grpc
+        from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+        self.grpc = grpc
+        self.rls_pb2 = rls_pb2
+        self.stub_class = rls_pb2_grpc.RateLimitServiceStub
+        self.target = "127.0.0.1:%d" % port
+        self.channel = None
+        self.stub = None
+
+    def close(self):
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = self.stub = None
+
+    def ask(self, policy, key, cost):
+        """Returns (status, allowed, remaining, fallback, error)."""
+        if self.channel is None:
+            self.channel = self.grpc.insecure_channel(self.target, options=GRPC_OPTIONS)
+            self.stub = self.stub_class(self.channel)
+        request = self.rls_pb2.RateLimitRequest(domain=GRPC_DOMAIN, hits_addend=cost)
+        request.descriptors.add().entries.add(key=policy, value=key)
+        try:
+            r = self.stub.ShouldRateLimit(request, timeout=SOCKET_TIMEOUT)
+        except self.grpc.RpcError as e:
+            self.close()
+            code = e.code() if hasattr(e, "code") else None
+            if code == self.grpc.StatusCode.DEADLINE_EXCEEDED:
+                return 0, None, None, None, "timeout"
+            return 0, None, None, None, "grpc %s" % (code.name if code is not None else "?")
+        remaining = r.statuses[0].limit_remaining if len(r.statuses) else None
+        return (200, r.overall_code == self.rls_pb2.RateLimitResponse.OK, remaining, None,
+                None)
+
+
 class LoadGenerator:
-    def __init__(self, port, workload, rate, workers, seed):
+    """`workers` threads: the first workers - grpc_workers speak HTTP, the others gRPC (with
+    grpc_workload, on grpc_port)."""
+
+    def __init__(self, port, workload, rate, workers, seed, grpc_workers=0, grpc_port=None,
+                 grpc_workload=None):
         self.port = port
         self.workload = workload
         self.interval = workers / float(rate)
         self.workers = workers
+        self.grpc_workers = grpc_workers
+        self.grpc_port = grpc_port
+        self.grpc_workload = grpc_workload
         self.seed = seed
         self.records = [[] for _ in range(workers)]
         self.stop_event = threading.Event()
@@ -154,6 +216,8 @@ class LoadGenerator:
             t.join()
 
     def _run(self, w, rng):
+        if w >= self.workers - self.grpc_workers:
+            return self._run_grpc(w, rng)
         out = self.records[w]
         conn = Connection(self.port)
         next_at = time.monotonic() + rng.random() * self.interval
@@ -188,6 +252,24 @@ class LoadGenerator:
             out.append((w, op, policy, key, cost, send, recv, status, allowed, remaining,
                         fallback, None))
         conn.close()
+
+    def _run_grpc(self, w, rng):
+        out = self.records[w]
+        client = GrpcClient(self.grpc_port)
+        next_at = time.monotonic() + rng.random() * self.interval
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            if next_at > now:
+                time.sleep(next_at - now)
+            elif now - next_at > 1.0:
+                next_at = now
+            next_at += self.interval
+            op, policy, key, cost = self.grpc_workload.next(rng, acquires_only=True)
+            send = time.time_ns()
+            status, allowed, remaining, fallback, error = client.ask(policy, key, cost)
+            out.append((w, op, policy, key, cost, send, time.time_ns(), status, allowed,
+                        remaining, fallback, error))
+        client.close()
 
     def all_records(self):
         rows = [r for per in self.records for r in per]

@@ -16,9 +16,11 @@ def render(args, found, faults, policies, out, elapsed):
     t0 = faults[0]["start_ns"] if faults else 0
     lines = []
     add = lines.append
+    grpc_workers = getattr(args, "grpc_workers", 0)
     add("sluice chaos soak: round %s, seed %d, %.0f s of load at %d req/s over %d "
-        "connections, %d keys" % (args.round, args.seed, args.duration, args.rate, args.workers,
-                                  args.keys))
+        "connections (%d of them gRPC), %d keys" % (args.round, args.seed, args.duration,
+                                                    args.rate, args.workers, grpc_workers,
+                                                    args.keys))
     add("policies: " + ", ".join("%s %s %d/%ds on_failure=%s" % (n, a, c, w, f)
                                  for n, (a, c, w, f) in policies.items()))
     add("")
@@ -30,8 +32,14 @@ def render(args, found, faults, policies, out, elapsed):
          found["ambiguous_resets"]))
     add("  while sluice serve restarted: %d connections refused, %d closed before an answer "
         "(counted apart)" % (found["refused_in_restart"], found["closed_in_restart"]))
-    add("fallbacks by mode: " + (", ".join("%s %d" % kv for kv in
-                                            sorted(found["fallbacks"].items())) or "none"))
+    if grpc_workers:
+        add("  over gRPC (ShouldRateLimit acquires, counted in the above): %d requests, %d "
+            "UNAVAILABLE or CANCELLED while sluice serve restarted (counted apart); latency %s" % (
+                found["grpc_requests"], found["grpc_unavailable_in_restart"],
+                _lat(found["latency_grpc"])))
+    add("fallbacks by mode%s: " % (" (HTTP; a gRPC answer does not say)" if grpc_workers
+                                   else "") +
+        (", ".join("%s %d" % kv for kv in sorted(found["fallbacks"].items())) or "none"))
     add("")
     kinds = Counter(f["kind"] for f in faults)
     add("faults injected: %d (%s); times from each fault's start" % (

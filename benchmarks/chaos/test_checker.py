@@ -172,5 +172,53 @@ class Answers(unittest.TestCase):
         self.assertTrue(any(v.startswith("late answer") for v in found["violations"]))
 
 
+def grpc_policy():
+    """A gRPC rule as chaos.py builds it: sliding_log 3/1s, its own limiter key."""
+    return checker.Policy("g", "sliding_log", 3, 1_000_000, "deny", "grpc",
+                          lambda key: "envoy/5:chaos|1:g=%d:%s" % (len(key), key))
+
+
+class Grpc(unittest.TestCase):
+    # Verifies a gRPC key is checked by its rule, its lost writes found by the slot of its own
+    # limiter key (not `g:k`'s), and its calls counted and timed apart.
+    def test_grpc_keys_and_failover(self):
+        policies = {"p": checker.Policy("p", "sliding_log", 3, 1_000_000, "deny"),
+                    "g": grpc_policy()}
+        recs = [acq("k", t, policy="g") for t in (0.0, 0.1, 0.2, 0.5)] + [acq("k", 0.3)]
+        found = checker.check(sorted(recs, key=lambda r: r[5]), policies, [], [], 100, 900, [])
+        self.assertEqual(len(over(found)), 1)
+        self.assertIn("g/k", over(found)[0])
+        self.assertEqual(found["grpc_requests"], 4)
+        self.assertEqual(found["latency_grpc"]["n"], 4)
+        slot = key_slot(b"envoy/5:chaos|1:g=1:k")
+        self.assertNotEqual(slot, key_slot(b"g:k"))
+        fault = {"kind": "kill_master", "node": 7001, "failover": True, "slots": [(slot, slot)],
+                 "start_ns": BASE + int(0.25 * S), "failover_ns": BASE + int(0.3 * S),
+                 "end_ns": BASE + int(0.4 * S)}
+        found = checker.check(sorted(recs, key=lambda r: r[5]), policies, [fault], [], 100,
+                              900, [])
+        self.assertEqual(over(found), [])
+        self.assertEqual(found["lost"][0]["units"], 1)
+
+    # Verifies UNAVAILABLE and CANCELLED are apart only while the server restarts, and any
+    # other gRPC error is a violation even then.
+    def test_grpc_errors(self):
+        policies = {"g": grpc_policy()}
+
+        def failed(error):
+            return (6, "acquire", "g", "k", 1, BASE + S, BASE + S + 1000, 0, None, None, None,
+                    error)
+
+        restart = [(BASE + S - 1000, BASE + S + 1000)]
+        recs = [failed("grpc UNAVAILABLE"), failed("grpc CANCELLED")]
+        found = checker.check(recs, policies, [], restart, 100, 900, [])
+        self.assertEqual(found["violations"], [])
+        self.assertEqual(found["grpc_unavailable_in_restart"], 2)
+        self.assertEqual(len(checker.check(recs, policies, [], [], 100, 900,
+                                           [])["violations"]), 2)
+        found = checker.check([failed("grpc INTERNAL")], policies, [], restart, 100, 900, [])
+        self.assertEqual(len(found["violations"]), 1)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -142,6 +142,7 @@ class ClusterTopology:
 
     name = "cluster"
     fault_kinds = ("kill_master", "stop_master", "restart_replica", "reshard")
+    NODE_TIMEOUT_S = 1.0  # --node-timeout below
 
     def __init__(self, workdir, log):
         self.dir = os.path.join(workdir, "redis-cluster")
@@ -151,7 +152,8 @@ class ClusterTopology:
 
     def start(self):
         r = subprocess.run(["bash", CLUSTER_SCRIPT, "start", self.dir, "--masters", "3",
-                            "--replicas", "1", "--node-timeout", "1000",
+                            "--replicas", "1", "--node-timeout",
+                            str(int(self.NODE_TIMEOUT_S * 1000)),
                             "--owner-pid", str(os.getpid())],
                            capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
@@ -343,11 +345,19 @@ class ClusterTopology:
             rec["resumed_ns"] = time.time_ns()
             self.wait_healthy()
             # A pause past the node timeout lets the replica take over: then the paused
-            # node is a replica now, and what it acknowledged last may be lost.
-            after = self.cluster_nodes().get(node_id)
-            rec["failover"] = after is not None and "slave" in after[1]
+            # node is a replica now, and what it acknowledged last may be lost. The replica's
+            # election may end up to a second or so after the master resumed (which takes
+            # writes as a master until then), so a pause that long is watched for 3 s more.
+            settle = time.monotonic() + (3.0 if pause >= self.NODE_TIMEOUT_S else 0.0)
+            while True:
+                after = self.cluster_nodes().get(node_id)
+                rec["failover"] = after is not None and "slave" in after[1]
+                if rec["failover"] or time.monotonic() >= settle:
+                    break
+                time.sleep(0.05)
             if rec["failover"]:
                 rec["failover_ns"] = rec["resumed_ns"]
+                self.wait_healthy()
         elif kind == "restart_replica":
             replicas = [(v[0], k) for k, v in view.items() if "slave" in v[1]]
             port, _id = rng.choice(replicas)
@@ -389,6 +399,7 @@ class SentinelTopology:
     name = "sentinel"
     fault_kinds = ("kill_master", "stop_master", "sentinel_failover", "restart_replica")
     MASTER_NAME = "chaos"
+    DOWN_AFTER_S = 1.0  # sentinel down-after-milliseconds
 
     def __init__(self, workdir, log):
         self.dir = os.path.join(workdir, "redis-sentinel")
@@ -441,7 +452,8 @@ class SentinelTopology:
         for _ in range(3):
             self._spawn(free_port(), [
                 "sentinel monitor %s 127.0.0.1 %d 2" % (self.MASTER_NAME, master),
-                "sentinel down-after-milliseconds %s 1000" % self.MASTER_NAME,
+                "sentinel down-after-milliseconds %s %d" % (self.MASTER_NAME,
+                                                            self.DOWN_AFTER_S * 1000),
                 "sentinel failover-timeout %s 5000" % self.MASTER_NAME,
                 "sentinel parallel-syncs %s 1" % self.MASTER_NAME], True)
         self.wait_healthy(60)
@@ -551,9 +563,16 @@ class SentinelTopology:
             node.down = False
             rec["resumed_ns"] = time.time_ns()
             self.wait_healthy()
-            rec["failover"] = self.master_port() != master
+            # As in the cluster: the sentinels' failover may end after the master resumed.
+            settle = time.monotonic() + (3.0 if pause >= self.DOWN_AFTER_S else 0.0)
+            while True:
+                rec["failover"] = self.master_port() not in (0, master)
+                if rec["failover"] or time.monotonic() >= settle:
+                    break
+                time.sleep(0.05)
             if rec["failover"]:
                 rec["failover_ns"] = rec["resumed_ns"]
+                self.wait_healthy()
         elif kind == "sentinel_failover":
             s = rng.choice(list(self.sentinels))
             redis_call(s, "SENTINEL", "FAILOVER", self.MASTER_NAME)
@@ -580,10 +599,12 @@ class SentinelTopology:
 
 
 class SluiceServer:
-    """`sluice serve` as a child process on a fixed loopback port, restartable."""
+    """`sluice serve` as a child process on a fixed loopback port, restartable; with grpc, its
+    config has grpc_listen too, and start() waits for that listener as well."""
 
-    def __init__(self, binary, config_path, port, workdir, log):
+    def __init__(self, binary, config_path, port, workdir, log, grpc=False):
         self.binary = binary
+        self.grpc = grpc
         self.config = config_path
         self.port = port
         self.stderr_path = os.path.join(workdir, "sluice.stderr")
@@ -605,6 +626,13 @@ class SluiceServer:
             self.proc.wait()
             raise ChaosError("sluice serve did not start (%r); see %s" %
                              (line, self.stderr_path))
+        if self.grpc:
+            line = self._readline(timeout)
+            if not line.startswith("sluice grpc listening on"):
+                self.proc.kill()
+                self.proc.wait()
+                raise ChaosError("sluice serve did not start its gRPC listener (%r); see %s" %
+                                 (line, self.stderr_path))
         return self.proc.pid
 
     def _readline(self, timeout):
