@@ -1,3 +1,4 @@
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -28,6 +29,37 @@ result<std::chrono::milliseconds> parse_ms(std::string_view value) {
   auto d = parse_duration(value);
   if (!d) return fail(d.error());
   return std::chrono::duration_cast<std::chrono::milliseconds>(*d);
+}
+
+// A multi-host URI cut into its parts: what follows "scheme://", less the query (after '?')
+// and the user info (up to and with the last '@'). None when the scheme is neither of the
+// two given.
+struct multi_host_uri {
+  std::string_view scheme;    // `plain` or `tls`
+  std::string_view rest;      // "host:port[,host:port...][/path]"
+  std::string_view query;     // without the '?'
+  std::string_view userinfo;  // "user:password@", or empty
+};
+
+std::optional<multi_host_uri> split_multi_host(std::string_view uri, std::string_view plain,
+                                               std::string_view tls) {
+  const std::size_t scheme_end = uri.find("://");
+  const std::string_view scheme = uri.substr(0, scheme_end);
+  if (scheme_end == std::string_view::npos || (scheme != plain && scheme != tls)) {
+    return std::nullopt;
+  }
+  multi_host_uri u;
+  u.scheme = scheme;
+  u.rest = uri.substr(scheme_end + 3);
+  if (const std::size_t q = u.rest.find('?'); q != std::string_view::npos) {
+    u.query = u.rest.substr(q + 1);
+    u.rest = u.rest.substr(0, q);
+  }
+  if (const std::size_t at = u.rest.rfind('@'); at != std::string_view::npos) {
+    u.userinfo = u.rest.substr(0, at + 1);
+    u.rest = u.rest.substr(at + 1);
+  }
+  return u;
 }
 
 }  // namespace
@@ -173,23 +205,10 @@ result<redis_store_options> parse_redis_uri(std::string_view uri) {
 }
 
 result<redis_cluster_options> parse_redis_cluster_uri(std::string_view uri) {
-  const std::size_t scheme_end = uri.find("://");
-  const std::string_view scheme = uri.substr(0, scheme_end);
-  if (scheme_end == std::string_view::npos ||
-      (scheme != "redis+cluster" && scheme != "rediss+cluster")) {
-    return bad(uri, "expected redis+cluster://host:port[,host:port...]");
-  }
-  std::string_view rest = uri.substr(scheme_end + 3);
-  std::string_view query;
-  if (const std::size_t q = rest.find('?'); q != std::string_view::npos) {
-    query = rest.substr(q + 1);
-    rest = rest.substr(0, q);
-  }
-  std::string_view userinfo;
-  if (const std::size_t at = rest.rfind('@'); at != std::string_view::npos) {
-    userinfo = rest.substr(0, at + 1);
-    rest = rest.substr(at + 1);
-  }
+  const std::optional<multi_host_uri> parts =
+      split_multi_host(uri, "redis+cluster", "rediss+cluster");
+  if (!parts) return bad(uri, "expected redis+cluster://host:port[,host:port...]");
+  auto [scheme, rest, query, userinfo] = *parts;
   std::string_view path;
   if (const std::size_t slash = rest.find('/'); slash != std::string_view::npos) {
     path = rest.substr(slash);
@@ -243,23 +262,10 @@ result<redis_cluster_options> parse_redis_cluster_uri(std::string_view uri) {
 }
 
 result<redis_sentinel_options> parse_redis_sentinel_uri(std::string_view uri) {
-  const std::size_t scheme_end = uri.find("://");
-  const std::string_view scheme = uri.substr(0, scheme_end);
-  if (scheme_end == std::string_view::npos ||
-      (scheme != "redis+sentinel" && scheme != "rediss+sentinel")) {
-    return bad(uri, "expected redis+sentinel://host:port[,host:port...]/MASTER_NAME");
-  }
-  std::string_view rest = uri.substr(scheme_end + 3);
-  std::string_view query;
-  if (const std::size_t q = rest.find('?'); q != std::string_view::npos) {
-    query = rest.substr(q + 1);
-    rest = rest.substr(0, q);
-  }
-  std::string_view userinfo;
-  if (const std::size_t at = rest.rfind('@'); at != std::string_view::npos) {
-    userinfo = rest.substr(0, at + 1);
-    rest = rest.substr(at + 1);
-  }
+  const std::optional<multi_host_uri> parts =
+      split_multi_host(uri, "redis+sentinel", "rediss+sentinel");
+  if (!parts) return bad(uri, "expected redis+sentinel://host:port[,host:port...]/MASTER_NAME");
+  auto [scheme, rest, query, userinfo] = *parts;
   const std::size_t slash = rest.find('/');
   if (slash == std::string_view::npos || slash + 1 == rest.size()) {
     return bad(uri, "no master name (redis+sentinel://host:port/MASTER_NAME)");
