@@ -76,6 +76,11 @@ void configure_logging(const std::string& level) {
 
 service::service(const server_config& config, bool handle_signals, rls_handler_factory make_rls)
     : config_(config) {
+  // spdlog makes its registry (and the default logger) on first use. Make that happen here,
+  // on the thread that builds the service, before the store's I/O thread (which may warn as
+  // soon as it connects) and the server's threads exist: a first use on two of them at once
+  // is a race ThreadSanitizer reports (the registry's state seen half made).
+  spdlog::default_logger_raw();
   std::vector<std::string> names;
   for (const served_policy& sp : config_.policies) names.push_back(sp.policy.name);
   metrics_ = std::make_unique<server::metrics>(std::move(names));
