@@ -215,11 +215,9 @@ class LoadGenerator:
         for t in self.threads:
             t.join()
 
-    def _run(self, w, rng):
-        if w >= self.workers - self.grpc_workers:
-            return self._run_grpc(w, rng)
-        out = self.records[w]
-        conn = Connection(self.port)
+    def _paced(self, rng):
+        """Yields at each of this worker's send times, until stopped: one every interval from a
+        random start; a worker more than a second behind drops the slots it missed."""
         next_at = time.monotonic() + rng.random() * self.interval
         while not self.stop_event.is_set():
             now = time.monotonic()
@@ -228,6 +226,14 @@ class LoadGenerator:
             elif now - next_at > 1.0:
                 next_at = now
             next_at += self.interval
+            yield
+
+    def _run(self, w, rng):
+        if w >= self.workers - self.grpc_workers:
+            return self._run_grpc(w, rng)
+        out = self.records[w]
+        conn = Connection(self.port)
+        for _ in self._paced(rng):
             op, policy, key, cost = self.workload.next(rng)
             raw = _raw(op, policy, key, cost, self.port)
             send = time.time_ns()
@@ -256,14 +262,7 @@ class LoadGenerator:
     def _run_grpc(self, w, rng):
         out = self.records[w]
         client = GrpcClient(self.grpc_port)
-        next_at = time.monotonic() + rng.random() * self.interval
-        while not self.stop_event.is_set():
-            now = time.monotonic()
-            if next_at > now:
-                time.sleep(next_at - now)
-            elif now - next_at > 1.0:
-                next_at = now
-            next_at += self.interval
+        for _ in self._paced(rng):
             op, policy, key, cost = self.grpc_workload.next(rng, acquires_only=True)
             send = time.time_ns()
             status, allowed, remaining, fallback, error = client.ask(policy, key, cost)
