@@ -308,10 +308,24 @@ class session : public std::enable_shared_from_this<session> {
   void expect_header() {
     if (!header_deadline_) return tcp_stream().expires_after(srv_.options.header_timeout);
     tcp_stream().expires_after(srv_.options.header_timeout + kHeaderGrace);
-    header_deadline_->expires_after(srv_.options.header_timeout);
+    header_due_ = std::chrono::steady_clock::now() + srv_.options.header_timeout;
+    if (!header_timer_armed_) arm_header_timer();
+  }
+
+  // Waits for header_due_. The timer is not armed and cancelled per request: that made it
+  // the reactor's earliest timer every time, one timerfd_settime system call and one posted
+  // cancellation a request. It stays armed across requests instead; when it rings after the
+  // header it was armed for was read, it re-arms for the newer header's deadline, so a
+  // busy connection re-arms it once per header_timeout.
+  void arm_header_timer() {
+    header_timer_armed_ = true;
+    header_deadline_->expires_at(header_due_);
     header_deadline_->async_wait([weak = weak_from_this()](const error_code& ec) {
       const auto self = weak.lock();
-      if (ec || !self || !self->in_header()) return;
+      if (!self) return;
+      self->header_timer_armed_ = false;
+      if (ec || !self->in_header()) return;
+      if (std::chrono::steady_clock::now() < self->header_due_) return self->arm_header_timer();
       self->header_timed_out();
     });
   }
@@ -385,7 +399,6 @@ class session : public std::enable_shared_from_this<session> {
   // goes on with parse() itself.
   bool on_header() {
     began_ = std::chrono::steady_clock::now();
-    if (header_deadline_) header_deadline_->cancel();
     if (parser_->is_done()) return false;
     tcp_stream().expires_after(srv_.options.body_timeout);
     const auto& req = parser_->get();
@@ -594,9 +607,11 @@ class session : public std::enable_shared_from_this<session> {
   session* prev_ = nullptr;  // in w_.sessions
   session* next_ = nullptr;
 
-  std::optional<stream_type> plain_;           // the connection, without TLS; or
-  std::optional<tls_stream_type> tls_;         // TLS over it
-  std::optional<timer_type> header_deadline_;  // plain connections: header_timeout's 408
+  std::optional<stream_type> plain_;                    // the connection, without TLS; or
+  std::optional<tls_stream_type> tls_;                  // TLS over it
+  std::optional<timer_type> header_deadline_;           // plain connections: header_timeout's 408
+  std::chrono::steady_clock::time_point header_due_{};  // when the header read now must end
+  bool header_timer_armed_ = false;                     // header_deadline_ has a wait pending
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http_response res_;

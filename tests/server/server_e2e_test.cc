@@ -297,6 +297,33 @@ TEST_F(Server, SlowClientIsClosedAfterHeaderTimeout) {
   EXPECT_EQ(log.find("no complete request header"), log.rfind("no complete request header")) << log;
 }
 
+// Verifies that header_timeout counts from each request's first bytes on a kept-alive
+// connection (the session's timer stays armed across requests and is re-armed for the
+// newest header): a half header sent 200 ms after the first request gets its 408 only
+// header_timeout after it began, not when the timer armed at the connection's start
+// rings; and requests every 40 ms for longer than header_timeout are all answered.
+TEST_F(Server, KeptAliveConnectionGetsHeaderTimeoutFromEachRequest) {
+  server_config cfg = test_config();
+  cfg.header_timeout = milliseconds(300);
+  start(cfg);
+  client busy(port_);
+  for (int i = 0; i < 12; ++i) {  // about 480 ms, over header_timeout
+    ASSERT_EQ(busy.call(http::verb::get, "/healthz").result(), http::status::ok) << i;
+    std::this_thread::sleep_for(milliseconds(40));
+  }
+  client c(port_);
+  ASSERT_EQ(c.call(http::verb::get, "/healthz").result(), http::status::ok);
+  std::this_thread::sleep_for(milliseconds(200));
+  const auto began = steady::now();
+  ASSERT_FALSE(c.write_raw("GET /healthz HTTP/1.1\r\nHo"));
+  const auto [data, ec] = c.read_until_closed();
+  const auto took = steady::now() - began;
+  EXPECT_TRUE(closed_by_peer(ec)) << ec.message();
+  EXPECT_EQ(data.rfind("HTTP/1.1 408 Request Timeout\r\n", 0), 0u) << data;
+  EXPECT_GE(took, milliseconds(290));
+  EXPECT_EQ(svc_->counters().requests(sluice::server::route::other, 408), 1u);
+}
+
 // Verifies the body timeout: a complete header, then half the body, then nothing.
 TEST_F(Server, SlowBodyIsClosedAfterBodyTimeout) {
   server_config cfg = test_config();
