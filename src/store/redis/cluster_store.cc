@@ -259,6 +259,10 @@ struct redis_cluster_store::impl {
     auto merged = redis::prepare_all(rs, a->group);
     if (!merged) return done(fail(merged.error()));
     if (merged->empty()) return done(std::vector<decision>{});
+    if (merged->size() == 1) {
+      auto [one, op] = redis::lone_call(merged->front());
+      return decide(one, op, redis::spread_lone(std::move(a->group), std::move(done)));
+    }
     std::vector<std::vector<redis::script_key>> keys;
     for (std::size_t m = 0; m < merged->size(); ++m) {
       const request& r = (*merged)[m];

@@ -719,6 +719,20 @@ result<std::vector<request>> prepare_all(std::span<const request> rs,
   return merged;
 }
 
+std::pair<request, script_op> lone_call(const request& merged) {
+  request one = merged;
+  if (one.cost > 0) return {one, script_op::acquire};
+  one.cost = 1;  // a check asks for one unit
+  return {one, script_op::peek};
+}
+
+store::completion spread_lone(std::vector<std::size_t> group, store::all_completion done) {
+  return [group = std::move(group), done = std::move(done)](result<decision> d) mutable {
+    if (!d) return done(fail(d.error()));
+    done(std::vector<decision>(group.size(), *d));
+  };
+}
+
 script_call make_multi_call(script_op op, std::vector<script_key> keys, std::string token) {
   script_call call;
   call.op = op;

@@ -53,6 +53,11 @@ void submit_decide_all(const std::shared_ptr<shared_state>& shared, connection& 
   auto merged = prepare_all(rs, group);
   if (!merged) return done(fail(merged.error()));
   if (merged->empty()) return done(std::vector<decision>{});
+  if (merged->size() == 1) {
+    auto [one, op] = lone_call(merged->front());
+    return submit_decide(shared, to, one, op, spread_lone(std::move(group), std::move(done)),
+                         watch);
+  }
   ++shared->requests;
   std::vector<script_key> keys;
   std::vector<std::int64_t> counts;

@@ -673,6 +673,51 @@ TEST(RedisStore, BatchesAreExactUnderConcurrency) {
   EXPECT_GT(redis.stats().batches, 0u);
 }
 
+// Verifies that an acquire_all on one key is that key's single-key call, so it joins the
+// connection's batches: 300 of them queued at once (a fifth only checks, cost 0) admit
+// exactly the limit, checks spend nothing and answer as a one-unit peek would, and every
+// call is decided in a batch run rather than by the multi-key script.
+TEST(RedisStore, OneKeyAcquireAllJoinsBatches) {
+  redis_server server;
+  auto o = options_for(server);
+  o.timeout = 30s;
+  redis_store redis(o);
+  for (const algorithm a : kAlgorithms) {
+    const std::string key = "lone:" + std::string(to_string(a));
+    const auto before = redis.stats().batched;
+    constexpr int kCalls = 300;
+    std::atomic<int> admitted{0}, failed{0}, answered{0}, checks_allowed{0};
+    {
+      test::io_hold hold(redis);
+      for (int i = 0; i < kCalls; ++i) {
+        const bool check = i % 5 == 4;
+        const request one = req(key, 100, 1h, a, check ? 0 : 1);
+        redis.async_acquire_all(std::span<const request>(&one, 1),
+                                [&, check](result<std::vector<decision>> got) {
+                                  if (!got || got->size() != 1) {
+                                    ++failed;
+                                  } else if (check) {
+                                    checks_allowed += (*got)[0].allowed ? 1 : 0;
+                                  } else {
+                                    admitted += (*got)[0].allowed ? 1 : 0;
+                                  }
+                                  ++answered;
+                                });
+      }
+    }
+    ASSERT_TRUE(eventually([&] { return answered.load() == kCalls; })) << to_string(a);
+    EXPECT_EQ(failed.load(), 0) << to_string(a);
+    EXPECT_EQ(admitted.load(), 100) << to_string(a);
+    // In order: the acquires before i = 124 are the first 100, admitted; the 24 checks
+    // among them (i = 4, 9, ..., 119) are allowed, those after are not.
+    const auto peek = redis.peek(req(key, 100, 1h, a));
+    ASSERT_TRUE(peek);
+    EXPECT_FALSE(peek->allowed) << to_string(a);
+    EXPECT_EQ(checks_allowed.load(), 24) << to_string(a);
+    EXPECT_EQ(redis.stats().batched - before, static_cast<std::uint64_t>(kCalls)) << to_string(a);
+  }
+}
+
 // Verifies that SCRIPT FLUSH between batches costs only a resend: each batch answered
 // NOSCRIPT goes again with the batch script's source, no call fails, and the decisions are
 // still the memory store's.
