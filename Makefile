@@ -13,6 +13,7 @@
 #   make bench-python  build release; the Python module vs the reference and sluice bench
 #   make bench-grpc    build release; sluice serve's gRPC (Envoy RLS) vs HTTP and the library
 #   make bench-io-threads build release; sluice serve with 2 I/O threads vs 1 (CPU per request)
+#   make bench-serve-redis build release; sluice serve on Redis vs sluice bench on the same Redis
 #   make chaos         build sluice; the chaos soak on a Redis Cluster, then behind Sentinel
 #                      (CHAOS_SECONDS each, CHAOS_SEED)
 #   make fuzz          build the libFuzzer targets with clang, run each FUZZ_SECONDS (60)
@@ -37,7 +38,7 @@ export UBSAN_OPTIONS := print_stacktrace=1:halt_on_error=1
 # The gRPC tests link Debian's gRPC, built without TSan: tests/tsan_suppressions.txt says why.
 export TSAN_OPTIONS := halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan_suppressions.txt
 
-.PHONY: run test build build-cli bench bench-redis bench-deny-cache bench-server bench-cluster bench-python bench-grpc bench-io-threads chaos fuzz deps format format-check clean \
+.PHONY: run test build build-cli bench bench-redis bench-deny-cache bench-server bench-cluster bench-python bench-grpc bench-io-threads bench-serve-redis chaos fuzz deps format format-check clean \
 	$(addprefix build-,$(PRESETS)) $(addprefix test-,$(PRESETS))
 
 # SLUICE_DEPS_DONE is set for the sub-makes of `test`, which checked the packages already.
@@ -122,6 +123,9 @@ bench-grpc: build-release
 # store, server CPU per request (docs/BENCHMARKS.md, "Memory store across cores").
 bench-io-threads: build-release
 	SLUICE=./build/release/sluice bash benchmarks/io_threads_compare.sh
+
+bench-serve-redis: build-release
+	SLUICE=./build/release/sluice bash benchmarks/serve_redis_compare.sh
 
 # The chaos soak (benchmarks/chaos/chaos.py; docs/BENCHMARKS.md, "Chaos soak"): sluice serve
 # on a 3+3 Redis Cluster under load while masters are killed and paused, nodes restarted,
