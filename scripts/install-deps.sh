@@ -14,6 +14,7 @@ packages=(
   libgmock-dev
   libbenchmark-dev
   liburcu-dev
+  libxxhash-dev
   libcli11-dev
   nlohmann-json3-dev
   libspdlog-dev

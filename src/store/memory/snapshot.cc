@@ -2,6 +2,9 @@
 
 #include <fcntl.h>
 #include <unistd.h>
+// For XXH64_state_t's size, so the streaming state needs no allocation.
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
 
 #include <atomic>
 #include <bit>
@@ -23,16 +26,6 @@ constexpr std::size_t kTrailerSize = 24;  // end magic, records, checksum
 constexpr std::int64_t kTimeMax = max_time.count() + max_window.count();
 // The most units a state may count: a count is at most its window in µs.
 constexpr std::int64_t kCountMax = max_window.count();
-
-constexpr std::uint64_t kPrime1 = 0x9e3779b185ebca87ULL;
-constexpr std::uint64_t kPrime2 = 0xc2b2ae3d27d4eb4fULL;
-constexpr std::uint64_t kPrime3 = 0x165667b19e3779f9ULL;
-
-std::uint64_t load_le64(const unsigned char* p) noexcept {
-  std::uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
 
 void put_le(std::string& out, std::uint64_t v, int bytes) {
   for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
@@ -146,35 +139,17 @@ std::atomic<std::uint64_t> temp_serial{0};
 
 }  // namespace
 
+snapshot_hash::snapshot_hash() noexcept {
+  static_assert(sizeof(XXH64_state_t) <= sizeof(state_) && alignof(XXH64_state_t) <= 8);
+  XXH64_reset(reinterpret_cast<XXH64_state_t*>(state_), 0);
+}
+
 void snapshot_hash::update(const void* data, std::size_t size) noexcept {
-  const auto* p = static_cast<const unsigned char*>(data);
-  total_ += size;
-  while (size > 0) {
-    if (tail_size_ == 0 && size >= 8) {
-      acc_ = std::rotl(acc_ + load_le64(p) * kPrime2, 31) * kPrime1;
-      p += 8;
-      size -= 8;
-      continue;
-    }
-    tail_[tail_size_++] = *p++;
-    --size;
-    if (tail_size_ == 8) {
-      acc_ = std::rotl(acc_ + load_le64(tail_) * kPrime2, 31) * kPrime1;
-      tail_size_ = 0;
-    }
-  }
+  XXH64_update(reinterpret_cast<XXH64_state_t*>(state_), data, size);
 }
 
 std::uint64_t snapshot_hash::digest() const noexcept {
-  std::uint64_t h = acc_ ^ total_;
-  for (std::size_t i = 0; i < tail_size_; ++i)
-    h = std::rotl(h ^ (tail_[i] * kPrime3), 11) * kPrime1;
-  h ^= h >> 33;
-  h *= kPrime2;
-  h ^= h >> 29;
-  h *= kPrime3;
-  h ^= h >> 32;
-  return h;
+  return XXH64_digest(reinterpret_cast<const XXH64_state_t*>(state_));
 }
 
 void append_record(std::string& out, const snapshot_record& r) {

@@ -2,13 +2,13 @@
 // from bytes and written through a temporary file renamed into place. Internal to sluice.
 //
 // Layout, integers little-endian:
-//   header   "SLUICESN", u32 version (1), u32 flags (0), i64 written_at (µs, store's clock)
+//   header   "SLUICESN", u32 version (2), u32 flags (0), i64 written_at (µs, store's clock)
 //   records  u8 algorithm (1 gcra, 2 sliding_counter, 3 sliding_log), u16 key length, the key,
 //            i64 expires_at, then per algorithm:
 //              gcra             nothing more (its state is its expiry, the arrival time)
 //              sliding_counter  i64 window_start, i64 previous, i64 current
 //              sliding_log      u32 entries, each i64 at, i64 count (oldest first)
-//   trailer  "SLUICEND", u64 records, u64 checksum of every byte before it
+//   trailer  "SLUICEND", u64 records, u64 XXH64 (seed 0) of every byte before it
 #pragma once
 
 #include <cstddef>
@@ -24,7 +24,8 @@
 
 namespace sluice::internal {
 
-inline constexpr std::uint32_t kSnapshotVersion = 1;
+// Version 2: the checksum is XXH64 (version 1's was a hash of sluice's own).
+inline constexpr std::uint32_t kSnapshotVersion = 2;
 
 // One key's state as a snapshot holds it. The views point into the bytes being read.
 struct snapshot_record {
@@ -39,18 +40,17 @@ struct snapshot_record {
   std::vector<sliding_log_state::entry> entries;
 };
 
-// A 64-bit checksum in the style of xxHash64's round (8 bytes per step), not compatible
-// with it. Streaming: `update` any number of times, then `digest`.
+// The trailer's checksum: XXH64 (seed 0, libxxhash) of every byte before it. Streaming:
+// `update` any number of times, then `digest`.
 class snapshot_hash {
  public:
+  snapshot_hash() noexcept;
   void update(const void* data, std::size_t size) noexcept;
   std::uint64_t digest() const noexcept;
 
  private:
-  std::uint64_t acc_ = 0x27d4eb2f165667c5ULL;
-  std::uint64_t total_ = 0;
-  unsigned char tail_[8] = {};
-  std::size_t tail_size_ = 0;
+  // XXH64_state_t's storage, which xxhash.h declares only with XXH_STATIC_LINKING_ONLY.
+  alignas(8) unsigned char state_[88];
 };
 
 // Appends `r` to `out` in the record format above.

@@ -4,6 +4,7 @@
 // and decisions racing snapshot writes.
 #include <gtest/gtest.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <atomic>
 #include <chrono>
@@ -199,6 +200,21 @@ TEST(MemorySnapshot, MissingFileStartsEmpty) {
   }
   EXPECT_TRUE(fs::exists(path));
   EXPECT_EQ(memory_store(with_snapshot(path, c)).stats().loaded, 1u);
+}
+
+// Verifies the trailer's checksum is XXH64 (seed 0) of every byte before it, as the format
+// says (docs/DESIGN.md, "Snapshots"), and that the header says format version 2.
+TEST(MemorySnapshot, ChecksumIsXxh64OfEverythingBeforeIt) {
+  temp_dir dir;
+  sluice::manual_clock c{kStart};
+  const std::string bytes = sample_snapshot(dir, c);
+  ASSERT_GT(bytes.size(), 48u);
+  EXPECT_EQ(static_cast<unsigned char>(bytes[8]), 2u);
+  std::uint64_t stored = 0;
+  for (std::size_t i = 0; i < 8; ++i) {
+    stored |= std::uint64_t{static_cast<unsigned char>(bytes[bytes.size() - 8 + i])} << (8 * i);
+  }
+  EXPECT_EQ(stored, XXH64(bytes.data(), bytes.size() - 8, 0));
 }
 
 // Verifies that each kind of bad file is refused with errc::invalid_snapshot, the message
