@@ -6,6 +6,7 @@ sluice_gtest(memory_store_test ${CMAKE_CURRENT_LIST_DIR}/store/memory/memory_sto
   ${CMAKE_CURRENT_LIST_DIR}/store/memory/memory_store_concurrency_test.cc
   ${CMAKE_CURRENT_LIST_DIR}/store/memory/snapshot_test.cc
   ${CMAKE_CURRENT_LIST_DIR}/store/open_store_test.cc)
+target_link_libraries(memory_store_test PRIVATE PkgConfig::XXHASH)  # the snapshot's checksum
 
 # RESP, the pipeline, cluster slots and redirections, URIs: bytes in, no I/O.
 sluice_gtest(redis_unit_test
