@@ -6,9 +6,12 @@
 #include <absl/synchronization/mutex.h>
 #include <grpcpp/grpcpp.h>
 
+#include <google/protobuf/arena.h>
+
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <cstddef>
 #include <mutex>
 #include <thread>
 #include <utility>
@@ -37,8 +40,24 @@ class rls_call {
   rls_call(grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* reply)
       : reactor_(reactor), reply_(reply) {}
 
-  rls::RateLimitRequest request;
-  rls::RateLimitResponse response;
+ private:
+  // The call's messages live in an arena whose first block is part of the call, so parsing
+  // the request and building the response allocate nothing of their own for a usual call
+  // (strings longer than the standard library keeps inline still do).
+  static google::protobuf::ArenaOptions arena_options(char* block, std::size_t size) {
+    google::protobuf::ArenaOptions o;
+    o.initial_block = block;
+    o.initial_block_size = size;
+    return o;
+  }
+  alignas(std::max_align_t) char arena_block_[2048];
+  google::protobuf::Arena arena_{arena_options(arena_block_, sizeof(arena_block_))};
+
+ public:
+  rls::RateLimitRequest& request =
+      *google::protobuf::Arena::CreateMessage<rls::RateLimitRequest>(&arena_);
+  rls::RateLimitResponse& response =
+      *google::protobuf::Arena::CreateMessage<rls::RateLimitResponse>(&arena_);
 
   // Returns true when this answered the call: sends `response` (status OK) or `status`.
   // Returns false, doing nothing, when the call was answered already.
