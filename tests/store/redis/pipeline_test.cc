@@ -390,7 +390,7 @@ pending batchable(answers& a, std::string key, steady::time_point deadline,
   return p;
 }
 
-const script_shas kShas{{"LOG", "COUNTER", "GCRA"}, "BATCH"};
+const script_shas kShas{{"LOG", "COUNTER", "GCRA"}, "BATCH", "PACKED"};
 
 // Returns how many commands `bytes` holds (RESP arrays at the top level) and their first
 // two arguments (EVALSHA and the sha, or the command's name).
