@@ -297,7 +297,6 @@ TEST(RedisClusterStore, PackedLogConformsToTheMemoryStore) {
   redis_cluster cluster;
   auto o = options_for(cluster);
   o.connection.log_layout = redis_store_options::log_layout_kind::packed;
-  o.connection.pool = 2;
   redis_cluster_store redis(o);
   test::expect_same_decisions_as_memory(redis);
   test::expect_same_acquire_all_and_refunds_as_memory(redis);
