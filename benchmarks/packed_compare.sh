@@ -6,7 +6,8 @@
 # median and range over the rounds.
 #
 # Environment: SLUICE (./build/release/sluice), ROUNDS (3), BENCH_SECONDS (4), BENCH_KEYS
-# (10000), BENCH_INFLIGHT (256), BENCH_LIMIT (1000000/1s), REDIS_SERVER (redis-server).
+# (10000), BENCH_INFLIGHT (256), BENCH_LIMIT (1000000/1s), REDIS_SERVER (redis-server),
+# STORE_OPTIONS (more URI options for both, e.g. "&batch=0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,7 @@ keys=${BENCH_KEYS:-10000}
 inflight=${BENCH_INFLIGHT:-256}
 limit=${BENCH_LIMIT:-1000000/1s}
 redis_server=${REDIS_SERVER:-redis-server}
+store_options=${STORE_OPTIONS:-}
 
 die() {
   echo "packed_compare: $*" >&2
@@ -49,7 +51,7 @@ echo "redis-server $(cli INFO server | sed -nE 's/^redis_version:([^\r]*).*/\1/p
 
 # Runs one layout; appends "layout rps p50 p99 redis_us_per_decision" to $tmp/results.
 run_layout() {
-  local layout=$1 store="redis://127.0.0.1:$port?timeout=1s" out r0 r1
+  local layout=$1 store="redis://127.0.0.1:$port?timeout=1s$store_options" out r0 r1
   [[ $layout == packed ]] && store+="&log_layout=packed"
   out=$tmp/$layout.json
   cli FLUSHALL >/dev/null
