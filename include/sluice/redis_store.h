@@ -51,6 +51,12 @@ struct redis_store_options {
   // `batch_bytes` of arguments in one run; 0 or 1 sends one script per decision.
   std::size_t batch = 128;
   std::size_t batch_bytes = 256 * 1024;
+  // How sliding_log keeps its log in Redis. `reference`: a sorted set with one member per
+  // unit, the reference limiter's layout (keys it shares). `packed`: one string of 16-byte
+  // entries per key, a GET and a SET per decision; same decisions, cheaper for Redis, but not
+  // readable by the reference limiter (and its keys read as empty, replaced on acquire).
+  enum class log_layout_kind : std::uint8_t { reference, packed };
+  log_layout_kind log_layout = log_layout_kind::reference;
 };
 
 // Returns the options written in `uri`:
@@ -59,7 +65,7 @@ struct redis_store_options {
 //   unix:///path/to/redis.sock[?db=N&...]
 // Options: timeout, connect_timeout (durations: 50ms, 1s), pool, prefix, reconnect_min,
 // reconnect_max, tls_ca, tls_cert, tls_key, tls_server_name, tls_verify (0|1), db,
-// batch (0: off; at most 4096), batch_bytes.
+// batch (0: off; at most 4096), batch_bytes, log_layout (reference|packed).
 // User and password may be %-encoded.
 result<redis_store_options> parse_redis_uri(std::string_view uri);
 

@@ -219,11 +219,16 @@ int run_grpc_bench([[maybe_unused]] const bench_args& a) {
 
 // Prints one JSON line of figures; returns 0 when every call got a decision, 1 when some
 // failed, 2 when the store (or the --grpc service) does not answer at all. With --print-script,
-// prints the Lua source the Redis store runs for that algorithm (or "batch": the batch script),
+// prints the Lua source the Redis store runs for that algorithm (or "batch": the batch script;
+// "sliding_log_packed": sliding_log's in log_layout=packed),
 // byte for byte, and nothing else.
 int run_bench(const bench_args& a) {
   if (a.print_script == "batch") {
     std::cout << sluice::redis::batch_script_source() << std::flush;
+    return 0;
+  }
+  if (a.print_script == "sliding_log_packed") {
+    std::cout << sluice::redis::packed_log_script_source() << std::flush;
     return 0;
   }
   if (!a.print_script.empty()) {
@@ -454,8 +459,10 @@ int main(int argc, char** argv) {
       "denied in-process until the store's retry_after");
   bench_grpc->excludes(bench_limiter, bench_deny_cache);
   bench_cmd
-      ->add_option("--print-script", bench.print_script,
-                   "Print the Redis store's Lua script for ALGORITHM (or batch) and exit")
+      ->add_option(
+          "--print-script", bench.print_script,
+          "Print the Redis store's Lua script for ALGORITHM (or batch, sliding_log_packed) "
+          "and exit")
       ->group("");
 
   serve_args serve;

@@ -276,7 +276,7 @@ struct redis_cluster_store::impl {
       }
       a->slots[i].members.push_back(m);
       a->slots[i].counts.push_back(r.limit.count);
-      keys[i].push_back(redis::to_script_key(r, std::move(key)));
+      keys[i].push_back(redis::to_script_key(r, std::move(key), shared->packed_log()));
     }
     const std::string token = shared->next_token();
     for (std::size_t i = 0; i < a->slots.size(); ++i) {

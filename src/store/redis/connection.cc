@@ -338,7 +338,8 @@ class asio_connection final : public connection,
       const auto& o = options();
       const script_shas shas{
           {shared_->scripts[0].sha, shared_->scripts[1].sha, shared_->scripts[2].sha},
-          shared_->batch_script().sha};
+          shared_->batch_script().sha,
+          shared_->scripts[6].sha};
       write_buffer_.clear();
       const assembled did = pipeline_->assemble(flushing_bytes_, flushing_, shas, o.batch,
                                                 o.batch_bytes, steady::now(), write_buffer_);
@@ -565,6 +566,7 @@ shared_state::shared_state(redis_store_options o) : options(std::move(o)) {
   scripts[3] = script{acquire_all_script_source(), sha1_hex(acquire_all_script_source())};
   scripts[4] = script{release_script_source(), sha1_hex(release_script_source())};
   scripts[5] = script{batch_script_source(), sha1_hex(batch_script_source())};
+  scripts[6] = script{packed_log_script_source(), sha1_hex(packed_log_script_source())};
   std::random_device rd;
   char id[17];
   std::snprintf(id, sizeof id, "%08x%08x", rd(), rd());
@@ -701,6 +703,7 @@ script_call make_script_call(shared_state& shared, const request& r, std::string
   call.cost = r.cost;
   if (r.now) call.now_us = r.now->count();
   call.token = shared.next_token();
+  call.packed_log = shared.packed_log();
   return call;
 }
 
@@ -745,8 +748,9 @@ script_call make_multi_call(script_op op, std::vector<script_key> keys, std::str
   return call;
 }
 
-script_key to_script_key(const request& r, std::string key) {
+script_key to_script_key(const request& r, std::string key, bool packed_log) {
   script_key k;
+  k.packed_log = packed_log;
   k.key = std::move(key);
   k.algo = r.algorithm;
   k.count = r.limit.count;

@@ -58,9 +58,9 @@ struct shared_state {
   explicit shared_state(redis_store_options o);
 
   redis_store_options options;
-  // The three algorithms' (indexed by algorithm), then acquire_all's, release's and the
-  // batch script's.
-  std::array<script, 6> scripts;
+  // The three algorithms' (indexed by algorithm), then acquire_all's, release's, the
+  // batch script's and sliding_log's in the packed layout.
+  std::array<script, 7> scripts;
   std::string instance;  // makes sliding_log members unique across processes
   std::atomic<std::uint64_t> seq{0};
   std::atomic<std::uint64_t> requests{0};
@@ -98,11 +98,16 @@ struct shared_state {
   const script& script_of(const script_call& c) const {
     if (c.op == script_op::acquire_all) return scripts[3];
     if (c.op == script_op::release) return scripts[4];
+    if (c.packed_log && c.algo == algorithm::sliding_log) return scripts[6];
     return scripts[static_cast<std::size_t>(c.algo)];
   }
   const script& batch_script() const { return scripts[5]; }
   // True when single-key calls go to connections unencoded, to be batched.
   bool batching() const { return options.batch > 1; }
+  // True when sliding_log keeps its log in the packed layout (log_layout=packed).
+  bool packed_log() const {
+    return options.log_layout == redis_store_options::log_layout_kind::packed;
+  }
   // A token no other call of any process uses: `<instance>:<sequence>`.
   std::string next_token();
 };
@@ -198,12 +203,16 @@ store::completion spread_lone(std::vector<std::size_t> group, store::all_complet
 // Returns the multi-key script call of `op` over `keys`: the call's time is the first
 // key's, and a key keeps its own `now_us` only when that differs.
 script_call make_multi_call(script_op op, std::vector<script_key> keys, std::string token);
-// Returns the key of `r` (a prepared request) for a multi-key call, on the Redis key `key`.
-script_key to_script_key(const request& r, std::string key);
+// Returns the key of `r` (a prepared request) for a multi-key call, on the Redis key `key`,
+// with sliding_log in the packed layout when `packed_log`.
+script_key to_script_key(const request& r, std::string key, bool packed_log = false);
 
-// Returns what describe() adds for batching: "?batch=128" ("?batch=0" when off).
+// Returns what describe() adds for batching: "?batch=128" ("?batch=0" when off), and
+// "&log_layout=packed" when sliding_log keeps the packed layout.
 inline std::string describe_batching(const redis_store_options& o) {
-  return "?batch=" + std::to_string(o.batch > 1 ? o.batch : 0);
+  std::string out = "?batch=" + std::to_string(o.batch > 1 ? o.batch : 0);
+  if (o.log_layout == redis_store_options::log_layout_kind::packed) out += "&log_layout=packed";
+  return out;
 }
 
 // Copies the counters both Redis stores keep into `out`.

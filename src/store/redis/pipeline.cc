@@ -43,7 +43,8 @@ void append_multi_call(std::string& out, const script_call& c, std::string_view 
   args.push_back(c.now_us ? number(*c.now_us) : std::string_view{});
   args.push_back(c.token);
   for (const script_key& k : c.keys) {
-    args.push_back(to_string(k.algo));
+    args.push_back(k.packed_log && k.algo == algorithm::sliding_log ? "sliding_log_packed"
+                                                                    : to_string(k.algo));
     args.push_back(number(k.count));
     args.push_back(number(k.window_us));
     args.push_back(number(k.cost));
@@ -75,7 +76,9 @@ std::string_view batch_mode(const script_call& c) {
       {"pl", "pc", "pg"},  // peek
       {"rl", "rc", "rg"},  // refund
   }};
+  static constexpr std::array<std::string_view, 3> kPacked{"as", "ps", "rs"};
   const std::size_t op = c.op == script_op::peek ? 1 : c.op == script_op::refund ? 2 : 0;
+  if (c.packed_log && c.algo == algorithm::sliding_log) return kPacked[op];
   return kModes[op][static_cast<std::size_t>(c.algo)];
 }
 
@@ -105,7 +108,7 @@ void append_batch_call(std::string& out, std::span<const script_call* const> cal
     append_bulk(out, decimal(buf, c.window_us));
     append_bulk(out, decimal(buf, c.cost));
     append_bulk(out, c.now_us ? decimal(buf, *c.now_us) : std::string_view{});
-    append_bulk(out, c.op == script_op::acquire && c.algo == algorithm::sliding_log
+    append_bulk(out, c.op == script_op::acquire && c.algo == algorithm::sliding_log && !c.packed_log
                          ? std::string_view(c.token)
                          : std::string_view{});
   }
@@ -163,7 +166,7 @@ assembled pipeline::assemble(std::string_view bytes, std::vector<pending>& calls
     if (b.calls.empty()) return;
     if (b.calls.size() == 1) {
       const script_call& c = *b.calls.front().script;
-      append_script_call(out, c, shas.single[static_cast<std::size_t>(c.algo)]);
+      append_script_call(out, c, shas.of(c));
       push(std::move(b.calls.front()));
     } else {
       scripts.clear();

@@ -37,6 +37,7 @@ struct script_key {
   // `release` only: the reservation's time and reset_after for this key.
   std::int64_t reserved_at_us = 0;
   std::int64_t reserved_reset_us = 0;
+  bool packed_log = false;  // sliding_log in the packed layout (sliding_log_packed)
 };
 
 // A script call, kept so that it can be sent again as EVAL after a NOSCRIPT reply. A
@@ -52,6 +53,7 @@ struct script_call {
   std::optional<std::int64_t> now_us;
   std::string token;
   std::vector<script_key> keys;
+  bool packed_log = false;  // sliding_log in the packed layout: its own script and letter
 
   bool multi() const noexcept { return op == script_op::acquire_all || op == script_op::release; }
 };
@@ -89,6 +91,13 @@ struct pending {
 struct script_shas {
   std::array<std::string_view, 3> single;  // indexed by algorithm
   std::string_view batch;
+  std::string_view packed_log;  // sliding_log's in the packed layout
+
+  // Returns the sha of the single-key script of `c`.
+  std::string_view of(const script_call& c) const {
+    if (c.packed_log && c.algo == algorithm::sliding_log) return packed_log;
+    return single[static_cast<std::size_t>(c.algo)];
+  }
 };
 
 // What one `assemble` did.

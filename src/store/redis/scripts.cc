@@ -243,6 +243,150 @@ local function sliding_log(key, op, count, w, cost, now, token, slack, at, reset
 end
 )lua";
 
+// sliding_log_packed, the `log_layout=packed` layout: the key is one string, a 16-byte
+// header ("sluice:L", then `base` as a little-endian double) and then one 16-byte entry per
+// admission time, oldest first: struct '<dd' (time in µs, units admitted up to and with this
+// entry, counted from `base`). Admissions at one time share an entry, as in the core's log.
+// An entry's units are its cum less the one before it (`base` for the first), so pruning
+// drops whole entries and moves `base` on without rewriting the rest. A decision is one GET,
+// binary searches, and at most one SET (or DEL) of the whole value. A value without the
+// header (another algorithm's, the reference layout's set, garbage) reads as empty, and
+// only an acquire replaces it. TTL: the newest entry's time plus the window (plus slack).
+constexpr std::string_view kSlidingLogPacked = R"lua(
+-- The index (1..n+1) of the first entry whose time is past h.
+local function packed_after(v, n, h)
+  local lo, hi = 1, n + 1
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if struct.unpack('<d', v, 16 * mid + 1) > h then hi = mid else lo = mid + 1 end
+  end
+  return lo
+end
+-- The index (lo..n+1) of the first entry whose cum is at least x.
+local function packed_reach(v, lo, n, x)
+  local hi = n + 1
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if struct.unpack('<d', v, 16 * mid + 9) >= x then hi = mid else lo = mid + 1 end
+  end
+  return lo
+end
+local function packed_cum(v, i, base)
+  if i == 0 then return base end
+  return (struct.unpack('<d', v, 16 * i + 9))
+end
+-- Returns the value of entries k..j of v after `before` (their new base), then `tail` (an
+-- entry's bytes, or ''); entries are rebased to 0 once the base grows large, so that every
+-- cum stays an exact double.
+local function packed_value(v, k, j, before, tail)
+  if before < 1099511627776 then
+    return 'sluice:L' .. struct.pack('<d', before) .. string.sub(v, 16 * k + 1, 16 * j + 16) .. tail
+  end
+  local parts = {'sluice:L' .. struct.pack('<d', 0)}
+  for i = k, j do
+    local t, c = struct.unpack('<dd', v, 16 * i + 1)
+    parts[#parts + 1] = struct.pack('<dd', t, c - before)
+  end
+  if tail ~= '' then
+    local t, c = struct.unpack('<dd', tail)
+    parts[#parts + 1] = struct.pack('<dd', t, c - before)
+  end
+  return table.concat(parts)
+end
+-- Stores `value` (nil or no entries: the key goes) and returns it as read back.
+local function packed_store(key, value, now, w, slack)
+  if not value or #value < 32 then
+    redis.call('DEL', key)
+    return '', 0, 0
+  end
+  local n = #value / 16 - 1
+  local newest = struct.unpack('<d', value, 16 * n + 1)
+  redis.call('SET', key, value, 'PX', ttl_ms(newest + w - now, slack))
+  return value, n, (struct.unpack('<d', value, 9))
+end
+local function sliding_log_packed(key, op, count, w, cost, now, token, slack, at, reset)
+  local v = redis.pcall('GET', key)
+  local n, base = 0, 0
+  if type(v) == 'string' and #v >= 16 and #v % 16 == 0 and string.sub(v, 1, 8) == 'sluice:L' then
+    n, base = #v / 16 - 1, struct.unpack('<d', v, 9)
+  else
+    v = ''
+  end
+  -- Entries k..n are in the window; those before it are pruned (written back below, as the
+  -- reference's ZREMRANGEBYSCORE does, so that a clock that steps back does not see them).
+  local k = packed_after(v, n, now - w)
+  local before = packed_cum(v, k - 1, base)
+  local pruned = k > 1
+  if op == 'refund' or op == 'release' then
+    local last = packed_cum(v, n, base)
+    local value, changed = nil, pruned
+    if op == 'refund' then  -- the newest units, as the core's take_back
+      changed = changed or last > before
+      local target = last - math.min(cost, last - before)
+      if target > before then
+        local j = packed_reach(v, k, n, target)
+        value = packed_value(v, k, j - 1, before,
+                             struct.pack('<dd', struct.unpack('<d', v, 16 * j + 1), target))
+      end
+    else  -- the reservation's units, at its time (units at one time are interchangeable)
+      local t = at + reset - w
+      local j = packed_after(v, n, t - 1)
+      local back = 0
+      if j >= k and j <= n and struct.unpack('<d', v, 16 * j + 1) == t and cost > 0 then
+        back = math.min(cost, packed_cum(v, j, base) - packed_cum(v, j - 1, base))
+      end
+      if back > 0 then
+        changed = true
+        local parts = {'sluice:L' .. struct.pack('<d', 0)}
+        for i = k, n do
+          local ti, c = struct.unpack('<dd', v, 16 * i + 1)
+          c = c - before
+          if i >= j then c = c - back end
+          if i ~= j or c > packed_cum(v, j - 1, base) - before then
+            parts[#parts + 1] = struct.pack('<dd', ti, c)
+          end
+        end
+        value = table.concat(parts)
+      elseif pruned then
+        value = packed_value(v, k, n, before, '')
+      end
+    end
+    if changed then
+      v, n, base = packed_store(key, value, now, w, slack)
+      k, before, pruned = 1, base, false
+    end
+    if op == 'refund' then cost = 1 else cost = math.max(cost, 1) end
+    op = 'peek'
+  end
+  local last = packed_cum(v, n, base)
+  local used = last - before
+  local newest = nil
+  if k <= n then newest = struct.unpack('<d', v, 16 * n + 1) end
+  local allowed = used + cost <= count
+  if allowed and op == 'acquire' then
+    local first = now
+    if newest and newest > first then first = newest end
+    local value
+    if newest == first then  -- the newest entry takes the units too
+      value = packed_value(v, k, n - 1, before, struct.pack('<dd', first, last + cost))
+    else
+      value = packed_value(v, k, n, before, struct.pack('<dd', first, last + cost))
+    end
+    redis.call('SET', key, value, 'PX', ttl_ms(first + w - now, slack))
+    return {1, count - used - cost, 0, first + w - now}
+  end
+  if pruned then packed_store(key, packed_value(v, k, n, before, ''), now, w, slack) end
+  local retry = 0
+  if not allowed then  -- when the oldest entries holding `excess` units have expired
+    local j = packed_reach(v, k, n, before + used + cost - count)
+    retry = math.max(1, struct.unpack('<d', v, 16 * j + 1) + w - now)
+  end
+  local reset_after = 0
+  if newest then reset_after = newest + w - now end
+  return {allowed and 1 or 0, math.max(0, count - used), retry, reset_after}
+end
+)lua";
+
 // The single-key script's body, around the name of its algorithm's function.
 constexpr std::string_view kSingleBefore = R"lua(
 local now, slack = tonumber(ARGV[5]), 60000000
@@ -258,7 +402,8 @@ constexpr std::string_view kSingleAfter =
 // What the multi-key and the release scripts share: the algorithms by name, and each key's
 // arguments (`fields` of them per key after ARGV[1..2]) read into a table.
 constexpr std::string_view kKeys = R"lua(
-local algorithms = {sliding_log = sliding_log, sliding_counter = sliding_counter, gcra = gcra}
+local algorithms = {sliding_log = sliding_log, sliding_counter = sliding_counter, gcra = gcra,
+                    sliding_log_packed = sliding_log_packed}
 local function read_keys(fields)
   local n = #KEYS
   if #ARGV ~= 2 + fields * n then
@@ -322,7 +467,9 @@ return reply
 // written once. A change of algorithm on the key (and for sliding_log a change of `now` or
 // window, which prune differently) writes what is held and reads the key again, so the
 // answers are those of the calls run one by one. An error stops the run (what was written
-// stays written) and answers every call of the batch with it.
+// stays written) and answers every call of the batch with it. A sliding_log_packed call
+// (algorithm letter s) is decided alone by its function, with no same-key coalescing: one GET
+// and one SET each, after what is held for the key is written.
 constexpr std::string_view kBatch = R"lua(
 local fields = 7
 local n = #ARGV / fields
@@ -534,8 +681,9 @@ end
 local stores = {l = log_store, c = counter_store, g = gcra_store}
 local modes = {}
 for _, o in ipairs({'a', 'p', 'r'}) do
-  for _, a in ipairs({'l', 'c', 'g'}) do modes[o .. a] = {o, a} end
+  for _, a in ipairs({'l', 'c', 'g', 's'}) do modes[o .. a] = {o, a} end
 end
+local op_names = {a = 'acquire', p = 'peek', r = 'refund'}
 -- Each key's state, read at its first call and written after its last (or when a call on
 -- the key needs it read afresh); keys are independent, so the order of the writes does
 -- not matter.
@@ -553,24 +701,31 @@ for i = 1, n do
   local now, slack = tonumber(ARGV[b + 6]), 60000000
   if not now then now, slack = server_now(), 0 end
   local h = held[k]
-  if not h or h.a ~= a or (a == 'l' and (now ~= h.now or w ~= h.w)) then
+  if a == 's' then
+    -- sliding_log_packed: each call decided alone on the key, after what is held is written.
     if h then stores[h.a](key, h.s) end
-    h = {a = a, now = now, w = w}
-    if a == 'l' then
-      h.s = log_load(key, now, w)
-    elseif a == 'c' then
-      h.s = counter_load(key)
-    else
-      h.s = gcra_load(key)
-    end
-    held[k] = h
-  end
-  if a == 'l' then
-    reply[i] = log_step(key, h.s, op, count, cost, ARGV[b + 7], slack)
-  elseif a == 'c' then
-    reply[i] = counter_step(h.s, op, count, w, cost, now, slack)
+    held[k] = nil
+    reply[i] = sliding_log_packed(key, op_names[op], count, w, cost, now, '', slack)
   else
-    reply[i] = gcra_step(h.s, op, count, w, cost, now, slack)
+    if not h or h.a ~= a or (a == 'l' and (now ~= h.now or w ~= h.w)) then
+      if h then stores[h.a](key, h.s) end
+      h = {a = a, now = now, w = w}
+      if a == 'l' then
+        h.s = log_load(key, now, w)
+      elseif a == 'c' then
+        h.s = counter_load(key)
+      else
+        h.s = gcra_load(key)
+      end
+      held[k] = h
+    end
+    if a == 'l' then
+      reply[i] = log_step(key, h.s, op, count, cost, ARGV[b + 7], slack)
+    elseif a == 'c' then
+      reply[i] = counter_step(h.s, op, count, w, cost, now, slack)
+    else
+      reply[i] = gcra_step(h.s, op, count, w, cost, now, slack)
+    end
   end
 end
 for k, h in pairs(held) do stores[h.a](KEYS[k], h.s) end
@@ -579,6 +734,7 @@ return reply
 
 struct built_sources {
   std::array<std::string, 3> single;  // indexed by algorithm
+  std::string packed_log;             // sliding_log, log_layout=packed
   std::string all;
   std::string release;
   std::string batch;
@@ -602,12 +758,14 @@ const built_sources& sources() {
         single_script({kTtl, kInt, kSlidingCounter}, "sliding_counter");
     b.single[static_cast<std::size_t>(algorithm::sliding_log)] =
         single_script({kTtl, kSlidingLog}, "sliding_log");
+    b.packed_log = single_script({kTtl, kSlidingLogPacked}, "sliding_log_packed");
     std::string all_algorithms;
     all_algorithms.append(kTtl).append(kInt).append(kGcra).append(kSlidingCounter);
-    all_algorithms.append(kSlidingLog).append(kKeys);
+    all_algorithms.append(kSlidingLog).append(kSlidingLogPacked).append(kKeys);
     b.all = all_algorithms + std::string(kAll);
     b.release = all_algorithms + std::string(kRelease);
-    b.batch.append(kTtl).append(kInt).append(kSlidingCounter).append(kSlidingLog).append(kBatch);
+    b.batch.append(kTtl).append(kInt).append(kSlidingCounter).append(kSlidingLog);
+    b.batch.append(kSlidingLogPacked).append(kBatch);
     return b;
   }();
   return built;
@@ -618,6 +776,8 @@ const built_sources& sources() {
 std::string_view script_source(algorithm a) noexcept {
   return sources().single[static_cast<std::size_t>(a)];
 }
+
+std::string_view packed_log_script_source() noexcept { return sources().packed_log; }
 
 std::string_view acquire_all_script_source() noexcept { return sources().all; }
 

@@ -28,7 +28,8 @@
 // The batch script: several single-key calls decided in one run, in order. KEYS = the
 // distinct keys, and per call 7 arguments:
 //   ARGV = key index (into KEYS, from 1), mode (op letter a|p|r for acquire, peek, refund,
-//          then algorithm letter l|c|g for sliding_log, sliding_counter, gcra), count,
+//          then algorithm letter l|c|g|s for sliding_log, sliding_counter, gcra,
+//          sliding_log_packed), count,
 //          window (µs), cost, now (µs, or "" for the server's TIME, read once per run),
 //          token (sliding_log acquires; "" otherwise)
 // It returns one element per call: the four numbers the single-key script returns. Each
@@ -52,6 +53,11 @@ namespace sluice::redis {
 
 // Returns the single-key script for `a`.
 std::string_view script_source(algorithm a) noexcept;
+// Returns the single-key script of sliding_log in the packed layout (`log_layout=packed`):
+// the same arguments and replies as script_source(algorithm::sliding_log), the log kept as
+// one string of 16-byte entries (scripts.cc). The multi-key, release and batch scripts know
+// it by the algorithm name "sliding_log_packed" (batch letter s).
+std::string_view packed_log_script_source() noexcept;
 // Returns the multi-key script of `acquire_all`.
 std::string_view acquire_all_script_source() noexcept;
 // Returns the release script (a cluster's give-back).

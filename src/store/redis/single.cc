@@ -64,7 +64,7 @@ void submit_decide_all(const std::shared_ptr<shared_state>& shared, connection& 
   keys.reserve(merged->size());
   counts.reserve(merged->size());
   for (const request& r : *merged) {
-    keys.push_back(to_script_key(r, full_key(shared->options, r.key)));
+    keys.push_back(to_script_key(r, full_key(shared->options, r.key), shared->packed_log()));
     counts.push_back(r.limit.count);
   }
   script_call call = make_multi_call(script_op::acquire_all, std::move(keys), shared->next_token());

@@ -174,6 +174,14 @@ result<redis_store_options> parse_redis_uri(std::string_view uri) {
       if (!parse_number(std::string_view(value), o.batch_bytes) || o.batch_bytes < 1024) {
         return bad(uri, "batch_bytes must be a number of bytes, at least 1024");
       }
+    } else if (name == "log_layout") {
+      if (value == "reference") {
+        o.log_layout = redis_store_options::log_layout_kind::reference;
+      } else if (value == "packed") {
+        o.log_layout = redis_store_options::log_layout_kind::packed;
+      } else {
+        return bad(uri, "log_layout must be reference or packed");
+      }
     } else if (name == "db") {
       if (!parse_number(std::string_view(value), o.db) || o.db < 0) {
         return bad(uri, "db must be a number");

@@ -288,6 +288,52 @@ TEST(RedisClusterStore, BatchesAreExactUnderConcurrency) {
   EXPECT_GT(redis.stats().batches, 0u);
 }
 
+// Verifies that with log_layout=packed the cluster's decisions are exactly the memory
+// store's: single calls, refunds, acquire_all whose keys span slots (reserved slot by slot,
+// given back by the release script when another slot denies) and batched bursts; that a
+// give-back leaves packed keys byte for byte as they were; and that 1,000 acquires racing on
+// one key admit exactly the limit.
+TEST(RedisClusterStore, PackedLogConformsToTheMemoryStore) {
+  redis_cluster cluster;
+  auto o = options_for(cluster);
+  o.connection.log_layout = redis_store_options::log_layout_kind::packed;
+  redis_cluster_store redis(o);
+  test::expect_same_decisions_as_memory(redis);
+  test::expect_same_acquire_all_and_refunds_as_memory(redis);
+  test::expect_same_decisions_as_memory_in_bursts(redis, 200, 3, 41);
+  EXPECT_GT(redis.stats().batches, 0u);
+
+  const auto masters = cluster.masters();
+  ASSERT_EQ(masters.size(), 3u);
+  const microseconds now{1'800'000'000'000'000};
+  const limit three{3, std::chrono::hours(1)};
+  const algorithm log = algorithm::sliding_log;
+  const auto free = keys_on(cluster, redis, masters[0].port, 2, "packed-free:");
+  const auto full = keys_on(cluster, redis, masters[1].port, 1, "packed-full:")[0];
+  ASSERT_NE(redis.slot_of(free[0]), redis.slot_of(free[1]));
+  ASSERT_TRUE(redis.acquire(req(free[0], 3, 1h, log, 1, now))->allowed);
+  ASSERT_TRUE(redis.acquire(req(full, 3, 1h, log, 3, now))->allowed);
+  const std::vector<std::string> before = {raw_state(cluster, redis, free[0]),
+                                           raw_state(cluster, redis, free[1])};
+  ASSERT_TRUE(before[0].starts_with("sluice:L")) << before[0];
+  ASSERT_EQ(before[1], "none");
+  const request rs[] = {
+      {free[0], three, log, 2, now}, {free[1], three, log, 1, now}, {full, three, log, 1, now}};
+  const auto sent = redis.stats().requests;
+  auto d = redis.acquire_all(rs);
+  ASSERT_TRUE(d) << d.error().message();
+  EXPECT_EQ(redis.stats().requests - sent, 3u + 2u) << "3 slots, 2 given back";
+  EXPECT_FALSE((*d)[2].allowed);
+  EXPECT_EQ(raw_state(cluster, redis, free[0]), before[0]);
+  EXPECT_EQ(raw_state(cluster, redis, free[1]), before[1]);
+  for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ((*d)[i], *redis.peek(rs[i])) << "request " << i;
+
+  const auto got = test::race_on_one_key(redis, log, "packed-race");
+  EXPECT_EQ(got.failed, 0);
+  EXPECT_EQ(got.admitted, 100);
+  EXPECT_EQ(redis.stats().errors, 0u);
+}
+
 // Verifies that keys land on every master, each on the master Redis itself says serves its
 // slot (CLUSTER KEYSLOT agrees with the store's own hashing), under `<prefix>:{<key>}`.
 TEST(RedisClusterStore, KeysSpreadOverEveryMaster) {

@@ -390,7 +390,7 @@ pending batchable(answers& a, std::string key, steady::time_point deadline,
   return p;
 }
 
-const script_shas kShas{{"LOG", "COUNTER", "GCRA"}, "BATCH"};
+const script_shas kShas{{"LOG", "COUNTER", "GCRA"}, "BATCH", "PACKED"};
 
 // Returns how many commands `bytes` holds (RESP arrays at the top level) and their first
 // two arguments (EVALSHA and the sha, or the command's name).
@@ -648,6 +648,52 @@ TEST(Batch, AnErrorInOneSlotAnswersThatCall) {
   ASSERT_FALSE(da);
   EXPECT_EQ(da.error().code, make_error_code(errc::store_error));
   EXPECT_TRUE(to_decision(b.got.at(0), 10));
+}
+
+// Verifies how a packed sliding_log call is written: alone with the packed script's sha, in a
+// batch with the letter `s` after its op's and no token, and in a multi-key call under the
+// algorithm name sliding_log_packed (other algorithms' keys as they were).
+TEST(Batch, PackedLogCallsUseTheirOwnScriptLetterAndName) {
+  pipeline pl;
+  answers a;
+  const auto later = steady::now() + 1h;
+  std::vector<pending> q;
+  q.push_back(batchable(a, "k0", later));
+  q.back().script->packed_log = true;
+  std::string out;
+  pl.assemble("", q, kShas, 128, 1 << 20, steady::now(), out);
+  EXPECT_EQ(commands_in(out), (std::vector<std::string>{"EVALSHA PACKED"}));
+
+  const script_op ops[] = {script_op::acquire, script_op::peek, script_op::refund};
+  for (const script_op op : ops) q.push_back(batchable(a, "k1", later, op));
+  for (pending& p : q) p.script->packed_log = true;
+  q.push_back(batchable(a, "k1", later));  // the reference layout's
+  out.clear();
+  pl.assemble("", q, kShas, 128, 1 << 20, steady::now(), out);
+  reader r;
+  r.feed(out);
+  auto batch = r.next();
+  ASSERT_TRUE(batch && batch->has_value());
+  const auto& e = (**batch).elements;
+  ASSERT_EQ(e.size(), 3u + 1u + 7u * 4u);
+  EXPECT_EQ(e[1].text, "BATCH");
+  const char* modes[] = {"as", "ps", "rs", "al"};
+  const char* tokens[] = {"", "", "", "tok"};
+  for (std::size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(e[4 + 7 * i + 1].text, modes[i]) << "call " << i;
+    EXPECT_EQ(e[4 + 7 * i + 6].text, tokens[i]) << "call " << i;
+  }
+
+  const limit ten{10, std::chrono::seconds(60)};
+  const request log{"a", ten, algorithm::sliding_log, 1, std::chrono::microseconds{500}};
+  const request gcra{"b", ten, algorithm::gcra, 1, std::chrono::microseconds{500}};
+  script_call c =
+      make_multi_call(script_op::acquire_all,
+                      {to_script_key(log, "p:a", true), to_script_key(gcra, "p:b", true)}, "id:1");
+  out.clear();
+  append_script_call(out, c, "abc");
+  EXPECT_EQ(out, resp({"EVALSHA", "abc", "2", "p:a", "p:b", "500", "id:1", "sliding_log_packed",
+                       "10", "60000000", "1", "", "gcra", "10", "60000000", "1", ""}));
 }
 
 }  // namespace

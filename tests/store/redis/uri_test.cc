@@ -1,5 +1,10 @@
 #include <gtest/gtest.h>
 
+#include <string>
+#include <string_view>
+
+#include "sluice/redis_cluster_store.h"
+#include "sluice/redis_sentinel_store.h"
 #include "sluice/redis_store.h"
 
 namespace sluice {
@@ -85,6 +90,52 @@ TEST(ParseRedisUri, RejectsBadUrisWithoutLeakingPasswords) {
     EXPECT_NE(o.error().message().find(c.says), std::string::npos)
         << c.uri << " -> " << o.error().message();
     EXPECT_EQ(o.error().message().find("hunter2"), std::string::npos);
+  }
+}
+
+// Verifies that log_layout is an option of every Redis URI form (reference by default,
+// packed when asked, carried to every connection of a cluster or Sentinel store) and that
+// another value is an error naming the allowed ones.
+TEST(ParseRedisUri, LogLayoutIsAnOptionOfEveryForm) {
+  using layout = redis_store_options::log_layout_kind;
+  auto plain = parse_redis_uri("redis://127.0.0.1:7000");
+  ASSERT_TRUE(plain);
+  EXPECT_EQ(plain->log_layout, layout::reference);
+  for (const char* uri : {"redis://127.0.0.1:7000?log_layout=packed",
+                          "rediss://h:7000/2?timeout=1s&log_layout=packed",
+                          "unix:///tmp/redis.sock?log_layout=packed"}) {
+    auto o = parse_redis_uri(uri);
+    ASSERT_TRUE(o) << uri << ": " << o.error().message();
+    EXPECT_EQ(o->log_layout, layout::packed) << uri;
+  }
+  auto ref = parse_redis_uri("redis://h?log_layout=reference");
+  ASSERT_TRUE(ref);
+  EXPECT_EQ(ref->log_layout, layout::reference);
+  auto cluster = parse_redis_cluster_uri("redis+cluster://a:1,b:2?log_layout=packed&hash_tag=1");
+  ASSERT_TRUE(cluster) << cluster.error().message();
+  EXPECT_EQ(cluster->connection.log_layout, layout::packed);
+  auto sentinel = parse_redis_sentinel_uri("redis+sentinel://a:26379,b:26380/m?log_layout=packed");
+  ASSERT_TRUE(sentinel) << sentinel.error().message();
+  EXPECT_EQ(sentinel->connection.log_layout, layout::packed);
+  for (const char* uri : {"redis://h?log_layout=zset",
+                          "redis://h?log_layout=", "redis+cluster://a:1?log_layout=Packed",
+                          "redis+sentinel://a:26379/m?log_layout=x"}) {
+    std::string message;
+    if (std::string_view(uri).starts_with("redis+cluster")) {
+      auto o = parse_redis_cluster_uri(uri);
+      ASSERT_FALSE(o) << uri;
+      message = o.error().message();
+    } else if (std::string_view(uri).starts_with("redis+sentinel")) {
+      auto o = parse_redis_sentinel_uri(uri);
+      ASSERT_FALSE(o) << uri;
+      message = o.error().message();
+    } else {
+      auto o = parse_redis_uri(uri);
+      ASSERT_FALSE(o) << uri;
+      message = o.error().message();
+    }
+    EXPECT_NE(message.find("log_layout must be reference or packed"), std::string::npos)
+        << uri << ": " << message;
   }
 }
 
