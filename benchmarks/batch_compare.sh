@@ -17,7 +17,8 @@
 #
 # Environment: OLD_SLUICE (required), SLUICE (./build/release/sluice), ROUNDS (5),
 # BENCH_SECONDS (3), BENCH_KEYS (10000), BENCH_INFLIGHT (256), HOT_LIMIT (100),
-# REDIS_SERVER (redis-server), CASES (all: "sliding_log sliding_counter gcra hot p99").
+# REDIS_SERVER (redis-server), CASES (all: "sliding_log sliding_counter gcra hot p99"),
+# NEW_STORE_OPTIONS (more URI options for NEW only, e.g. "&log_layout=packed").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,7 @@ inflight=${BENCH_INFLIGHT:-256}
 hot_limit=${HOT_LIMIT:-100}
 redis_server=${REDIS_SERVER:-redis-server}
 cases=${CASES:-sliding_log sliding_counter gcra hot p99}
+new_options=${NEW_STORE_OPTIONS:-}
 
 die() {
   echo "batch_compare: $*" >&2
@@ -94,7 +96,9 @@ run_case() {
   local r0 r1 t0 t1
   r0=$(cpu_seconds "$redis_pid")
   t0=$(now)
-  "$bin" bench --store "$store?timeout=1s" --algorithm "$algo" --limit "$limit" --keys "$k" \
+  local query="?timeout=1s"
+  if [[ $build == new ]]; then query+=$new_options; fi
+  "$bin" bench --store "$store$query" --algorithm "$algo" --limit "$limit" --keys "$k" \
     --seconds "$run_seconds" --inflight "$n" >"$out" 2>"$out.err" || true
   t1=$(now)
   r1=$(cpu_seconds "$redis_pid")
