@@ -299,6 +299,9 @@ class io_hold {
 // times that move on by steps of up to 400 µs and now and then up to 20 minutes, one key
 // in three switching algorithm now and then), acquires, peeks, refunds and (unless
 // `resets` is false) resets mixed. Returns how many calls were compared.
+// The store must send a key's calls over one connection (`pool=1` per server or master):
+// with several, calls on one key may be decided out of the order they were made in, which
+// this reports as wrong answers although no single decision is wrong.
 inline int expect_same_decisions_as_memory_in_bursts(store& s, std::size_t burst, int bursts,
                                                      std::uint64_t seed, bool resets = true) {
   memory_store memory;
