@@ -128,22 +128,7 @@ serve_config "$tmp/memory.yaml" memory://
 start_serve memory "$tmp/memory.yaml" "${server_cpu[@]}"
 mem_pid=$serve_pid mem_http=$http_addr mem_grpc=$grpc_addr
 
-# wrk's requests: POST /v1/acquire over $keys keys, each thread from its own offset.
-cat >"$tmp/acquire.lua" <<EOF
-local threads = 0
-function setup(thread)
-  thread:set("offset", threads * 7919)
-  threads = threads + 1
-end
-local n = 0
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-function request()
-  n = n + 1
-  return wrk.format(nil, "/v1/acquire", nil,
-    '{"key":"user:' .. ((n + offset) % $keys) .. '","policy":"bench"}')
-end
-EOF
+write_acquire_lua "$tmp/acquire.lua" "$keys"
 
 # --- measuring -------------------------------------------------------------------------------
 now() { date +%s.%N; }

@@ -46,3 +46,24 @@ stats() {
     m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
     printf "%.3g (%.3g-%.3g)", m, v[1], v[NR] }'
 }
+
+# Writes to file $1 a wrk script of POST /v1/acquire {"key":"user:<i>","policy":"bench"}, the
+# keys rotating over $2 keys, each wrk thread from its own offset.
+write_acquire_lua() {
+  local keys=$2
+  cat >"$1" <<LUA
+local threads = 0
+function setup(thread)
+  thread:set("offset", threads * 7919)
+  threads = threads + 1
+end
+local n = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+function request()
+  n = n + 1
+  return wrk.format(nil, "/v1/acquire", nil,
+    '{"key":"user:' .. ((n + offset) % $keys) .. '","policy":"bench"}')
+end
+LUA
+}

@@ -54,22 +54,7 @@ start_redis "$redis_server"
 [[ -n $redis_pid ]] || die "could not start redis-server"
 store="redis://127.0.0.1:$port?$query"
 
-# Keys rotate over $keys, each wrk thread from its own offset.
-cat >"$tmp/acquire.lua" <<LUA
-local threads = 0
-function setup(thread)
-  thread:set("offset", threads * 7919)
-  threads = threads + 1
-end
-local n = 0
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-function request()
-  n = n + 1
-  return wrk.format(nil, "/v1/acquire", nil,
-    '{"key":"user:' .. ((n + offset) % $keys) .. '","policy":"bench"}')
-end
-LUA
+write_acquire_lua "$tmp/acquire.lua" "$keys"
 
 for _ in {1..50}; do
   http_port=$((20000 + RANDOM % 40000))

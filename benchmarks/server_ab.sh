@@ -2,14 +2,17 @@
 # Two builds of `sluice serve` side by side in one run, on the memory store: the server's
 # CPU per request (user + system CPU seconds over requests answered) and requests/s under
 # the same wrk load of POST /v1/acquire over BENCH_KEYS keys. Both servers run at once on
-# their own ports with IO_THREADS I/O threads; each of ROUNDS rounds measures one then the
-# other (the order alternating per round) after a 1 s warm-up, and the summary gives the
-# per-round ratios B / A: medians and ranges. Figures in docs/BENCHMARKS.md, "HTTP server".
+# their own ports, A with IO_THREADS_A I/O threads and B with IO_THREADS_B; each of ROUNDS
+# rounds measures one then the other (the order alternating per round) after a 1 s warm-up,
+# and the summary gives the per-round ratios B / A: medians and ranges. With CPU_TARGET, it
+# also says whether the median CPU ratio is at most that. Figures in docs/BENCHMARKS.md,
+# "HTTP server"; io_threads_compare.sh runs it on one build, 1 I/O thread against 2.
 #
 #   benchmarks/server_ab.sh OLD/sluice NEW/sluice
 #
 # Environment: WRK (wrk), ROUNDS (6), BENCH_SECONDS (4), BENCH_KEYS (10000),
-# BENCH_CONNECTIONS (64), BENCH_THREADS (wrk's threads, 2), IO_THREADS (1).
+# BENCH_CONNECTIONS (64), BENCH_THREADS (wrk's threads, 2), IO_THREADS (1),
+# IO_THREADS_A and IO_THREADS_B (IO_THREADS), CPU_TARGET (none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +27,8 @@ seconds=${BENCH_SECONDS:-4}
 keys=${BENCH_KEYS:-10000}
 connections=${BENCH_CONNECTIONS:-64}
 threads=${BENCH_THREADS:-2}
-io_threads=${IO_THREADS:-1}
+declare -A io_threads=([a]=${IO_THREADS_A:-${IO_THREADS:-1}} [b]=${IO_THREADS_B:-${IO_THREADS:-1}})
+cpu_target=${CPU_TARGET:-}
 
 die() {
   echo "server_ab: $*" >&2
@@ -47,22 +51,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Keys rotate over $keys, each wrk thread from its own offset.
-cat >"$tmp/acquire.lua" <<LUA
-local threads = 0
-function setup(thread)
-  thread:set("offset", threads * 7919)
-  threads = threads + 1
-end
-local n = 0
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-function request()
-  n = n + 1
-  return wrk.format(nil, "/v1/acquire", nil,
-    '{"key":"user:' .. ((n + offset) % $keys) .. '","policy":"bench"}')
-end
-LUA
+write_acquire_lua "$tmp/acquire.lua" "$keys"
 
 declare -A port_of pid_of
 start_server() {
@@ -78,7 +67,8 @@ log: {level: warn, access_log: false}
 policies:
   bench: {limit: 1000000/1s, algorithm: gcra}
 YAML
-  "${bin[$side]}" serve --config "$tmp/$side.yaml" --io-threads "$io_threads" >"$tmp/$side.log" 2>&1 &
+  "${bin[$side]}" serve --config "$tmp/$side.yaml" --io-threads "${io_threads[$side]}" \
+    >"$tmp/$side.log" 2>&1 &
   pid_of[$side]=$!
   port_of[$side]=$p
   pids+=("$!")
@@ -109,9 +99,9 @@ measure() {
     "$r" "$side" "${rps[$side,$r]}" "${cpu_us[$side,$r]}"
 }
 
-echo "A = ${bin[a]}, B = ${bin[b]}; wrk -t$threads -c$connections -d${seconds}s, POST" \
-  "/v1/acquire over $keys keys, $io_threads I/O thread(s); $(nproc) CPUs; load average" \
-  "$(cut -d' ' -f1-3 /proc/loadavg)"
+echo "A = ${bin[a]} (${io_threads[a]} I/O thread(s)), B = ${bin[b]} (${io_threads[b]});" \
+  "wrk -t$threads -c$connections -d${seconds}s, POST /v1/acquire over $keys keys;" \
+  "$(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 cpu_ratio=() rps_ratio=() cpu_a=() cpu_b=()
 for ((r = 1; r <= rounds; r++)); do
   if ((r % 2)); then
@@ -133,3 +123,8 @@ echo "  server CPU us per request, A:  $(stats "${cpu_a[@]}")"
 echo "  server CPU us per request, B:  $(stats "${cpu_b[@]}")"
 echo "  server CPU per request, B / A: $(stats "${cpu_ratio[@]}")"
 echo "  requests/s, B / A:             $(stats "${rps_ratio[@]}")"
+if [[ -n $cpu_target ]]; then
+  verdict=$(awk -v v="$(median "${cpu_ratio[@]}")" -v t="$cpu_target" \
+    'BEGIN { print (v <= t ? "met" : "MISSED") }')
+  echo "  target: server CPU per request, B / A <= $cpu_target: $verdict"
+fi
