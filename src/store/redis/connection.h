@@ -98,7 +98,7 @@ struct shared_state {
   const script& script_of(const script_call& c) const {
     if (c.op == script_op::acquire_all) return scripts[3];
     if (c.op == script_op::release) return scripts[4];
-    if (c.packed_log && c.algo == algorithm::sliding_log) return scripts[6];
+    if (c.packed()) return scripts[6];
     return scripts[static_cast<std::size_t>(c.algo)];
   }
   const script& batch_script() const { return scripts[5]; }

@@ -43,8 +43,7 @@ void append_multi_call(std::string& out, const script_call& c, std::string_view 
   args.push_back(c.now_us ? number(*c.now_us) : std::string_view{});
   args.push_back(c.token);
   for (const script_key& k : c.keys) {
-    args.push_back(k.packed_log && k.algo == algorithm::sliding_log ? "sliding_log_packed"
-                                                                    : to_string(k.algo));
+    args.push_back(k.packed() ? "sliding_log_packed" : to_string(k.algo));
     args.push_back(number(k.count));
     args.push_back(number(k.window_us));
     args.push_back(number(k.cost));
@@ -78,7 +77,7 @@ std::string_view batch_mode(const script_call& c) {
   }};
   static constexpr std::array<std::string_view, 3> kPacked{"as", "ps", "rs"};
   const std::size_t op = c.op == script_op::peek ? 1 : c.op == script_op::refund ? 2 : 0;
-  if (c.packed_log && c.algo == algorithm::sliding_log) return kPacked[op];
+  if (c.packed()) return kPacked[op];
   return kModes[op][static_cast<std::size_t>(c.algo)];
 }
 
@@ -108,7 +107,7 @@ void append_batch_call(std::string& out, std::span<const script_call* const> cal
     append_bulk(out, decimal(buf, c.window_us));
     append_bulk(out, decimal(buf, c.cost));
     append_bulk(out, c.now_us ? decimal(buf, *c.now_us) : std::string_view{});
-    append_bulk(out, c.op == script_op::acquire && c.algo == algorithm::sliding_log && !c.packed_log
+    append_bulk(out, c.op == script_op::acquire && c.algo == algorithm::sliding_log && !c.packed()
                          ? std::string_view(c.token)
                          : std::string_view{});
   }

@@ -37,7 +37,10 @@ struct script_key {
   // `release` only: the reservation's time and reset_after for this key.
   std::int64_t reserved_at_us = 0;
   std::int64_t reserved_reset_us = 0;
-  bool packed_log = false;  // sliding_log in the packed layout (sliding_log_packed)
+  bool packed_log = false;  // the store keeps sliding_log in the packed layout
+
+  // True when this key is decided by sliding_log_packed.
+  bool packed() const noexcept { return packed_log && algo == algorithm::sliding_log; }
 };
 
 // A script call, kept so that it can be sent again as EVAL after a NOSCRIPT reply. A
@@ -53,8 +56,10 @@ struct script_call {
   std::optional<std::int64_t> now_us;
   std::string token;
   std::vector<script_key> keys;
-  bool packed_log = false;  // sliding_log in the packed layout: its own script and letter
+  bool packed_log = false;  // the store keeps sliding_log in the packed layout
 
+  // True when this call is decided by sliding_log_packed: its own script and batch letter.
+  bool packed() const noexcept { return packed_log && algo == algorithm::sliding_log; }
   bool multi() const noexcept { return op == script_op::acquire_all || op == script_op::release; }
 };
 
@@ -95,7 +100,7 @@ struct script_shas {
 
   // Returns the sha of the single-key script of `c`.
   std::string_view of(const script_call& c) const {
-    if (c.packed_log && c.algo == algorithm::sliding_log) return packed_log;
+    if (c.packed()) return packed_log;
     return single[static_cast<std::size_t>(c.algo)];
   }
 };
