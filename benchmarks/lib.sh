@@ -4,6 +4,28 @@
 # True when nothing listens on 127.0.0.1:$1.
 port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Prints a free loopback port. Needs the caller's `die`.
+free_port() {
+  local p
+  for _ in {1..50}; do
+    p=$((20000 + RANDOM % 40000))
+    port_is_free "$p" && { echo "$p"; return; }
+  done
+  die "no free port"
+}
+
+# Waits up to 10 s for url $1 to give an HTTP answer; fails when the process $2 exits first,
+# printing the end of its log, $tmp/$3.log. Needs the caller's `die`.
+wait_for() {
+  local url=$1 pid=$2 name=$3
+  for _ in {1..100}; do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true) != 000 ]] && return
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$tmp/$name.log" >&2; die "$name exited"; }
+    sleep 0.1
+  done
+  die "$name did not answer $url within 10 s"
+}
+
 # Starts a private redis-server (binary $1, extra arguments after it) on a free loopback
 # port, with no persistence, in $tmp; sets `port` and `redis_pid`, or leaves redis_pid
 # empty when it could not. The caller stops it by its pid.

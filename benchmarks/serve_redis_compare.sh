@@ -56,10 +56,7 @@ store="redis://127.0.0.1:$port?$query"
 
 write_acquire_lua "$tmp/acquire.lua" "$keys"
 
-for _ in {1..50}; do
-  http_port=$((20000 + RANDOM % 40000))
-  port_is_free "$http_port" && break
-done
+http_port=$(free_port)
 cat >"$tmp/sluice.yaml" <<YAML
 listen: 127.0.0.1:$http_port
 store: "$store"
@@ -69,13 +66,7 @@ policies:
 YAML
 "$sluice" serve --config "$tmp/sluice.yaml" --io-threads "$io_threads" >"$tmp/sluice.log" 2>&1 &
 server_pid=$!
-for i in {1..100}; do
-  [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$http_port/healthz" ||
-    true) == 200 ]] && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$tmp/sluice.log" >&2; die "server exited"; }
-  ((i < 100)) || die "sluice serve did not answer within 10 s"
-  sleep 0.1
-done
+wait_for "http://127.0.0.1:$http_port/healthz" "$server_pid" sluice
 
 declare -A rate redis_us server_us
 # library ROUND: one `sluice bench` run on the store.

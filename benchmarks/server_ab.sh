@@ -56,10 +56,7 @@ write_acquire_lua "$tmp/acquire.lua" "$keys"
 declare -A port_of pid_of
 start_server() {
   local side=$1 p
-  for _ in {1..50}; do
-    p=$((20000 + RANDOM % 40000))
-    port_is_free "$p" && break
-  done
+  p=$(free_port)
   cat >"$tmp/$side.yaml" <<YAML
 listen: 127.0.0.1:$p
 store: memory://
@@ -72,13 +69,7 @@ YAML
   pid_of[$side]=$!
   port_of[$side]=$p
   pids+=("$!")
-  for _ in {1..100}; do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$p/healthz" ||
-      true) == 200 ]] && return
-    kill -0 "${pid_of[$side]}" 2>/dev/null || { cat "$tmp/$side.log" >&2; die "server exited"; }
-    sleep 0.1
-  done
-  die "${bin[$side]} serve did not answer within 10 s"
+  wait_for "http://127.0.0.1:$p/healthz" "${pid_of[$side]}" "$side"
 }
 start_server a
 start_server b

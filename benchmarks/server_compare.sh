@@ -48,25 +48,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-  local p
-  for _ in {1..50}; do
-    p=$((20000 + RANDOM % 40000))
-    port_is_free "$p" && { echo "$p"; return; }
-  done
-  die "no free port"
-}
-# Waits up to 10 s for `url` to answer; fails when the process `pid` exits first.
-wait_for() {
-  local url=$1 pid=$2 name=$3
-  for _ in {1..100}; do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true) != 000 ]] && return
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$tmp/$name.log" >&2; die "$name exited"; }
-    sleep 0.1
-  done
-  die "$name did not answer $url within 10 s"
-}
+# shellcheck source=benchmarks/lib.sh
+source benchmarks/lib.sh
 
 server_cpu=() client_cpu=()
 if command -v taskset >/dev/null && (($(nproc) >= 2)); then
@@ -159,7 +142,7 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -H 'X-User-Id: user:1' \
 # --- measuring -------------------------------------------------------------------------------
 tick=$(getconf CLK_TCK)
 # CPU seconds of process $1 and its children (nginx's worker), so far.
-cpu_seconds() {
+tree_cpu_seconds() {
   local pid
   for pid in "$1" $(pgrep -P "$1" || true); do cat "/proc/$pid/stat"; done |
     awk -v t="$tick" '{ sum += $14 + $15 } END { printf "%.3f", sum / t }'
@@ -172,10 +155,10 @@ run() {
   [[ -n $script ]] && args=(-s "$tmp/$script.lua")
   "${client_cpu[@]}" "$wrk" -t"$threads" -c"$connections" -d1s "${args[@]}" \
     "http://127.0.0.1:$port/" > /dev/null # warm-up: connections, keys, caches
-  c0=$(cpu_seconds "$pid")
+  c0=$(tree_cpu_seconds "$pid")
   out=$("${client_cpu[@]}" "$wrk" -t"$threads" -c"$connections" -d"${seconds}s" --latency \
     "${args[@]}" "http://127.0.0.1:$port/")
-  c1=$(cpu_seconds "$pid")
+  c1=$(tree_cpu_seconds "$pid")
   echo "$out" > "$tmp/$name.wrk"
   rps[$name]=$(awk '/^Requests\/sec:/ { print $2 }' <<< "$out")
   p99[$name]=$(awk '$1 == "99%" {
