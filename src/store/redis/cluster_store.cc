@@ -255,14 +255,16 @@ struct redis_cluster_store::impl {
   };
 
   void decide_all(std::span<const request> rs, all_completion done) {
-    auto a = std::make_shared<all_call>();
-    auto merged = redis::prepare_all(rs, a->group);
+    std::vector<std::size_t> group;
+    auto merged = redis::prepare_all(rs, group);
     if (!merged) return done(fail(merged.error()));
     if (merged->empty()) return done(std::vector<decision>{});
     if (merged->size() == 1) {
       auto [one, op] = redis::lone_call(merged->front());
-      return decide(one, op, redis::spread_lone(std::move(a->group), std::move(done)));
+      return decide(one, op, redis::spread_lone(std::move(group), std::move(done)));
     }
+    auto a = std::make_shared<all_call>();
+    a->group = std::move(group);
     std::vector<std::vector<redis::script_key>> keys;
     for (std::size_t m = 0; m < merged->size(); ++m) {
       const request& r = (*merged)[m];
